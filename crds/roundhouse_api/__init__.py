@@ -1,0 +1,68 @@
+"""Roundhouse API types: the single source of truth for the InferenceEngine and EngineMode CRDs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import CelRule, Condition, ObjectMeta, SecretKeyRef
+from .engine import (
+    API_VERSION,
+    GROUP,
+    VERSION,
+    Capability,
+    EngineStatus,
+    ExternalConfig,
+    Family,
+    InferenceEngine,
+    InferenceEngineSpec,
+    LlamaCppConfig,
+    ModelCache,
+    ModelSource,
+    OllamaConfig,
+    Phase,
+    Routing,
+    VLLMConfig,
+)
+from .mode import AutoRules, EngineMode, EngineModeSpec, EngineModeStatus, Mode, ModePhase, SwitchPolicy, runs
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "VERSION",
+    "AutoRules",
+    "Capability",
+    "CelRule",
+    "Condition",
+    "EngineMode",
+    "EngineModeSpec",
+    "EngineModeStatus",
+    "EngineStatus",
+    "ExternalConfig",
+    "Family",
+    "InferenceEngine",
+    "InferenceEngineSpec",
+    "LlamaCppConfig",
+    "Mode",
+    "ModePhase",
+    "ModelCache",
+    "ModelSource",
+    "ObjectMeta",
+    "OllamaConfig",
+    "Phase",
+    "Routing",
+    "SecretKeyRef",
+    "SwitchPolicy",
+    "VLLMConfig",
+    "parse_resource",
+    "runs",
+]
+
+
+def parse_resource(doc: dict[str, Any]) -> InferenceEngine | EngineMode:
+    """Validate one manifest of either kind; raises pydantic.ValidationError naming the bad field."""
+    kind = doc.get("kind")
+    if kind == "InferenceEngine":
+        return InferenceEngine.model_validate(doc)
+    if kind == "EngineMode":
+        return EngineMode.model_validate(doc)
+    raise ValueError(f"kind: expected InferenceEngine or EngineMode, got {kind!r}")

@@ -1,0 +1,402 @@
+"""InferenceEngine: one model served by one engine family."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+from pydantic import Field
+from pydantic.config import JsonDict
+
+from .base import ApiModel, CelRule, Condition, ObjectMeta, SecretKeyRef
+
+GROUP = "roundhouse.dev"
+VERSION = "v1alpha1"
+API_VERSION: Final = "roundhouse.dev/v1alpha1"
+
+
+class Family(StrEnum):
+    """Engine families; `external` is an OpenAI-compatible API that runs outside the cluster."""
+
+    VLLM = "vllm"
+    LLAMACPP = "llamacpp"
+    OLLAMA = "ollama"
+    EXTERNAL = "external"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    STARTING = "Starting"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+    STANDBY = "Standby"
+
+
+class Capability(StrEnum):
+    TOOLS = "tools"
+    JSON_SCHEMA = "jsonSchema"
+    VISION = "vision"
+    EMBEDDINGS = "embeddings"
+
+
+URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
+# A name as clients send it in "model": no whitespace, bounded so CEL cost stays low.
+ServedName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^\S+$")]
+Url = Annotated[str, Field(min_length=1, max_length=2048, pattern=URL_PATTERN)]
+FREE_FORM: JsonDict = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+IntOrString: JsonDict = {"x-kubernetes-int-or-string": True}
+
+
+class ModelSource(ApiModel):
+    """Where the weights come from and the names clients use for them."""
+
+    source: str = Field(
+        min_length=1,
+        max_length=2048,
+        description=(
+            "The weights: a Hugging Face repo id (vLLM), a GGUF file path or URL — for a split GGUF the"
+            " first shard, *-00001-of-0000N.gguf — (llama.cpp), an Ollama tag (Ollama), or a path on the"
+            " model cache volume."
+        ),
+    )
+    served_name: ServedName = Field(description='The name clients put in "model".')
+    aliases: list[ServedName] = Field(
+        default_factory=list, max_length=16, description="Other names clients may use for this model."
+    )
+    revision: str | None = Field(
+        default=None, max_length=256, description="Hugging Face revision (branch, tag or commit)."
+    )
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        alias="hfTokenSecretRef",
+        description="Secret key holding a Hugging Face token; exposed to the engine as HF_TOKEN.",
+    )
+    parameters_billions: float | None = Field(
+        default=None,
+        gt=0,
+        description="Parameter count in billions, for the ModelFits estimate; defaults to the size in the"
+        " model name (e.g. 70B).",
+    )
+
+
+class ModelCache(ApiModel):
+    """Volume for downloaded weights; a PersistentVolumeClaim keeps them across restarts."""
+
+    size: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Size of a PersistentVolumeClaim the operator creates (e.g. 200Gi).",
+        json_schema_extra=IntOrString,
+    )
+    storage_class_name: str | None = Field(default=None, max_length=253, description="StorageClass of that claim.")
+    existing_claim: str | None = Field(
+        default=None, max_length=253, description="Use this existing PersistentVolumeClaim instead."
+    )
+    mount_path: str = Field(default="/models", max_length=1024, description="Where the cache is mounted.")
+
+    cel_rules: ClassVar[list[CelRule]] = [
+        CelRule(
+            "!(has(self.size) && has(self.existingClaim))",
+            "spec.cache: set either size (a new claim) or existingClaim, not both",
+        )
+    ]
+
+
+class VLLMConfig(ApiModel):
+    """vLLM flags; unset fields keep vLLM's own defaults."""
+
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="--tensor-parallel-size.")
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=64, description="--pipeline-parallel-size.")
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1, description="--gpu-memory-utilization, in (0, 1]."
+    )
+    max_model_len: int | None = Field(default=None, ge=1, description="--max-model-len.")
+    max_num_seqs: int | None = Field(default=None, ge=1, description="--max-num-seqs.")
+    max_num_batched_tokens: int | None = Field(default=None, ge=1, description="--max-num-batched-tokens.")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = Field(
+        default=None, description="--dtype."
+    )
+    quantization: (
+        Literal["awq", "gptq", "fp8", "bitsandbytes", "gguf", "compressed-tensors", "marlin", "mxfp4"] | None
+    ) = Field(default=None, description="--quantization.")
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
+        default=None, description="--kv-cache-dtype."
+    )
+    enable_chunked_prefill: bool | None = Field(default=None, description="--enable-chunked-prefill.")
+    enable_auto_tool_choice: bool | None = Field(
+        default=None, description="--enable-auto-tool-choice; needs toolCallParser."
+    )
+    tool_call_parser: str | None = Field(
+        default=None, max_length=64, description="--tool-call-parser (e.g. hermes, llama3_json, mistral)."
+    )
+    nodes: int = Field(
+        default=1, ge=1, le=64, description="Nodes per replica; above 1 runs multi-node with LeaderWorkerSet."
+    )
+    shm_size: str = Field(
+        default="20Gi",
+        max_length=64,
+        description="Size of the in-memory /dev/shm given to multi-GPU engines.",
+    )
+    extra_args: list[str] = Field(default_factory=list, max_length=64, description="Appended to the command.")
+
+    cel_rules: ClassVar[list[CelRule]] = [
+        CelRule(
+            "!has(self.enableAutoToolChoice) || !self.enableAutoToolChoice || has(self.toolCallParser)",
+            "spec.vllm.toolCallParser is required when spec.vllm.enableAutoToolChoice is true",
+            ".toolCallParser",
+        )
+    ]
+
+
+class LlamaCppConfig(ApiModel):
+    """llama.cpp llama-server flags; unset fields keep llama-server's own defaults."""
+
+    context_size: int | None = Field(default=None, ge=0, description="--ctx-size; 0 means from the model.")
+    gpu_layers: int | str | None = Field(
+        default=None,
+        description="--n-gpu-layers: a number, 'auto' or 'all'.",
+        json_schema_extra=IntOrString,
+    )
+    threads: int | None = Field(default=None, ge=1, le=1024, description="--threads.")
+    parallel: int | None = Field(default=None, ge=1, le=1024, description="--parallel (slots).")
+    cont_batching: bool | None = Field(default=None, description="--cont-batching / --no-cont-batching.")
+    flash_attention: Literal["on", "off", "auto"] | None = Field(default=None, description="--flash-attn.")
+    metrics: bool = Field(default=True, description="--metrics (Prometheus endpoint; the gateway reads it).")
+    tensor_split: list[float] | None = Field(
+        default=None, min_length=1, max_length=64, description="--tensor-split: one proportion per GPU."
+    )
+    split_mode: Literal["none", "layer", "row"] | None = Field(default=None, description="--split-mode.")
+    batch_size: int | None = Field(default=None, ge=1, description="--batch-size.")
+    rope_freq_base: float | None = Field(default=None, gt=0, description="--rope-freq-base.")
+    rope_freq_scale: float | None = Field(default=None, gt=0, description="--rope-freq-scale.")
+    mlock: bool | None = Field(default=None, description="--mlock.")
+    no_mmap: bool | None = Field(default=None, description="--no-mmap.")
+    numa: Literal["distribute", "isolate", "numactl"] | None = Field(default=None, description="--numa.")
+    port: int = Field(default=8080, ge=1, le=65535, description="--port (always passed explicitly).")
+    extra_args: list[str] = Field(default_factory=list, max_length=64, description="Appended to the command.")
+
+    cel_rules: ClassVar[list[CelRule]] = [
+        CelRule(
+            "!has(self.gpuLayers) || type(self.gpuLayers) == int || self.gpuLayers in ['auto', 'all']",
+            "spec.llamacpp.gpuLayers must be a number of layers, 'auto' or 'all'",
+            ".gpuLayers",
+        ),
+        CelRule(
+            "!has(self.gpuLayers) || type(self.gpuLayers) != int || self.gpuLayers >= 0",
+            "spec.llamacpp.gpuLayers must not be negative",
+            ".gpuLayers",
+        ),
+    ]
+
+
+class OllamaConfig(ApiModel):
+    """Ollama server settings (environment variables)."""
+
+    num_parallel: int | None = Field(default=None, ge=1, le=1024, description="OLLAMA_NUM_PARALLEL.")
+    keep_alive: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^-?[0-9]+(ns|us|ms|s|m|h)?$",
+        description="OLLAMA_KEEP_ALIVE, e.g. 5m; negative keeps the model loaded forever.",
+    )
+    max_loaded_models: int | None = Field(default=None, ge=0, description="OLLAMA_MAX_LOADED_MODELS; 0 = auto.")
+    max_queue: int | None = Field(default=None, ge=1, description="OLLAMA_MAX_QUEUE.")
+
+
+class ExternalConfig(ApiModel):
+    """An OpenAI-compatible API outside the cluster; no workload is created."""
+
+    base_url: Url = Field(alias="baseURL", description="Base URL including /v1, e.g. https://api.openai.com/v1.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, alias="apiKeySecretRef", description="Secret key holding the API key (sent as Bearer)."
+    )
+    timeout_seconds: float = Field(default=600, gt=0, le=3600, description="Whole-request timeout.")
+    model_name: str | None = Field(
+        default=None, max_length=253, description="Model name the provider expects, if not spec.model.source."
+    )
+
+
+class Timeouts(ApiModel):
+    """Gateway timeouts towards this engine."""
+
+    connect_seconds: float = Field(default=5, gt=0, le=300, description="TCP connect.")
+    first_byte_seconds: float = Field(default=120, gt=0, le=3600, description="Request sent to first byte.")
+    idle_seconds: float = Field(default=60, gt=0, le=3600, description="Silence allowed between chunks.")
+
+
+class Routing(ApiModel):
+    """What the gateway needs to route well."""
+
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher is tried first.")
+    weight: int = Field(default=100, ge=0, le=10000, description="Share of traffic among equal candidates.")
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="In-flight requests per replica before the gateway tries the next engine.",
+    )
+    capabilities: list[Capability] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Features this engine serves (tools, jsonSchema, ...).",
+    )
+    context_length: int | None = Field(
+        default=None, ge=1, description="Context window in tokens; defaults to the engine's own setting."
+    )
+    task_types: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Task types this engine prefers (e.g. chat, extraction).",
+    )
+    fallback: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Engines (names) to try, in order, when this one cannot serve.",
+    )
+    timeouts: Timeouts | None = Field(default=None, description="Gateway timeouts towards this engine.")
+
+
+class Probes(ApiModel):
+    """Probe sizing; large models take minutes to load."""
+
+    startup_timeout_seconds: int = Field(
+        default=1800,
+        ge=10,
+        le=86400,
+        description="How long a replica may take to load before it is restarted.",
+    )
+    period_seconds: int = Field(default=10, ge=1, le=300, description="Probe period after startup.")
+
+
+class InferenceEngineSpec(ApiModel):
+    """Desired state of an InferenceEngine."""
+
+    engine: Family = Field(description="Engine family: vllm, llamacpp, ollama or external.")
+    model: ModelSource = Field(description="Weights and the names clients use.")
+    replicas: int = Field(default=1, ge=0, le=1000, description="Replicas while this engine is active.")
+    gpus: int | None = Field(
+        default=None, ge=0, le=64, description="nvidia.com/gpu per replica; default 1 (0 for external)."
+    )
+    gpu_product: str | None = Field(
+        default=None, max_length=253, description="Require nodes with this nvidia.com/gpu.product label."
+    )
+    gpu_memory_mi_b: int | None = Field(
+        default=None,
+        alias="gpuMemoryMiB",
+        ge=1,
+        description="Memory of each GPU in MiB: nodes must have at least this much (nvidia.com/gpu.memory),"
+        " and ModelFits uses it when nodes do not say.",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Passed to the pod.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Passed to the pod, after the default nvidia.com/gpu toleration.",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    affinity: dict[str, Any] | None = Field(default=None, description="Passed to the pod.", json_schema_extra=FREE_FORM)
+    resources: dict[str, Any] | None = Field(
+        default=None, description="Container resources beyond the GPUs.", json_schema_extra=FREE_FORM
+    )
+    env: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Extra container environment (Kubernetes EnvVar).",
+        json_schema_extra={
+            "items": {"type": "object", "required": ["name"], "x-kubernetes-preserve-unknown-fields": True}
+        },
+    )
+    image: str | None = Field(default=None, max_length=1024, description="Override the family's pinned image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Pull policy for the engine image."
+    )
+    cache: ModelCache | None = Field(default=None, description="Model cache volume.")
+    probes: Probes | None = Field(default=None, description="Health probe sizing.")
+    endpoints: list[Url] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="URLs of an engine of this family that already runs elsewhere: no workload is created.",
+    )
+    vllm: VLLMConfig | None = Field(default=None, description="vLLM settings (engine: vllm only).")
+    llamacpp: LlamaCppConfig | None = Field(default=None, description="llama-server settings (engine: llamacpp only).")
+    ollama: OllamaConfig | None = Field(default=None, description="Ollama settings (engine: ollama only).")
+    external: ExternalConfig | None = Field(default=None, description="External API (engine: external only).")
+    routing: Routing | None = Field(default=None, description="Routing hints for the gateway.")
+
+    cel_rules: ClassVar[list[CelRule]] = [
+        *(
+            CelRule(
+                f"!has(self.{fam}) || self.engine == '{fam}'",
+                f"spec.{fam} is allowed only when spec.engine is '{fam}'",
+                f".{fam}",
+            )
+            for fam in ("vllm", "llamacpp", "ollama", "external")
+        ),
+        CelRule(
+            "self.engine != 'external' || has(self.external)",
+            "spec.external.baseURL is required when spec.engine is 'external'",
+        ),
+        CelRule(
+            "self.engine != 'external' || !has(self.gpus) || self.gpus == 0",
+            "spec.gpus must be 0 or unset when spec.engine is 'external': it runs no workload",
+            ".gpus",
+        ),
+        CelRule(
+            "self.engine != 'external' || !has(self.endpoints)",
+            "spec.endpoints is not used when spec.engine is 'external': set spec.external.baseURL",
+            ".endpoints",
+        ),
+        CelRule(
+            "self.engine != 'vllm' || (has(self.gpus) && self.gpus == 0) || "
+            "(has(self.vllm) ? self.vllm.tensorParallelSize * self.vllm.pipelineParallelSize : 1) == "
+            "(has(self.gpus) ? self.gpus : 1) * (has(self.vllm) ? self.vllm.nodes : 1)",
+            "spec.vllm.tensorParallelSize * spec.vllm.pipelineParallelSize must equal spec.gpus"
+            " (times spec.vllm.nodes for a multi-node engine)",
+            ".gpus",
+        ),
+        CelRule(
+            "self.engine != 'llamacpp' || has(self.endpoints) || self.model.source.matches('(?i)\\\\.gguf$')",
+            "spec.model.source must be a GGUF file, URL or first shard (*.gguf) when spec.engine is 'llamacpp'",
+            ".model.source",
+        ),
+        CelRule(
+            "self.engine != 'llamacpp' || !self.model.source.matches('(?i)-[0-9]{5}-of-[0-9]{5}\\\\.gguf$') || "
+            "self.model.source.matches('(?i)-00001-of-[0-9]{5}\\\\.gguf$')",
+            "spec.model.source must name the first shard (-00001-of-0000N.gguf) of a split GGUF",
+            ".model.source",
+        ),
+        CelRule(
+            "!has(self.llamacpp) || !has(self.llamacpp.tensorSplit) || "
+            "self.llamacpp.tensorSplit.size() == (has(self.gpus) ? self.gpus : 1)",
+            "spec.llamacpp.tensorSplit must have one entry per GPU (spec.gpus)",
+            ".llamacpp.tensorSplit",
+        ),
+    ]
+
+
+class EngineStatus(ApiModel):
+    """Observed state, written by the operator on the status subresource."""
+
+    phase: Phase | None = Field(default=None, description="Pending, Starting, Ready, Degraded, Failed or Standby.")
+    replicas: int | None = Field(default=None, ge=0, description="Replicas that exist.")
+    ready_replicas: int | None = Field(default=None, ge=0, description="Replicas that are ready.")
+    ready: str | None = Field(default=None, description="readyReplicas/desired, as kubectl get shows it.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (for the scale subresource).")
+    endpoint: str | None = Field(default=None, description="In-cluster URL of the engine's OpenAI API.")
+    active: bool | None = Field(default=None, description="Whether the engine mode lets this engine run.")
+    observed_generation: int | None = Field(default=None, ge=0, description="Last generation acted on.")
+    message: str | None = Field(default=None, description="Why the engine is in this phase.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="ConfigValid, Scheduled, ModelFits, Ready.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class InferenceEngine(ApiModel):
+    """An InferenceEngine resource as stored by the API server."""
+
+    api_version: Literal["roundhouse.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["InferenceEngine"] = "InferenceEngine"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: InferenceEngineSpec
+    status: EngineStatus | None = None

@@ -1,0 +1,230 @@
+"""Example manifests and a catalogue of invalid ones, shared by the unit and integration tiers.
+
+Each invalid case must be refused both by the pydantic models and by `kubectl apply` against the
+real API server, with an error naming the field.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "manifests" / "examples"
+
+
+def example_docs() -> dict[str, list[dict[str, Any]]]:
+    """Every document of every example file, keyed by file name."""
+    return {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(EXAMPLES.glob("*.yaml"))}
+
+
+def roundhouse_examples() -> list[dict[str, Any]]:
+    """The Roundhouse resources (not Secrets) among the examples."""
+    return [d for docs in example_docs().values() for d in docs if d["apiVersion"].startswith("roundhouse.dev/")]
+
+
+def _example(name: str) -> dict[str, Any]:
+    for doc in roundhouse_examples():
+        if doc["metadata"]["name"] == name:
+            return copy.deepcopy(doc)
+    raise KeyError(name)
+
+
+def _vllm() -> dict[str, Any]:
+    return _example("qwen2-5-7b")
+
+
+def _llama() -> dict[str, Any]:
+    return _example("gemma-3-12b")
+
+
+def _external() -> dict[str, Any]:
+    return _example("qwen-external")
+
+
+def _mode() -> dict[str, Any]:
+    return _example("default")
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A manifest that must be refused, and the field its error must name."""
+
+    id: str
+    build: Callable[[], dict[str, Any]]
+    field: str
+
+    def manifest(self, name: str | None = None) -> dict[str, Any]:
+        doc = self.build()
+        doc["metadata"]["name"] = name or f"bad-{self.id}"
+        return doc
+
+
+def _with(base: Callable[[], dict[str, Any]], change: Callable[[dict[str, Any]], None]) -> Callable[[], dict[str, Any]]:
+    def build() -> dict[str, Any]:
+        doc = base()
+        change(doc)
+        return doc
+
+    return build
+
+
+INVALID: list[Invalid] = [
+    Invalid(
+        "section-of-other-family",
+        _with(_vllm, lambda d: d["spec"].update(llamacpp={"threads": 4})),
+        "spec.llamacpp",
+    ),
+    Invalid("tp-times-pp-not-gpus", _with(_vllm, lambda d: d["spec"].update(gpus=2)), "spec.gpus"),
+    Invalid(
+        "llamacpp-not-gguf",
+        _with(_llama, lambda d: d["spec"]["model"].update(source="google/gemma-3-12b-it")),
+        "spec.model.source",
+    ),
+    Invalid(
+        "split-gguf-not-first-shard",
+        _with(_llama, lambda d: d["spec"]["model"].update(source="/models/gpt-oss-120b-00002-of-00003.gguf")),
+        "spec.model.source",
+    ),
+    Invalid("external-without-baseurl", _with(_external, lambda d: d["spec"].pop("external")), "spec.external"),
+    Invalid("external-with-gpus", _with(_external, lambda d: d["spec"].update(gpus=1)), "spec.gpus"),
+    Invalid(
+        "external-with-endpoints",
+        _with(_external, lambda d: d["spec"].update(endpoints=["http://10.0.0.5:8000"])),
+        "spec.endpoints",
+    ),
+    Invalid(
+        "external-baseurl-not-url",
+        _with(_external, lambda d: d["spec"]["external"].update(baseURL="api.example.com/v1")),
+        "spec.external.baseURL",
+    ),
+    Invalid(
+        "gpu-util-above-one",
+        _with(_vllm, lambda d: d["spec"]["vllm"].update(gpuMemoryUtilization=1.5)),
+        "spec.vllm.gpuMemoryUtilization",
+    ),
+    Invalid(
+        "gpu-util-zero",
+        _with(_vllm, lambda d: d["spec"]["vllm"].update(gpuMemoryUtilization=0)),
+        "spec.vllm.gpuMemoryUtilization",
+    ),
+    Invalid("negative-replicas", _with(_vllm, lambda d: d["spec"].update(replicas=-1)), "spec.replicas"),
+    Invalid("unknown-engine", _with(_vllm, lambda d: d["spec"].update(engine="tgi")), "spec.engine"),
+    Invalid("unknown-mode", _with(_mode, lambda d: d["spec"].update(mode="sglang")), "spec.mode"),
+    Invalid(
+        "tool-choice-without-parser",
+        _with(_vllm, lambda d: d["spec"]["vllm"].pop("toolCallParser")),
+        "spec.vllm.toolCallParser",
+    ),
+    Invalid(
+        "tensor-split-not-per-gpu",
+        _with(_llama, lambda d: d["spec"]["llamacpp"].update(tensorSplit=[1, 1, 1])),
+        "spec.llamacpp.tensorSplit",
+    ),
+    Invalid(
+        "gpu-layers-word",
+        _with(_llama, lambda d: d["spec"]["llamacpp"].update(gpuLayers="most")),
+        "spec.llamacpp.gpuLayers",
+    ),
+    Invalid(
+        "flash-attention-yes",
+        _with(_llama, lambda d: d["spec"]["llamacpp"].update(flashAttention="yes")),
+        "spec.llamacpp.flashAttention",
+    ),
+    Invalid(
+        "missing-served-name",
+        _with(_vllm, lambda d: d["spec"]["model"].pop("servedName")),
+        "spec.model.servedName",
+    ),
+    Invalid(
+        "cache-size-and-claim",
+        _with(_llama, lambda d: d["spec"]["cache"].update(existingClaim="models")),
+        "spec.cache",
+    ),
+    Invalid("unknown-field", _with(_vllm, lambda d: d["spec"].update(replica=2)), "spec.replica"),
+    Invalid(
+        "mode-hold-too-long",
+        _with(_mode, lambda d: d["spec"]["switchPolicy"].update(maxHoldSeconds=100000)),
+        "spec.switchPolicy.maxHoldSeconds",
+    ),
+]
+
+
+def engine(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"engine": "vllm", "model": {"source": "org/model", "servedName": "m"}}
+    base.update(spec)
+    return {
+        "apiVersion": "roundhouse.dev/v1alpha1",
+        "kind": "InferenceEngine",
+        "metadata": {"name": "e"},
+        "spec": base,
+    }
+
+
+VALID_SPECS: dict[str, dict[str, Any]] = {
+    "vllm-defaults-one-gpu": engine(),
+    "vllm-tp2-on-2-gpus": engine(gpus=2, vllm={"tensorParallelSize": 2}),
+    "vllm-tp2-pp2-on-4-gpus": engine(gpus=4, vllm={"tensorParallelSize": 2, "pipelineParallelSize": 2}),
+    "vllm-multinode-tp8-pp2-2-nodes": engine(
+        gpus=8, vllm={"tensorParallelSize": 8, "pipelineParallelSize": 2, "nodes": 2}
+    ),
+    "vllm-cpu": engine(gpus=0),
+    "vllm-gpu-util-one": engine(vllm={"gpuMemoryUtilization": 1}),
+    "vllm-tools-with-parser": engine(vllm={"enableAutoToolChoice": True, "toolCallParser": "hermes"}),
+    "vllm-zero-replicas": engine(replicas=0),
+    "llamacpp-first-shard": engine(
+        engine="llamacpp",
+        model={"source": "/m/x-00001-of-00004.GGUF", "servedName": "x"},
+        gpus=4,
+        llamacpp={"tensorSplit": [3, 1, 1, 1], "gpuLayers": "all"},
+    ),
+    "llamacpp-gpu-layers-number": engine(
+        engine="llamacpp", model={"source": "https://h/x.gguf", "servedName": "x"}, llamacpp={"gpuLayers": 0}
+    ),
+    "llamacpp-existing-server-any-source": engine(
+        engine="llamacpp", model={"source": "tiny", "servedName": "x"}, endpoints=["http://127.0.0.1:8081"]
+    ),
+    "ollama-tag": engine(engine="ollama", model={"source": "llama3.1:8b", "servedName": "llama3.1:8b"}),
+    "external-gpus-zero": engine(engine="external", gpus=0, external={"baseURL": "https://api.example.com/v1"}),
+}
+
+_BAD_SPECS: dict[str, tuple[dict[str, Any], str]] = {
+    "vllm-two-gpus-no-tp": (engine(gpus=2), "spec.gpus"),
+    "vllm-tp-on-fewer-gpus": (engine(gpus=1, vllm={"tensorParallelSize": 2}), "tensorParallelSize"),
+    "vllm-multinode-count-wrong": (
+        engine(gpus=8, vllm={"tensorParallelSize": 8, "nodes": 2}),
+        "spec.vllm.nodes",
+    ),
+    "llamacpp-tensor-split-default-gpu": (
+        engine(engine="llamacpp", model={"source": "x.gguf", "servedName": "x"}, llamacpp={"tensorSplit": [1, 1]}),
+        "spec.llamacpp.tensorSplit",
+    ),
+    "llamacpp-negative-layers": (
+        engine(engine="llamacpp", model={"source": "x.gguf", "servedName": "x"}, llamacpp={"gpuLayers": -3}),
+        "spec.llamacpp.gpuLayers",
+    ),
+    "ollama-with-vllm-section": (
+        engine(engine="ollama", model={"source": "a:b", "servedName": "a"}, vllm={}),
+        "spec.vllm",
+    ),
+    "external-section-on-vllm": (engine(external={"baseURL": "https://a/v1"}), "spec.external"),
+    "endpoint-not-url": (engine(endpoints=["localhost:8000"]), "spec.endpoints"),
+    "served-name-with-space": (
+        engine(model={"source": "a", "servedName": "my model"}),
+        "spec.model.servedName",
+    ),
+    "empty-source": (engine(model={"source": "", "servedName": "m"}), "spec.model.source"),
+    "negative-gpus": (engine(gpus=-1), "spec.gpus"),
+    "keep-alive-garbage": (
+        engine(engine="ollama", model={"source": "a:b", "servedName": "a"}, ollama={"keepAlive": "forever"}),
+        "spec.ollama.keepAlive",
+    ),
+}
+
+
+INVALID += [Invalid(name, (lambda d=doc: copy.deepcopy(d)), field) for name, (doc, field) in _BAD_SPECS.items()]
