@@ -1,0 +1,375 @@
+"""Level-triggered reconciliation of one namespace at a time.
+
+Every watch event marks its namespace dirty; a single worker reconciles dirty namespaces from
+the in-memory store: plan the mode, render and apply what changed, write statuses that changed.
+Everything is recomputed from observed state, so a restart in the middle of a switch finishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from roundhouse_api import EngineMode, EngineStatus, Family, InferenceEngine, Phase
+
+from . import metrics
+from .fit import estimate
+from .kube import Kube
+from .plan import EngineView, ModePlan, plan
+from .render import HASH_ANNOTATION, render, runs_workload
+from .status import Observed, condition, engine_status, keep_transition_times
+from .store import Store
+from .switch import drain_deadline, mode_status
+
+log = logging.getLogger("roundhouse.operator")
+RESYNC_SECONDS = 15.0
+BACKOFF_BASE, BACKOFF_MAX = 0.5, 60.0
+PROBE_TIMEOUT = 5.0
+MAX_PARALLEL_APPLIES = 16
+# Conditions whose turn to False a user should see in `kubectl describe`, with the Event reason.
+TRANSITION_EVENTS = {"ConfigValid": "InvalidSpec", "Scheduled": "Unschedulable"}
+
+
+def config_error(raw: dict[str, Any]) -> tuple[InferenceEngine | None, str | None]:
+    """Parse an engine; what the schema could not refuse becomes a ConfigValid=False message."""
+    try:
+        engine = InferenceEngine.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        return None, problems
+    if engine.spec.vllm and engine.spec.vllm.nodes > 1:
+        return engine, "spec.vllm.nodes > 1 needs LeaderWorkerSet, which this operator does not drive yet"
+    return engine, None
+
+
+def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from `old` to `new`: fields that disappeared are nulled, not left behind."""
+    return {**{k: None for k in (old or {}) if k not in new}, **new}
+
+
+def governs(mode: EngineMode, raw_engine: dict[str, Any]) -> bool:
+    selector = mode.spec.selector.match_labels if mode.spec.selector else {}
+    labels = raw_engine["metadata"].get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def gpu_memory_mib(nodes: list[dict[str, Any]], engine: InferenceEngine) -> int | None:
+    """Smallest per-GPU memory among GPU nodes the engine may land on (GPU Feature Discovery labels)."""
+    sizes = []
+    for node in nodes:
+        labels = node["labels"]
+        if "nvidia.com/gpu.memory" not in labels:
+            continue
+        if engine.spec.gpu_product and labels.get("nvidia.com/gpu.product") != engine.spec.gpu_product:
+            continue
+        try:
+            sizes.append(int(labels["nvidia.com/gpu.memory"]))
+        except ValueError:
+            continue
+    return min(sizes) if sizes else None
+
+
+def probe_url(engine: InferenceEngine) -> str:
+    """Health URL of an engine that runs elsewhere: its family's own health endpoint."""
+    if engine.spec.engine == Family.EXTERNAL and engine.spec.external:
+        return engine.spec.external.base_url.rstrip("/") + "/models"
+    base = (engine.spec.endpoints or [""])[0].rstrip("/")
+    return base + {Family.OLLAMA: "/api/version", Family.EXTERNAL: "/v1/models"}.get(engine.spec.engine, "/health")
+
+
+class Controller:
+    def __init__(self, store: Store, kube: Kube) -> None:
+        self.store = store
+        self.kube = kube
+        self.dirty: set[str] = set()
+        self.wake = asyncio.Event()
+        self.probes: dict[tuple[str, str], tuple[bool, str]] = {}
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.failures: dict[str, int] = {}
+        self.phases: dict[tuple[str, str], str] = {}
+        self._apply_slots = asyncio.Semaphore(MAX_PARALLEL_APPLIES)
+        # Parsing runs the CEL rules in Python (~5 ms an engine) and rendering hashes every object:
+        # both depend only on the spec, so they are cached per (uid, generation).
+        self._parsed: dict[tuple[str, int], tuple[InferenceEngine | None, str | None]] = {}
+        self._rendered: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+        self.http = httpx.AsyncClient(timeout=PROBE_TIMEOUT)
+
+    def mark(self, namespace: str) -> None:
+        self.dirty.add(namespace)
+        self.wake.set()
+
+    def mark_later(self, namespace: str, seconds: float) -> None:
+        if namespace in self.timers:
+            self.timers[namespace].cancel()
+        self.timers[namespace] = asyncio.get_running_loop().call_later(max(0.0, seconds), self.mark, namespace)
+
+    async def run(self) -> None:
+        """Reconcile dirty namespaces forever; every RESYNC_SECONDS everything is dirty (probes, drift)."""
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), RESYNC_SECONDS)
+            except TimeoutError:
+                await self.probe_all()
+                self.dirty |= self.store.namespaces()
+            self.wake.clear()
+            # Let a burst of watch events land before acting on it.
+            await asyncio.sleep(0.05)
+            batch, self.dirty = self.dirty, set()
+            for namespace in sorted(batch):
+                await self.reconcile_safely(namespace)
+
+    async def reconcile_safely(self, namespace: str) -> None:
+        started = time.perf_counter()
+        try:
+            await self.reconcile(namespace)
+            metrics.RECONCILES.labels(result="ok").inc()
+            self.failures.pop(namespace, None)
+        except ApiException as err:
+            if err.status == 403 and "NamespaceTerminating" in str(err.body):
+                log.info("namespace is being deleted", extra={"namespace": namespace})
+                return
+            self._failed(namespace, err)
+        except Exception as err:  # one bad namespace must not stop the others; retry with backoff
+            self._failed(namespace, err)
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    def _failed(self, namespace: str, err: Exception) -> None:
+        """Count the failure and retry the namespace later, backing off exponentially."""
+        metrics.RECONCILES.labels(result="error").inc()
+        failures = self.failures[namespace] = self.failures.get(namespace, 0) + 1
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
+        log.error("reconcile failed", exc_info=err, extra={"namespace": namespace, "error": str(err), "retryIn": delay})
+        self.mark_later(namespace, delay)
+
+    async def probe_all(self) -> None:
+        engines = []
+        for ns in self.store.namespaces():
+            for raw in self.store.all("InferenceEngine", ns):
+                engine, error = self.parse(raw)
+                if engine is not None and error is None and not runs_workload(engine):
+                    engines.append(engine)
+        await asyncio.gather(*(self.probe(e) for e in engines))
+
+    async def probe(self, engine: InferenceEngine) -> None:
+        """GET the family's health URL (an external API's /models with its key) and remember the verdict."""
+        key = (engine.metadata.namespace, engine.metadata.name)
+        url = probe_url(engine)
+        headers = {}
+        ref = engine.spec.external.api_key_secret_ref if engine.spec.external else None
+        if ref is not None:
+            api_key = await asyncio.to_thread(self.kube.secret_value, engine.metadata.namespace, ref.name, ref.key)
+            if api_key is None:
+                self.probes[key] = (False, f"API key Secret {ref.name}/{ref.key} not readable")
+                return
+            headers["Authorization"] = f"Bearer {api_key}"
+        try:
+            resp = await self.http.get(url, headers=headers)
+        except httpx.HTTPError as err:
+            self.probes[key] = (False, f"{url} unreachable: {type(err).__name__}")
+            return
+        self.probes[key] = (resp.status_code < 300, f"{url} answered HTTP {resp.status_code}")
+
+    async def reconcile(self, namespace: str) -> None:
+        now = datetime.now(UTC)
+        modes = []
+        for raw in sorted(self.store.all("EngineMode", namespace), key=lambda m: m["metadata"]["name"]):
+            try:
+                modes.append(EngineMode.model_validate(raw))
+            except ValidationError as err:
+                log.warning("invalid EngineMode ignored", extra={"namespace": namespace, "error": str(err)})
+        raws = self.store.all("InferenceEngine", namespace)
+        parsed = {r["metadata"]["name"]: (r, *self.parse(r)) for r in raws}
+        nodes = await asyncio.to_thread(self.kube.nodes) if parsed else []
+
+        plans: dict[str, tuple[EngineMode | None, ModePlan]] = {}
+        by_mode: dict[str | None, list[str]] = {}
+        for name, (raw, _engine, _err) in parsed.items():
+            mode = next((m for m in modes if governs(m, raw)), None)
+            by_mode.setdefault(mode.metadata.name if mode else None, []).append(name)
+        for mode_name, names in by_mode.items():
+            mode = next((m for m in modes if m.metadata.name == mode_name), None)
+            views = [self._view(namespace, parsed[n][0], parsed[n][1], mode is not None) for n in names]
+            deadline = drain_deadline(mode, now) if mode else None
+            draining = deadline is not None and now < deadline
+            if draining and deadline is not None:
+                self.mark_later(namespace, (deadline - now).total_seconds() + 0.05)
+            p = plan(mode.spec.mode if mode else None, views, draining=draining)
+            for n in names:
+                plans[n] = (mode, p)
+
+        statuses: dict[str, dict[str, tuple[Family, EngineStatus, bool]]] = {}
+        await asyncio.gather(*(
+            self._reconcile_engine(namespace, raw, engine, err, plans[name], nodes, now, statuses)
+            for name, (raw, engine, err) in parsed.items()
+        ))  # fmt: skip
+        for mode in modes:
+            name = mode.metadata.name
+            mode_plan = next((p for (m, p) in plans.values() if m is not None and m.metadata.name == name), ModePlan())
+            await self._write_mode_status(mode, mode_plan, statuses.get(mode.metadata.name, {}), now)
+
+    def _view(self, namespace: str, raw: dict[str, Any], engine: InferenceEngine | None, governed: bool) -> EngineView:
+        name = raw["metadata"]["name"]
+        deployment = self.store.get("Deployment", namespace, name)
+        deployed = int(((deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
+        family = Family(raw["spec"].get("engine", "vllm")) if raw["spec"].get("engine") in list(Family) else Family.VLLM
+        return EngineView(
+            name=name,
+            family=family,
+            spec_replicas=engine.spec.replicas if engine else deployed,
+            deployed_replicas=deployed,
+            pods=len(self.store.owned("Pod", namespace, name)),
+            runs_workload=runs_workload(engine) if engine else True,
+            governed=governed,
+        )
+
+    async def _reconcile_engine(
+        self,
+        namespace: str,
+        raw: dict[str, Any],
+        engine: InferenceEngine | None,
+        error: str | None,
+        mode_plan: tuple[EngineMode | None, ModePlan],
+        nodes: list[dict[str, Any]],
+        now: datetime,
+        statuses: dict[str, dict[str, tuple[Family, EngineStatus, bool]]],
+    ) -> None:
+        name = raw["metadata"]["name"]
+        mode, p = mode_plan
+        previous = self._previous_status(raw)
+        if engine is None:
+            self.count_phase(namespace, name, Phase.FAILED.value)
+            await self._write_invalid(raw, error or "invalid spec", previous, now)
+            return
+        ep = p.engines[name]
+        if raw["metadata"].get("deletionTimestamp"):
+            return  # being deleted: the garbage collector takes its objects away
+        if error is None:
+            await self._apply_changed(namespace, self.render(engine, ep.replicas))
+        if not runs_workload(engine) and (namespace, name) not in self.probes:
+            await self.probe(engine)
+        observed = Observed(
+            engine=engine,
+            plan=ep,
+            deployment=self.store.get("Deployment", namespace, name),
+            pods=self.store.owned("Pod", namespace, name),
+            fit=estimate(engine.spec, gpu_memory_mib(nodes, engine)),
+            config_error=error,
+            probe_ok=self.probes.get((namespace, name), (None, ""))[0],
+            probe_message=self.probes.get((namespace, name), (None, ""))[1],
+            mode_name=mode.metadata.name if mode else None,
+        )
+        status = engine_status(observed, previous, now)
+        self.count_phase(namespace, name, status.phase.value if status.phase else "")
+        if mode is not None:
+            statuses.setdefault(mode.metadata.name, {})[name] = (engine.spec.engine, status, runs_workload(engine))
+        await self._write_engine_status(raw, status, previous)
+
+    def parse(self, raw: dict[str, Any]) -> tuple[InferenceEngine | None, str | None]:
+        meta = raw["metadata"]
+        key = (str(meta.get("uid", "")), int(meta.get("generation", 0)))
+        if key not in self._parsed:
+            self._parsed[key] = config_error(raw)
+        return self._parsed[key]
+
+    def render(self, engine: InferenceEngine, replicas: int) -> list[dict[str, Any]]:
+        key = (engine.metadata.uid, engine.metadata.generation, replicas)
+        if key not in self._rendered:
+            self._rendered[key] = render(engine, replicas)
+        return self._rendered[key]
+
+    def count_phase(self, namespace: str, name: str, phase: str) -> None:
+        self.phases[(namespace, name)] = phase
+        counts = {p.value: 0 for p in Phase}
+        for value in self.phases.values():
+            counts[value] = counts.get(value, 0) + 1
+        for value, n in counts.items():
+            metrics.ENGINES.labels(phase=value).set(n)
+
+    def forget(self, namespace: str, name: str, uid: str = "") -> None:
+        self.phases.pop((namespace, name), None)
+        self.probes.pop((namespace, name), None)
+        for key in [k for k in self._parsed if k[0] == uid]:
+            del self._parsed[key]
+        for rkey in [k for k in self._rendered if k[0] == uid]:
+            del self._rendered[rkey]
+
+    def _previous_status(self, raw: dict[str, Any]) -> EngineStatus | None:
+        try:
+            return EngineStatus.model_validate(raw.get("status") or {})
+        except ValidationError:
+            return None
+
+    async def _apply_changed(self, namespace: str, objects: list[dict[str, Any]]) -> None:
+        for obj in objects:
+            current = self.store.get(obj["kind"], namespace, obj["metadata"]["name"])
+            current_hash = ((current or {}).get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
+            if current is not None and current_hash == obj["metadata"]["annotations"][HASH_ANNOTATION]:
+                continue
+            async with self._apply_slots:
+                stored = await asyncio.to_thread(self.kube.apply, obj)
+            self.store.put(obj["kind"], stored)
+            metrics.APPLIES.labels(kind=obj["kind"]).inc()
+
+    async def _write_engine_status(
+        self, raw: dict[str, Any], status: EngineStatus, previous: EngineStatus | None
+    ) -> None:
+        """Patch the status if it changed; post an Event when a condition a user must see turns False."""
+        new = status.wire()
+        if previous is not None and previous.wire() == new:
+            return
+        meta = raw["metadata"]
+        patch = status_patch(raw.get("status"), new)
+        stored = await asyncio.to_thread(
+            self.kube.patch_status, "InferenceEngine", meta["namespace"], meta["name"], patch
+        )
+        self.store.put("InferenceEngine", stored)
+        if previous is None or previous.phase != status.phase:
+            metrics.PHASE_CHANGES.labels(phase=status.phase.value if status.phase else "").inc()
+            log.info("engine phase", extra={"engine": f"{meta['namespace']}/{meta['name']}",
+                                            "phase": status.phase, "reason": status.message})  # fmt: skip
+        old = {c.type: c.status for c in (previous.conditions if previous else [])}
+        for cond in status.conditions:
+            reason = TRANSITION_EVENTS.get(cond.type)
+            if reason and cond.status == "False" and old.get(cond.type) != "False":
+                await asyncio.to_thread(self.kube.event, raw, "Warning", reason, cond.message)
+
+    async def _write_invalid(
+        self, raw: dict[str, Any], error: str, previous: EngineStatus | None, now: datetime
+    ) -> None:
+        """A spec the models refuse: ConfigValid=False and phase Failed; nothing else is touched."""
+        gen = int(raw["metadata"].get("generation", 0))
+        conditions = keep_transition_times(
+            [condition("ConfigValid", False, "InvalidSpec", error, gen, now)], previous.conditions if previous else []
+        )
+        status = EngineStatus(phase=Phase.FAILED, message=error, observed_generation=gen, conditions=conditions)
+        await self._write_engine_status(raw, status, previous)
+
+    async def _write_mode_status(
+        self, mode: EngineMode, p: ModePlan, engines: dict[str, tuple[Family, EngineStatus, bool]], now: datetime
+    ) -> None:
+        status, events = mode_status(mode, p, engines, now)
+        old = mode.status.wire() if mode.status else None
+        new = status.wire()
+        if old == new:
+            return
+        meta = mode.metadata
+        body = {"apiVersion": mode.api_version, "kind": "EngineMode", "metadata": meta.model_dump()}
+        stored = await asyncio.to_thread(
+            self.kube.patch_status, "EngineMode", meta.namespace, meta.name, status_patch(old, new)
+        )
+        self.store.put("EngineMode", stored)
+        for event in events:
+            await asyncio.to_thread(self.kube.event, body, event.type, event.reason, event.message)
+            if event.reason == "SwitchCompleted" and status.last_switch_seconds is not None:
+                metrics.SWITCHES.inc()
+                metrics.SWITCH_SECONDS.observe(status.last_switch_seconds)
+        log.info("engine mode", extra={"mode": f"{meta.namespace}/{meta.name}", "phase": status.phase,
+                                       "activeMode": status.active_mode, "reason": status.message})  # fmt: skip

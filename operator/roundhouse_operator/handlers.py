@@ -1,0 +1,105 @@
+"""kopf handlers: translate watch events into store updates and dirty namespaces. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kopf
+
+from roundhouse_api import GROUP, VERSION
+
+from .controller import Controller
+from .kube import Kube, load_config
+from .render import ENGINE_LABEL
+from .store import Store
+
+log = logging.getLogger("roundhouse.operator")
+STATE: dict[str, Any] = {}
+
+
+def _controller() -> Controller:
+    return STATE["controller"]  # type: ignore[no-any-return]
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Owner references do the garbage collection: no finalizers, and kopf keeps no state on our objects.
+    settings.persistence.finalizer = "roundhouse.dev/kopf-finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="roundhouse.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="roundhouse.dev")
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    load_config()
+    # API calls are blocking and run in threads; the default pool (cores + 4) starves a large reconcile.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube"))
+    controller = Controller(Store(), Kube())
+    STATE["controller"] = controller
+    await asyncio.to_thread(seed, controller, STATE.get("namespaces") or [])
+    STATE["task"] = asyncio.create_task(controller.run(), name="roundhouse-reconciler")
+
+
+SEED = (
+    ("EngineMode", f"apis/{GROUP}/{VERSION}/enginemodes", None),
+    ("Deployment", "apis/apps/v1/deployments", ENGINE_LABEL),
+    ("Pod", "api/v1/pods", ENGINE_LABEL),
+)
+
+
+def seed(controller: Controller, namespaces: list[str]) -> None:
+    """List the modes and the engines' Deployments and Pods before the first reconcile.
+
+    kopf does not say when its initial listings are complete; an operator restarted mid-switch that
+    reconciled an engine before it had seen its EngineMode, or the outgoing pods, would start the
+    incoming family too early. Engines themselves need no seeding: they are what triggers a pass.
+    """
+    plain = [ns for ns in namespaces if not any(ch in ns for ch in "*?![]")]
+    scopes: list[str | None] = list(plain) if plain and len(plain) == len(namespaces) else [None]
+    for scope in scopes:
+        for kind, path, selector in SEED:
+            for obj in controller.kube.list_objects(path, scope, selector):
+                controller.store.put(kind, obj)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    task = STATE.get("task")
+    if task is not None:
+        task.cancel()
+
+
+def _on_event(kind: str, event: kopf.RawEvent) -> None:
+    body: dict[str, Any] = dict(event.get("object") or {})
+    if "metadata" not in body:
+        return
+    controller = _controller()
+    if event.get("type") == "DELETED":
+        namespace = controller.store.remove(kind, body)
+        if kind == "InferenceEngine":
+            controller.forget(namespace, body["metadata"]["name"], body["metadata"].get("uid", ""))
+    else:
+        namespace = controller.store.put(kind, body)
+    controller.mark(namespace)
+
+
+@kopf.on.event(GROUP, VERSION, "inferenceengines")
+def engine_event(event: kopf.RawEvent, **_: Any) -> None:
+    _on_event("InferenceEngine", event)
+
+
+@kopf.on.event(GROUP, VERSION, "enginemodes")
+def mode_event(event: kopf.RawEvent, **_: Any) -> None:
+    _on_event("EngineMode", event)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={ENGINE_LABEL: kopf.PRESENT})
+def deployment_event(event: kopf.RawEvent, **_: Any) -> None:
+    _on_event("Deployment", event)
+
+
+@kopf.on.event("", "v1", "pods", labels={ENGINE_LABEL: kopf.PRESENT})
+def pod_event(event: kopf.RawEvent, **_: Any) -> None:
+    _on_event("Pod", event)

@@ -1,0 +1,24 @@
+"""Prometheus metrics of the operator (served on --metrics-port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter("roundhouse_operator_reconciles_total", "Namespace reconciles, by result.", ["result"])
+RECONCILE_SECONDS = Histogram(
+    "roundhouse_operator_reconcile_duration_seconds", "Time to reconcile one namespace.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)  # fmt: skip
+APPLIES = Counter("roundhouse_operator_applies_total", "Server-side applies of rendered objects, by kind.", ["kind"])
+PHASE_CHANGES = Counter(
+    "roundhouse_operator_engine_phase_transitions_total", "Engine phase transitions, by new phase.", ["phase"]
+)
+SWITCHES = Counter("roundhouse_operator_mode_switches_total", "Completed engine-mode switches.")
+SWITCH_SECONDS = Histogram(
+    "roundhouse_operator_mode_switch_duration_seconds", "Time from a mode change to every engine in place.",
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+)  # fmt: skip
+ENGINES = Gauge("roundhouse_operator_engines", "InferenceEngines by phase, as last reconciled.", ["phase"])
+API_REQUESTS = Counter(
+    "roundhouse_operator_api_requests_total", "Requests the operator sent to the API server (watches aside).", ["verb"]
+)

@@ -1,0 +1,142 @@
+"""engine_status(observed) -> the InferenceEngine's status: phase and conditions. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from roundhouse_api import Condition, EngineStatus, InferenceEngine, Phase
+
+from .fit import Fit
+from .plan import EnginePlan
+from .render import endpoint_url, runs_workload, selector
+
+FAILING_WAIT_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+                        "InvalidImageName"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the operator saw about one engine in this pass."""
+
+    engine: InferenceEngine
+    plan: EnginePlan
+    deployment: dict[str, Any] | None
+    pods: list[dict[str, Any]]
+    fit: Fit
+    config_error: str | None = None
+    probe_ok: bool | None = None  # engines that run elsewhere: the last probe
+    probe_message: str = ""
+    mode_name: str | None = None
+
+
+def _pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in pod.get("status", {}).get("conditions", []) or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return None
+
+
+def unschedulable(pods: list[dict[str, Any]]) -> str | None:
+    """The scheduler's own message for the first pod it could not place."""
+    for pod in pods:
+        cond = _pod_condition(pod, "PodScheduled")
+        if cond and cond.get("status") == "False":
+            return str(cond.get("message") or cond.get("reason") or "Unschedulable")
+    return None
+
+
+def failing(pods: list[dict[str, Any]]) -> str | None:
+    for pod in pods:
+        if pod.get("status", {}).get("phase") == "Failed":
+            return f"pod {pod['metadata']['name']} failed: {pod['status'].get('message', '')}".strip()
+        for cs in pod.get("status", {}).get("containerStatuses", []) or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in FAILING_WAIT_REASONS:
+                return f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}".strip()
+    return None
+
+
+def _phase(o: Observed, ready: int) -> tuple[Phase, str]:
+    if o.config_error:
+        return Phase.FAILED, o.config_error
+    if not o.plan.active:
+        mode = f"engine mode {o.mode_name!r}" if o.mode_name else "the engine mode"
+        stopping = f"; {len(o.pods)} pod(s) stopping" if o.pods else ""
+        return Phase.STANDBY, f"{mode} has switched the {o.engine.spec.engine.value} family off{stopping}"
+    if not runs_workload(o.engine):
+        if o.probe_ok is None:
+            return Phase.PENDING, "waiting for the first probe"
+        return (Phase.READY if o.probe_ok else Phase.FAILED), o.probe_message
+    if o.plan.held:
+        return Phase.PENDING, "waiting for the outgoing engine family's pods to stop (GPUs to free up)"
+    desired = o.plan.replicas
+    if desired == 0:
+        return Phase.STANDBY, "scaled to zero replicas"
+    if ready >= desired:
+        return Phase.READY, f"{ready}/{desired} replicas ready"
+    if ready > 0:
+        return Phase.DEGRADED, f"{ready}/{desired} replicas ready"
+    if message := unschedulable(o.pods):
+        return Phase.PENDING, message
+    if message := failing(o.pods):
+        return Phase.FAILED, message
+    return Phase.STARTING, f"0/{desired} replicas ready: loading"
+
+
+def condition(kind: str, ok: bool | None, reason: str, message: str, generation: int, now: datetime) -> Condition:
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    return Condition(type=kind, status=status, reason=reason, message=message, last_transition_time=now,
+                     observed_generation=generation)  # fmt: skip
+
+
+def keep_transition_times(new: list[Condition], old: list[Condition]) -> list[Condition]:
+    """A condition whose status did not change keeps its lastTransitionTime."""
+    previous = {c.type: c for c in old}
+    out = []
+    for cond in new:
+        prev = previous.get(cond.type)
+        if prev is not None and prev.status == cond.status:
+            cond = cond.model_copy(update={"last_transition_time": prev.last_transition_time})
+        out.append(cond)
+    return out
+
+
+def engine_status(o: Observed, previous: EngineStatus | None, now: datetime) -> EngineStatus:
+    """The status the operator writes for one engine."""
+    gen = o.engine.metadata.generation
+    dstatus = (o.deployment or {}).get("status", {}) or {}
+    ready = int(dstatus.get("readyReplicas", 0) or 0) if o.plan.active else 0
+    phase, message = _phase(o, ready)
+    workload = runs_workload(o.engine)
+    unsched = unschedulable(o.pods)
+    if not workload:
+        scheduled = condition("Scheduled", True, "NoWorkload", "runs outside this cluster", gen, now)
+    elif unsched:
+        scheduled = condition("Scheduled", False, "Unschedulable", unsched, gen, now)
+    elif o.pods:
+        scheduled = condition("Scheduled", True, "Scheduled", f"{len(o.pods)} pod(s) placed", gen, now)
+    else:
+        scheduled = condition("Scheduled", None, "NoPods", "no pods to place", gen, now)
+    conditions = [
+        condition("ConfigValid", o.config_error is None, "InvalidSpec" if o.config_error else "Valid",
+              o.config_error or "spec is valid", gen, now),
+        scheduled,
+        condition("ModelFits", o.fit.fits, o.fit.reason, o.fit.message, gen, now),
+        condition("Ready", phase == Phase.READY, phase.value, message, gen, now),
+    ]  # fmt: skip
+    replicas = int(dstatus.get("replicas", 0) or 0) if workload else 0
+    desired = o.plan.replicas if workload else 0
+    return EngineStatus(
+        phase=phase,
+        replicas=replicas,
+        ready_replicas=ready,
+        ready=f"{ready}/{desired}" if workload else ("1/1" if phase == Phase.READY else "0/1"),
+        selector=",".join(f"{k}={v}" for k, v in selector(o.engine).items()),
+        endpoint=endpoint_url(o.engine),
+        active=o.plan.active,
+        observed_generation=gen,
+        message=message,
+        conditions=keep_transition_times(conditions, previous.conditions if previous else []),
+    )

@@ -1,0 +1,71 @@
+"""An in-memory copy of what the operator watches, fed by kopf's watch events."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from .render import ENGINE_LABEL
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+class Store:
+    """Latest body of each watched object, by kind, namespace and name."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, dict[str, dict[str, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+        # (kind, namespace, engine) -> names of objects labelled for that engine: owned() without a scan.
+        self._by_engine: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+
+    def put(self, kind: str, body: dict[str, Any]) -> str:
+        """Keep `body` unless the store already holds a newer version of the object.
+
+        The operator writes its own changes through (from the API server's responses), and a
+        watch event queued before such a write must not roll the store back.
+        """
+        meta = body["metadata"]
+        current = self._objects[kind][meta["namespace"]].get(meta["name"])
+        if current is None or not _older(meta, current["metadata"]):
+            if current is not None:
+                self._unindex(kind, current)
+            self._objects[kind][meta["namespace"]][meta["name"]] = body
+            if engine := (meta.get("labels") or {}).get(ENGINE_LABEL):
+                self._by_engine[(kind, meta["namespace"], engine)].add(meta["name"])
+        return str(meta["namespace"])
+
+    def remove(self, kind: str, body: dict[str, Any]) -> str:
+        meta = body["metadata"]
+        current = self._objects[kind][meta["namespace"]].pop(meta["name"], None)
+        if current is not None:
+            self._unindex(kind, current)
+        return str(meta["namespace"])
+
+    def _unindex(self, kind: str, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        if engine := (meta.get("labels") or {}).get(ENGINE_LABEL):
+            self._by_engine[(kind, meta["namespace"], engine)].discard(meta["name"])
+
+    def all(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        return list(self._objects[kind][namespace].values())
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._objects[kind][namespace].get(name)
+
+    def owned(self, kind: str, namespace: str, engine: str) -> list[dict[str, Any]]:
+        """Objects of `kind` labelled as belonging to `engine`."""
+        objs = self._objects[kind][namespace]
+        return [objs[n] for n in self._by_engine.get((kind, namespace, engine), ()) if n in objs]
+
+    def namespaces(self) -> set[str]:
+        return {ns for by_ns in self._objects.values() for ns, objs in by_ns.items() if objs}
+
+
+def _older(meta: dict[str, Any], than: dict[str, Any]) -> bool:
+    """Whether `meta` describes an older version of the same object (same uid, lower resourceVersion)."""
+    if meta.get("uid") != than.get("uid"):
+        return False
+    try:
+        return int(meta.get("resourceVersion", 0)) < int(than.get("resourceVersion", 0))
+    except ValueError:  # resourceVersion is opaque in general; etcd's happen to be integers
+        return False

@@ -1,0 +1,102 @@
+"""mode_status(...) -> the EngineMode's status and the events a switch produces. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from roundhouse_api import EngineMode, EngineModeStatus, EngineStatus, Family, ModePhase, Phase
+from roundhouse_api.mode import GovernedEngine
+
+from .plan import ModePlan
+from .status import condition, keep_transition_times
+
+
+@dataclass(frozen=True)
+class ModeEvent:
+    type: str
+    reason: str
+    message: str
+
+
+def drain_deadline(mode: EngineMode, now: datetime) -> datetime | None:
+    """Until when engines being switched off keep serving in-flight requests (None: no switch)."""
+    drain = timedelta(seconds=mode.spec.switch_policy.drain_seconds if mode.spec.switch_policy else 30)
+    if switch_starting(mode):
+        return now + drain
+    status = mode.status
+    if not status or status.phase != ModePhase.SWITCHING or not status.switch_started_at:
+        return None
+    return status.switch_started_at + drain
+
+
+def switch_starting(mode: EngineMode) -> bool:
+    status = mode.status
+    return status is None or (status.active_mode != mode.spec.mode and status.phase != ModePhase.SWITCHING)
+
+
+def mode_status(
+    mode: EngineMode, p: ModePlan, engines: dict[str, tuple[Family, EngineStatus, bool]], now: datetime
+) -> tuple[EngineModeStatus, list[ModeEvent]]:
+    """The EngineMode status after this reconcile, from observed state only.
+
+    `engines` maps each governed engine to (family, status, runs a workload here); engines that
+    run elsewhere are listed but do not hold a switch up."""
+    prev = mode.status or EngineModeStatus()
+    target = mode.spec.mode
+    events: list[ModeEvent] = []
+    started_at, previous = prev.switch_started_at, prev.previous_mode
+    if switch_starting(mode):
+        started_at, previous = now, prev.active_mode
+        events.append(
+            ModeEvent("Normal", "SwitchStarted", f"switching from {prev.active_mode or 'nothing'} to {target}")
+        )
+    governed = []
+    not_ready, unschedulable = [], []
+    for name, (family, st, workload) in sorted(engines.items()):
+        ep = p.engines[name]
+        governed.append(GovernedEngine(name=name, family=family, active=ep.active, phase=st.phase, message=st.message))
+        if workload and ep.active and st.phase not in (Phase.READY, Phase.STANDBY):
+            not_ready.append(name)
+            sched = next((c for c in st.conditions if c.type == "Scheduled"), None)
+            if sched is not None and sched.status == "False":
+                unschedulable.append(f"{name}: {sched.message}")
+    complete = p.outgoing_pods == 0 and not not_ready
+    in_switch = prev.phase == ModePhase.SWITCHING or switch_starting(mode)
+    status = EngineModeStatus(
+        previous_mode=previous,
+        switch_started_at=started_at,
+        switch_completed_at=prev.switch_completed_at,
+        last_switch_seconds=prev.last_switch_seconds,
+        engines=governed,
+        observed_generation=mode.metadata.generation,
+    )
+    if complete:
+        status.phase, status.active_mode = ModePhase.READY, target
+        status.message = f"{target}: every governed engine is where the mode wants it"
+        if in_switch and started_at is not None:
+            status.switch_completed_at = now
+            status.last_switch_seconds = round((now - started_at).total_seconds(), 3)
+            took = f"now {target} (from {previous or 'nothing'}) in {status.last_switch_seconds}s"
+            events.append(ModeEvent("Normal", "SwitchCompleted", took))
+    elif unschedulable and not p.switching:
+        status.phase, status.active_mode = ModePhase.DEGRADED, target
+        status.message = "cannot fit every engine: " + "; ".join(unschedulable)
+    elif in_switch:
+        status.phase, status.active_mode = ModePhase.SWITCHING, prev.active_mode
+        waiting = (
+            f"{p.outgoing_pods} outgoing pod(s) stopping" if p.outgoing_pods else "waiting for " + ", ".join(not_ready)
+        )
+        status.message = f"switching to {target}: {waiting}"
+    else:
+        status.phase, status.active_mode = ModePhase.DEGRADED, target
+        status.message = "not ready: " + ", ".join(not_ready)
+    gen = mode.metadata.generation
+    switching = status.phase == ModePhase.SWITCHING
+    conditions = [
+        condition("Ready", status.phase == ModePhase.READY, status.phase.value, status.message, gen, now),
+        condition("Switching", switching, "Switching" if switching else "Idle",
+                  status.message if switching else "no switch under way", gen, now),
+    ]  # fmt: skip
+    status.conditions = keep_transition_times(conditions, prev.conditions)
+    return status, events

@@ -1,0 +1,183 @@
+"""render(): golden manifests for every example engine, plus the flags users rely on, asserted directly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from roundhouse_api import InferenceEngine
+from roundhouse_operator.families import gguf_files
+from roundhouse_operator.render import render
+from tests.support.manifests import roundhouse_examples
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+def example(name: str) -> InferenceEngine:
+    for doc in roundhouse_examples():
+        if doc["kind"] == "InferenceEngine" and doc["metadata"]["name"] == name:
+            doc = {**doc, "metadata": {**doc["metadata"], "namespace": "models", "uid": "00000000-test-uid"}}
+            return InferenceEngine.model_validate(doc)
+    raise KeyError(name)
+
+
+ENGINES = [d["metadata"]["name"] for d in roundhouse_examples() if d["kind"] == "InferenceEngine"]
+
+
+def objects(name: str) -> dict[str, dict[str, Any]]:
+    engine = example(name)
+    return {o["kind"]: o for o in render(engine, engine.spec.replicas)}
+
+
+def container(name: str) -> dict[str, Any]:
+    return objects(name)["Deployment"]["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def args(name: str) -> list[str]:
+    return container(name).get("args", [])  # type: ignore[no-any-return]
+
+
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_render_matches_golden(name: str) -> None:
+    engine = example(name)
+    text = yaml.safe_dump_all(render(engine, engine.spec.replicas), sort_keys=True)
+    path = GOLDEN / f"{name}.yaml"
+    if UPDATE:
+        path.write_text(text)
+    assert path.exists(), f"no golden file {path.name}: run `make golden`"
+    assert text == path.read_text(), f"{path.name} differs: review the change, then `make golden`"
+
+
+def test_llamacpp_gemma_flags() -> None:
+    a = args("gemma-3-12b")
+    assert container("gemma-3-12b")["command"] == ["/app/llama-server"]
+    assert flag(a, "--model") == "/models/gguf/gemma-3-12b-it-Q5_K_M.gguf"
+    assert (flag(a, "--ctx-size"), flag(a, "--n-gpu-layers"), flag(a, "--threads"), flag(a, "--parallel")) == (
+        "8192", "35", "8", "2",
+    )  # fmt: skip
+    assert flag(a, "--flash-attn") == "on"
+    assert "--metrics" in a
+    assert flag(a, "--alias") == "gemma-3-12b,gemma3"
+    assert (flag(a, "--host"), flag(a, "--port")) == ("0.0.0.0", "8080")
+    init = objects("gemma-3-12b")["Deployment"]["spec"]["template"]["spec"]["initContainers"][0]
+    assert "gemma-3-12b-it-Q5_K_M.gguf" in init["command"][-1] and "[ -s" in init["command"][-1]
+    assert objects("gemma-3-12b")["PersistentVolumeClaim"]["spec"]["resources"]["requests"]["storage"] == "20Gi"
+
+
+def test_vllm_llama_70b_tp2_flags() -> None:
+    a = args("llama-3-1-70b")
+    assert container("llama-3-1-70b")["command"] == ["vllm", "serve"]
+    assert a[0] == "meta-llama/Llama-3.1-70B-Instruct"
+    assert flag(a, "--tensor-parallel-size") == "2"
+    assert flag(a, "--gpu-memory-utilization") == "0.92"
+    assert flag(a, "--max-model-len") == "4096"
+    assert flag(a, "--max-num-seqs") == "32"
+    assert "--enable-chunked-prefill" in a
+    assert "--enable-auto-tool-choice" in a and flag(a, "--tool-call-parser") == "llama3_json"
+    assert flag(a, "--port") == "8000"
+    pod = objects("llama-3-1-70b")["Deployment"]["spec"]["template"]["spec"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "20Gi"}} in pod["volumes"]
+    assert container("llama-3-1-70b")["resources"]["limits"]["nvidia.com/gpu"] == 2
+    env = {e["name"]: e for e in container("llama-3-1-70b")["env"]}
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+    assert "value" not in env["HF_TOKEN"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [
+        {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]},
+    ]}]  # fmt: skip
+
+
+def test_vllm_single_gpu_has_no_shm_and_lists_aliases() -> None:
+    a = args("qwen2-5-7b")
+    served = a[a.index("--served-model-name") + 1 : a.index("--host")]
+    assert served == ["qwen2.5-7b-instruct", "qwen"]
+    pod = objects("qwen2-5-7b")["Deployment"]["spec"]["template"]["spec"]
+    assert all(v["name"] != "dshm" for v in pod["volumes"])
+    assert objects("qwen2-5-7b")["Deployment"]["spec"]["replicas"] == 2
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_split_gguf_gpt_oss_across_four_gpus() -> None:
+    a = args("gpt-oss-120b")
+    assert flag(a, "--model") == "/models/gguf/gpt-oss-120b-mxfp4-00001-of-00003.gguf"
+    assert flag(a, "--tensor-split") == "1,1,1,1"
+    assert flag(a, "--split-mode") == "layer"
+    assert flag(a, "--n-gpu-layers") == "all"
+    script = objects("gpt-oss-120b")["Deployment"]["spec"]["template"]["spec"]["initContainers"][0]["command"][-1]
+    for i in (1, 2, 3):
+        assert f"gpt-oss-120b-mxfp4-0000{i}-of-00003.gguf" in script
+    assert container("gpt-oss-120b")["resources"]["requests"]["nvidia.com/gpu"] == 4
+
+
+def test_gguf_shards_are_derived_from_the_first() -> None:
+    assert gguf_files("/m/x-00001-of-00002.gguf") == ["/m/x-00001-of-00002.gguf", "/m/x-00002-of-00002.gguf"]
+    assert gguf_files("/m/x.gguf") == ["/m/x.gguf"]
+
+
+def test_ollama_pulls_before_ready() -> None:
+    c = container("llama3-1-8b-ollama")
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["OLLAMA_HOST"] == "0.0.0.0:11434"
+    assert (env["OLLAMA_NUM_PARALLEL"], env["OLLAMA_KEEP_ALIVE"], env["OLLAMA_MAX_LOADED_MODELS"]) == ("4", "-1", "1")
+    assert env["OLLAMA_MODELS"] == "/models/ollama"
+    assert 'ollama pull "llama3.1:8b"' in c["command"][-1]
+    assert c["readinessProbe"]["exec"]["command"] == ["ollama", "show", "llama3.1:8b"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/api/version"
+
+
+def test_external_and_endpoint_engines_render_nothing() -> None:
+    assert objects("qwen-external") == {}
+    engine = example("qwen2-5-7b")
+    engine.spec.endpoints = ["http://10.1.2.3:8000"]
+    assert render(engine, 1) == []
+
+
+def test_every_object_is_owned_and_labelled() -> None:
+    for name in ("gemma-3-12b", "qwen2-5-7b", "llama3-1-8b-ollama"):
+        for obj in objects(name).values():
+            meta = obj["metadata"]
+            assert meta["ownerReferences"][0]["kind"] == "InferenceEngine"
+            assert meta["ownerReferences"][0]["controller"] is True
+            assert meta["labels"]["roundhouse.dev/engine"] == name
+            assert meta["labels"]["app.kubernetes.io/managed-by"] == "roundhouse-operator"
+            assert "roundhouse.dev/rendered-hash" in meta["annotations"]
+
+
+def test_probes_allow_long_loads_then_check_readiness() -> None:
+    c = container("llama-3-1-70b")
+    startup = c["startupProbe"]
+    assert startup["httpGet"]["path"] == "/health"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_spec_change_changes_hash_and_replicas_only_change_replicas() -> None:
+    engine = example("qwen2-5-7b")
+    one, two = render(engine, 1), render(engine, 2)
+    assert one[0]["spec"]["replicas"] == 1 and two[0]["spec"]["replicas"] == 2
+    assert one[1] == two[1]  # the Service is untouched by scaling
+    assert one[0]["metadata"]["annotations"] != two[0]["metadata"]["annotations"]
+
+
+def test_user_affinity_gets_gpu_requirements_anded_in() -> None:
+    engine = example("llama-3-1-70b")
+    engine.spec.gpu_memory_mi_b = 81000
+    zone = {"key": "zone", "operator": "In", "values": ["a"]}
+    engine.spec.affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [zone]}]}}}  # fmt: skip
+    dep = render(engine, 1)[1]
+    exprs = dep["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"]  # fmt: skip
+    assert [e["key"] for e in exprs] == ["zone", "nvidia.com/gpu.product", "nvidia.com/gpu.memory"]
+    assert exprs[2] == {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["80999"]}
+    assert engine.spec.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"] == [{"key": "zone", "operator": "In", "values": ["a"]}]  # fmt: skip

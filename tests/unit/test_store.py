@@ -1,0 +1,35 @@
+"""The operator's store: newest version wins, and the per-engine index follows labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from roundhouse_operator.store import Store
+
+
+def pod(name: str, engine: str | None, rv: str = "1", uid: str = "u") -> dict[str, Any]:
+    labels = {"roundhouse.dev/engine": engine} if engine else {}
+    return {"metadata": {"name": name, "namespace": "ns", "uid": uid + name, "resourceVersion": rv, "labels": labels}}
+
+
+def test_owned_follows_puts_relabels_and_removes() -> None:
+    s = Store()
+    s.put("Pod", pod("a", "e1"))
+    s.put("Pod", pod("b", "e1"))
+    s.put("Pod", pod("c", "e2"))
+    assert sorted(p["metadata"]["name"] for p in s.owned("Pod", "ns", "e1")) == ["a", "b"]
+    s.put("Pod", pod("b", "e2", rv="2"))
+    assert [p["metadata"]["name"] for p in s.owned("Pod", "ns", "e1")] == ["a"]
+    assert sorted(p["metadata"]["name"] for p in s.owned("Pod", "ns", "e2")) == ["b", "c"]
+    s.remove("Pod", pod("c", "e2"))
+    assert [p["metadata"]["name"] for p in s.owned("Pod", "ns", "e2")] == ["b"]
+    assert s.owned("Pod", "ns", "none") == []
+
+
+def test_an_older_event_does_not_roll_the_store_back() -> None:
+    s = Store()
+    s.put("Pod", pod("a", "e1", rv="5"))
+    s.put("Pod", pod("a", "e2", rv="4"))  # a watch event queued before our own write
+    assert [p["metadata"]["resourceVersion"] for p in s.owned("Pod", "ns", "e1")] == ["5"]
+    s.put("Pod", pod("a", "e2", rv="9", uid="other"))  # recreated object: a new uid always wins
+    assert s.owned("Pod", "ns", "e1") == [] and len(s.owned("Pod", "ns", "e2")) == 1
