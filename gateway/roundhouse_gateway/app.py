@@ -1,0 +1,575 @@
+"""The gateway as a pure ASGI app: OpenAI API in front, engines behind.
+
+HTTP handlers only translate: parse once, ask routing.route(), forward bytes. No framework
+middleware sits on the streaming path (Starlette's BaseHTTPMiddleware cost LiteLLM half its CPU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from roundhouse_api import Family, Mode
+
+from . import metrics
+from .catalog import Catalog, Engine
+from .health import PROBE_PATHS, Health, probe_ok
+from .routing import Candidate, Decision, Features, route
+
+log = logging.getLogger("roundhouse.gateway")
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
+RETRYABLE = {500, 502, 503, 504}
+MAX_ATTEMPTS = 4
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class ClientError(Exception):
+    """A request the client must fix: becomes an OpenAI-style 4xx."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 type_: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.type = status, message, code, param, type_
+        self.headers = headers or {}
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+
+
+@dataclass
+class Settings:
+    api_keys: list[str] = field(default_factory=list)
+    admin_keys: list[str] = field(default_factory=list)
+    max_body_bytes: int = 4 * 1024 * 1024
+    probe_interval: float = 2.0
+    retry_after_seconds: int = 5
+
+
+@dataclass
+class EngineStats:
+    ttft: deque[float] = field(default_factory=lambda: deque(maxlen=200))
+    tokens: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=500))
+
+    def ttft_p50(self) -> float | None:
+        return sorted(self.ttft)[len(self.ttft) // 2] if self.ttft else None
+
+    def tokens_per_second(self, window: float = 60.0) -> float:
+        now = time.monotonic()
+        return round(sum(n for t, n in self.tokens if now - t <= window) / window, 3)
+
+
+ModeSetter = Callable[[Mode], Awaitable[dict[str, Any]]]
+
+
+class Gateway:
+    def __init__(self, settings: Settings, catalog: Catalog | None = None, set_mode: ModeSetter | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog or Catalog()
+        self.synced = catalog is not None
+        self.health = Health()
+        self.outstanding: dict[str, int] = defaultdict(int)
+        self.stats: dict[str, EngineStats] = defaultdict(EngineStats)
+        self.changed = asyncio.Event()
+        self.slot_freed = asyncio.Event()
+        self.session: aiohttp.ClientSession | None = None
+        self.set_mode = set_mode
+        self.on_startup: list[Callable[[], None]] = []
+        self.standalone = True
+        self.turn = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- catalog updates (from the config file or the cluster watchers) -----------------------
+    def update(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.synced = True
+        self.health.forget_except({ep for e in catalog.engines for ep in e.endpoints})
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake requests waiting for the catalog or health to change (held during a switch)."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    # --- lifespan ---------------------------------------------------------------------------
+    async def startup(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=["User-Agent"]
+        )
+        self._tasks.append(asyncio.create_task(self.probe_forever(), name="probes"))
+        for hook in self.on_startup:
+            hook()
+
+    async def shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self.session:
+            await self.session.close()
+
+    async def probe_forever(self) -> None:
+        while True:
+            await self.probe_all()
+            await asyncio.sleep(self.settings.probe_interval)
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(e, ep) for e in self.catalog.engines for ep in e.endpoints))
+        if self.standalone_switch_done():
+            self.update(dataclasses.replace(self.catalog, mode=dataclasses.replace(self.catalog.mode, switching=False)))
+
+    def standalone_switch_done(self) -> bool:
+        """Standalone, nothing reports a switch's end: it ends when the new family answers its probes."""
+        mode = self.catalog.mode
+        if not (self.standalone and mode.switching):
+            return False
+        incoming = [ep for e in self.catalog.engines if mode.active(e) and e.governed for ep in e.endpoints]
+        return any(self.health.healthy(ep) for ep in incoming)
+
+    async def probe(self, engine: Engine, endpoint: str) -> None:
+        assert self.session is not None
+        headers = {"Authorization": f"Bearer {engine.api_key}"} if engine.api_key else {}
+        try:
+            timeout = aiohttp.ClientTimeout(total=engine.timeouts.connect + 2)
+            async with self.session.get(endpoint + PROBE_PATHS[engine.family], headers=headers, timeout=timeout) as r:
+                ok, why = probe_ok(engine, r.status, await r.read())
+        except (aiohttp.ClientError, TimeoutError) as err:
+            ok, why = False, f"unreachable: {type(err).__name__}"
+        was = self.health.healthy(endpoint)
+        self.health.probed(endpoint, ok, why)
+        metrics.HEALTHY.labels(engine.name, endpoint).set(1 if self.health.healthy(endpoint) else 0)
+        if was != self.health.healthy(endpoint):
+            log.info("endpoint health", extra={"engine": engine.name, "endpoint": endpoint, "healthy": ok, "why": why})
+            self.notify()
+
+    # --- ASGI ---------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        rid = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        try:
+            await self.dispatch(scope, receive, send, rid)
+        except ClientError as err:
+            await respond(send, err.status, error_body(err.message, err.type, err.code, err.param),
+                          {"X-Request-Id": rid, **err.headers})  # fmt: skip
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+        path, method = scope["path"], scope["method"]
+        if path in COMPLETION_PATHS:
+            if method != "POST":
+                raise ClientError(405, f"{path} accepts POST", "method_not_allowed")
+            self.authorize(scope, self.settings.api_keys)
+            await self.completion(scope, receive, send, rid, COMPLETION_PATHS[path])
+        elif path == "/v1/models" and method == "GET":
+            self.authorize(scope, self.settings.api_keys)
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": "roundhouse"} for m in self.catalog.models()]
+            await respond_json(send, 200, {"object": "list", "data": data})
+        elif path == "/healthz":
+            await respond_json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            await respond_json(send, 200 if self.synced else 503, {"ready": self.synced})
+        elif path == "/metrics":
+            await respond(send, 200, generate_latest(metrics.REGISTRY), {"Content-Type": CONTENT_TYPE_LATEST})
+        elif path.startswith("/admin/"):
+            self.authorize(scope, self.settings.admin_keys, admin=True)
+            await self.admin(scope, receive, send, path, method)
+        else:
+            raise ClientError(404, f"Unknown path {path}", "not_found")
+
+    def authorize(self, scope: Scope, keys: list[str], admin: bool = False) -> None:
+        if not keys:
+            if admin:
+                raise ClientError(403, "the admin API is disabled: start the gateway with admin keys", "admin_disabled")
+            return
+        auth = _header(scope, b"authorization") or ""
+        token = auth[7:] if auth[:7].lower() == "bearer " else ""
+        # Compare against every key, always, so timing says nothing about which prefix matched.
+        ok = False
+        for key in keys:
+            ok |= hmac.compare_digest(token.encode(), key.encode())
+        if not ok:
+            what = "admin key" if admin else "API key"
+            raise ClientError(401, f"Invalid or missing {what}: send Authorization: Bearer <key>.", "invalid_api_key")
+
+    # --- completions ----------------------------------------------------------------------------
+    async def completion(self, scope: Scope, receive: Receive, send: Send, rid: str, kind: str) -> None:
+        started = time.perf_counter()
+        raw = await read_body(receive, self.settings.max_body_bytes)
+        body, features, rewritten = parse_request(raw, kind, scope)
+        decision = await self.decide(features)
+        if decision.error:
+            status, code, message = decision.error
+            headers = {"X-Request-Id": rid, "X-Roundhouse-Route-Reason": decision.reason or code}
+            if status == 503:
+                headers["Retry-After"] = str(self.settings.retry_after_seconds)
+            metrics.REQUESTS.labels(features.model, "", "", str(status)).inc()
+            log.info("request", extra={"request_id": rid, "model": features.model, "status": status, "reason": code})
+            raise ClientError(status, message, code, "model" if code == "model_not_found" else None,
+                              "invalid_request_error" if status < 500 else "service_unavailable", headers)  # fmt: skip
+        for part in decision.reason.split(","):
+            metrics.DECISIONS.labels(part.split(":", 1)[0]).inc()
+        proxy = asyncio.create_task(self.forward(send, rid, body, raw if not rewritten else None, features, decision,
+                                                 scope["path"], started))  # fmt: skip
+        disconnect = asyncio.create_task(wait_disconnect(receive))
+        done, _ = await asyncio.wait({proxy, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        if proxy not in done:
+            proxy.cancel()  # the client left: stop the upstream request too
+            log.info("client disconnected", extra={"request_id": rid, "model": features.model})
+        disconnect.cancel()
+        if proxy in done:
+            proxy.result()
+
+    async def decide(self, f: Features) -> Decision:
+        """Route; hold while the mode switches (bounded), queue briefly when every endpoint is at its cap."""
+        policy = self.catalog.mode.policy
+        hold_deadline = time.monotonic() + policy.max_hold_seconds
+        queue_deadline = time.monotonic() + self.catalog.mode.rules.queue_timeout_seconds
+        while True:
+            self.turn += 1
+            d = route(f, self.catalog, self.health.healthy, self.outstanding.__getitem__, self.turn)
+            if d.hold_for is not None:
+                if time.monotonic() >= hold_deadline:
+                    return Decision(error=(503, "engine_switching",
+                                           f"the {d.hold_for.value} engines are still starting after a mode switch"),
+                                    reason="hold:timeout")  # fmt: skip
+                await self.wait_change(hold_deadline)
+                continue
+            if d.candidates and all(self.at_cap(c) for c in d.candidates):
+                if time.monotonic() >= queue_deadline:
+                    return Decision(error=(503, "engine_overloaded", "every engine for this model is at its"
+                                           " concurrency limit"), reason="concurrency-cap")  # fmt: skip
+                self.slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.slot_freed.wait(), max(0.0, queue_deadline - time.monotonic()))
+                continue
+            return d
+
+    async def wait_change(self, deadline: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.changed.wait(), min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def at_cap(self, c: Candidate) -> bool:
+        return c.engine.max_concurrency is not None and self.outstanding[c.endpoint] >= c.engine.max_concurrency
+
+    async def forward(self, send: Send, rid: str, body: dict[str, Any], raw: bytes | None, f: Features,
+                      d: Decision, path: str, started: float) -> None:  # fmt: skip
+        assert self.session is not None
+        last_error = "no candidate"
+        reason = d.reason
+        for attempt, cand in enumerate(d.candidates[:MAX_ATTEMPTS]):
+            engine = cand.engine
+            if attempt and not self.health.healthy(cand.endpoint):
+                continue
+            payload = raw if raw is not None and engine.upstream_model == f.model else _with_model(body, engine)
+            headers = {"Content-Type": "application/json", "X-Request-Id": rid}
+            if engine.api_key:
+                headers["Authorization"] = f"Bearer {engine.api_key}"
+            self.health.attempt(cand.endpoint)
+            self.outstanding[cand.endpoint] += 1
+            metrics.IN_FLIGHT.labels(engine.name).inc()
+            try:
+                sent = await self.try_one(send, rid, cand, payload, headers, f, path, started, reason)
+            finally:
+                self.outstanding[cand.endpoint] -= 1
+                metrics.IN_FLIGHT.labels(engine.name).dec()
+                self.slot_freed.set()
+            if sent is True:
+                return
+            last_error = str(sent)
+            metrics.FAILOVERS.labels(engine.name, last_error.split(":", 1)[0]).inc()
+            reason = f"{d.reason},failover"
+            log.warning("failover", extra={"request_id": rid, "engine": engine.name, "endpoint": cand.endpoint,
+                                           "error": last_error})  # fmt: skip
+        metrics.REQUESTS.labels(f.model, "", "", "503").inc()
+        await respond(send, 503, error_body(f"no engine could serve the request ({last_error})", "service_unavailable",
+                                            "no_healthy_engine"),
+                      {"Retry-After": str(self.settings.retry_after_seconds), "X-Request-Id": rid,
+                       "X-Roundhouse-Route-Reason": reason})  # fmt: skip
+
+    async def try_one(self, send: Send, rid: str, cand: Candidate, payload: bytes, headers: dict[str, str],
+                      f: Features, path: str, started: float, reason: str) -> bool | str:  # fmt: skip
+        """Forward to one endpoint. True once the answer went to the client; else why it failed
+        (nothing has reached the client yet, so the caller may try the next candidate)."""
+        assert self.session is not None
+        engine, t = cand.engine, cand.engine.timeouts
+        sent_at = time.perf_counter()
+        timeout = aiohttp.ClientTimeout(sock_connect=t.connect, sock_read=t.first_byte)
+        try:
+            resp = await self.session.post(cand.endpoint + path, data=payload, headers=headers, timeout=timeout)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            self.health.failure(cand.endpoint, type(err).__name__)
+            return f"connect:{type(err).__name__}"
+        try:
+            metrics.UPSTREAM.labels(engine.name).observe(time.perf_counter() - sent_at)
+            if resp.status in RETRYABLE:
+                detail = (await resp.read())[:200].decode(errors="replace")
+                self.health.failure(cand.endpoint, f"HTTP {resp.status}")
+                return f"status:{resp.status} {detail}"
+            out_headers = {
+                "Content-Type": resp.headers.get("Content-Type", "application/json"),
+                "X-Request-Id": rid,
+                "X-Roundhouse-Engine": engine.name,
+                "X-Roundhouse-Route-Reason": reason,
+            }
+            streaming = "text/event-stream" in out_headers["Content-Type"]
+            if not streaming:
+                # Small bodies: read it all first, so a failure mid-body can still fail over.
+                try:
+                    data = await resp.read()
+                except (aiohttp.ClientError, TimeoutError) as err:
+                    self.health.failure(cand.endpoint, type(err).__name__)
+                    return f"read:{type(err).__name__}"
+                self.first_token(engine, started)
+                if resp.status < 400:
+                    self.health.success(cand.endpoint)
+                    self.count_usage(engine, data)
+                await respond(send, resp.status, data, out_headers)
+                self.finish(f, engine, resp.status, started, cand, rid, reason)
+                return True
+            return await self.stream(send, resp, out_headers, engine, cand, f, started, rid, reason)
+        finally:
+            resp.release()
+
+    async def stream(self, send: Send, resp: aiohttp.ClientResponse, headers: dict[str, str], engine: Engine,
+                     cand: Candidate, f: Features, started: float, rid: str, reason: str) -> bool | str:  # fmt: skip
+        idle = engine.timeouts.idle
+        try:
+            first = await resp.content.readany()
+        except (aiohttp.ClientError, TimeoutError) as err:
+            self.health.failure(cand.endpoint, type(err).__name__)
+            return f"read:{type(err).__name__}"
+        if not first:
+            self.health.failure(cand.endpoint, "empty stream")
+            return "read:empty stream"
+        self.first_token(engine, started)
+        await send({"type": "http.response.start", "status": resp.status,
+                    "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})  # fmt: skip
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        tail = first[-256:]
+        usage_chunk = first if b'"usage"' in first else b""
+        ended_cleanly = SSE_DONE in first
+        try:
+            while True:
+                chunk = await asyncio.wait_for(resp.content.readany(), idle)
+                if not chunk:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if b'"usage"' in chunk:
+                    usage_chunk = chunk
+                tail = (tail + chunk)[-256:]
+                ended_cleanly = SSE_DONE in tail
+        except (aiohttp.ClientError, TimeoutError) as err:
+            ended_cleanly = False
+            self.health.failure(cand.endpoint, type(err).__name__)
+            log.warning("stream broken", extra={"request_id": rid, "engine": engine.name, "error": type(err).__name__})
+        if not ended_cleanly:
+            # After the first byte there is no failover: end the stream the way OpenAI clients expect.
+            message = f"engine {engine.name} stopped mid-stream"
+            event = b"data: " + error_body(message, "server_error", "upstream_stream_error") + b"\n\n" + SSE_DONE
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            self.finish(f, engine, 502, started, cand, rid, reason)
+            return True
+        self.health.success(cand.endpoint)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if usage_chunk:
+            self.count_usage(engine, _last_usage_event(usage_chunk))
+        self.finish(f, engine, resp.status, started, cand, rid, reason)
+        return True
+
+    def first_token(self, engine: Engine, started: float) -> None:
+        ttft = time.perf_counter() - started
+        metrics.TTFT.labels(engine.name).observe(ttft)
+        self.stats[engine.name].ttft.append(ttft)
+
+    def count_usage(self, engine: Engine, data: bytes) -> None:
+        try:
+            usage = json.loads(data).get("usage") or {}
+        except (ValueError, AttributeError):
+            return
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        metrics.TOKENS.labels(engine.name, "prompt").inc(prompt)
+        metrics.TOKENS.labels(engine.name, "completion").inc(completion)
+        self.stats[engine.name].tokens.append((time.monotonic(), completion))
+
+    def finish(self, f: Features, engine: Engine, status: int, started: float, cand: Candidate, rid: str,
+               reason: str) -> None:  # fmt: skip
+        elapsed = time.perf_counter() - started
+        metrics.REQUESTS.labels(f.model, engine.name, engine.family.value, str(status)).inc()
+        metrics.DURATION.labels(engine.family.value).observe(elapsed)
+        log.info("request", extra={"request_id": rid, "model": f.model, "engine": engine.name,
+                                   "endpoint": cand.endpoint, "status": status, "reason": reason,
+                                   "stream": f.stream, "duration_ms": round(elapsed * 1000, 2)})  # fmt: skip
+
+    # --- admin ------------------------------------------------------------------------------------
+    async def admin(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
+        if path == "/admin/engines" and method == "GET":
+            await respond_json(send, 200, {"engines": [self.describe(e) for e in self.catalog.engines]})
+        elif path == "/admin/engine-mode" and method == "GET":
+            await respond_json(send, 200, self.mode_view())
+        elif path == "/admin/engine-mode" and method == "PUT":
+            raw = await read_body(receive, 64 * 1024)
+            try:
+                wanted = Mode(json.loads(raw)["mode"])
+            except (ValueError, KeyError, TypeError):
+                raise ClientError(400, f"body must be {{\"mode\": one of {[m.value for m in Mode]}}}", "invalid_mode",
+                                  "mode") from None  # fmt: skip
+            if self.set_mode is None:
+                raise ClientError(501, "this gateway cannot change the engine mode", "not_supported")
+            try:
+                answer = await self.set_mode(wanted)
+            except LookupError as err:
+                raise ClientError(404, str(err), "engine_mode_not_found") from None
+            await respond_json(send, 200, answer)
+        else:
+            raise ClientError(404, f"Unknown admin path {method} {path}", "not_found")
+
+    def describe(self, e: Engine) -> dict[str, Any]:
+        st = self.stats[e.name]
+        return {
+            "name": e.name, "family": e.family.value, "models": sorted(e.served), "active": self.catalog.mode.active(e),
+            "ready": e.ready, "phase": e.phase,
+            "endpoints": [{"url": ep, "health": self.health.state(ep), "inFlight": self.outstanding[ep]}
+                          for ep in e.endpoints],
+            "inFlight": sum(self.outstanding[ep] for ep in e.endpoints),
+            "ttftP50Seconds": st.ttft_p50(), "tokensPerSecond": st.tokens_per_second(),
+        }  # fmt: skip
+
+    def mode_view(self) -> dict[str, Any]:
+        health = {}
+        for fam in (Family.VLLM, Family.LLAMACPP, Family.OLLAMA, Family.EXTERNAL):
+            eps = [ep for e in self.catalog.engines if e.family == fam for ep in e.endpoints]
+            if eps:
+                health[fam.value] = "ok" if any(self.health.healthy(ep) for ep in eps) else "unavailable"
+        mode = self.catalog.mode
+        return {"mode": mode.mode.value if mode.mode else None, "switching": mode.switching, "health": health}
+
+
+# --- small helpers ------------------------------------------------------------------------------
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientError(400, "client disconnected while sending the body", "disconnected")
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(413, f"request body is larger than {limit} bytes", "request_too_large")
+        chunks.append(chunk)
+        if not msg.get("more_body"):
+            return b"".join(chunks)
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    hs = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    if not any(k == b"content-type" for k, _ in hs):
+        hs.append((b"content-type", b"application/json"))
+    hs.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": hs})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_json(send: Send, status: int, obj: Any) -> None:
+    await respond(send, status, json.dumps(obj).encode(), {"Content-Type": "application/json"})
+
+
+def parse_request(raw: bytes, kind: str, scope: Scope) -> tuple[dict[str, Any], Features, bool]:
+    """Parse the body once; return it, the routing features, and whether it must be re-serialized."""
+    try:
+        body = json.loads(raw)
+    except ValueError as err:
+        raise ClientError(400, f"request body is not valid JSON: {err}", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise ClientError(400, "request body must be a JSON object", "invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ClientError(400, "you must provide a model parameter", "missing_model", "model")
+    if kind == "chat" and not isinstance(body.get("messages"), list):
+        raise ClientError(400, "messages must be a list of messages", "invalid_messages", "messages")
+    if kind == "completions" and "prompt" not in body:
+        raise ClientError(400, "prompt is required", "missing_prompt", "prompt")
+    if kind == "embeddings" and "input" not in body:
+        raise ClientError(400, "input is required", "missing_input", "input")
+    stream = body.get("stream") is True
+    if stream and kind == "embeddings":
+        raise ClientError(400, "embeddings do not stream", "invalid_stream", "stream")
+    override = body.pop("engine", None)
+    rewritten = override is not None
+    override = _header(scope, b"x-roundhouse-engine") or override
+    if override is not None and not isinstance(override, str):
+        raise ClientError(400, "engine must be a string naming an engine or a family", "invalid_engine", "engine")
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+    if not isinstance(max_tokens, int) or max_tokens < 0:
+        raise ClientError(400, "max_tokens must be a non-negative integer", "invalid_max_tokens", "max_tokens")
+    fmt = body.get("response_format") or {}
+    features = Features(
+        model=model, kind=kind, stream=stream, tools=bool(body.get("tools")),
+        json_schema=isinstance(fmt, dict) and fmt.get("type") == "json_schema",
+        prompt_tokens=_estimate_tokens(body, kind), max_tokens=max_tokens, override=override,
+        task=_header(scope, b"x-roundhouse-task"),
+    )  # fmt: skip
+    return body, features, rewritten
+
+
+def _estimate_tokens(body: dict[str, Any], kind: str) -> int:
+    """About four characters a token: cheap, and close enough to choose a context window."""
+    if kind == "chat":
+        chars = 0
+        for m in body.get("messages", []):
+            content = m.get("content") if isinstance(m, dict) else None
+            chars += len(content) if isinstance(content, str) else len(json.dumps(content or ""))
+        return chars // 4
+    value = body.get("prompt") if kind == "completions" else body.get("input")
+    return len(value) // 4 if isinstance(value, str) else len(json.dumps(value or "")) // 4
+
+
+def _with_model(body: dict[str, Any], engine: Engine) -> bytes:
+    return json.dumps({**body, "model": engine.upstream_model}).encode()
+
+
+def _last_usage_event(chunk: bytes) -> bytes:
+    for line in reversed(chunk.split(b"\n")):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            return line[6:]
+    return b"{}"

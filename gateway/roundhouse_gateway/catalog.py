@@ -1,0 +1,131 @@
+"""The gateway's view of engines and the mode: plain, immutable data built from the API types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from roundhouse_api import (
+    AutoRules,
+    Capability,
+    EngineMode,
+    Family,
+    InferenceEngine,
+    Mode,
+    ModePhase,
+    Phase,
+    SwitchPolicy,
+    runs,
+)
+
+DEFAULT_PORTS = {Family.VLLM: 8000, Family.LLAMACPP: 8080, Family.OLLAMA: 11434}
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    first_byte: float = 120.0
+    idle: float = 60.0
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One engine as the router sees it."""
+
+    name: str
+    family: Family
+    served: frozenset[str]
+    endpoints: tuple[str, ...]  # base URLs without /v1, one per replica
+    upstream_model: str  # the "model" the engine itself expects
+    ready: bool = True
+    governed: bool = True
+    priority: int = 0
+    weight: int = 100
+    max_concurrency: int | None = None
+    capabilities: frozenset[str] = frozenset()
+    context_length: int | None = None
+    task_types: frozenset[str] = frozenset()
+    fallback: tuple[str, ...] = ()
+    timeouts: Timeouts = Timeouts()
+    api_key: str | None = None  # external APIs: sent upstream as Bearer
+    phase: str | None = None  # as the operator reports it (None standalone)
+
+
+@dataclass(frozen=True)
+class ModeState:
+    mode: Mode | None = None
+    switching: bool = False
+    policy: SwitchPolicy = field(default_factory=SwitchPolicy)
+    rules: AutoRules = field(default_factory=AutoRules)
+
+    def active(self, engine: Engine) -> bool:
+        return not engine.governed or runs(self.mode, engine.family)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    engines: tuple[Engine, ...] = ()
+    mode: ModeState = ModeState()
+
+    def by_name(self, name: str) -> Engine | None:
+        return next((e for e in self.engines if e.name == name), None)
+
+    def models(self) -> list[str]:
+        """Served names and aliases of active engines."""
+        return sorted({n for e in self.engines if self.mode.active(e) for n in e.served})
+
+
+def engine_from_resource(ie: InferenceEngine, endpoints: list[str] | None = None, api_key: str | None = None) -> Engine:
+    """An Engine from an InferenceEngine; `endpoints` (base URLs) override spec.endpoints/status."""
+    spec = ie.spec
+    routing = spec.routing
+    if spec.engine == Family.EXTERNAL and spec.external:
+        base = spec.external.base_url.rstrip("/")
+        urls = [base[: -len("/v1")] if base.endswith("/v1") else base]
+        upstream = spec.external.model_name or spec.model.source
+    else:
+        urls = [u.rstrip("/") for u in (endpoints if endpoints is not None else (spec.endpoints or []))]
+        # Ollama knows a model by its tag; vLLM and llama-server by the names the operator gave them.
+        upstream = spec.model.source if spec.engine == Family.OLLAMA else spec.model.served_name
+    context = routing.context_length if routing and routing.context_length else None
+    if context is None and spec.vllm and spec.vllm.max_model_len:
+        context = spec.vllm.max_model_len
+    if context is None and spec.llamacpp and spec.llamacpp.context_size:
+        context = spec.llamacpp.context_size // (spec.llamacpp.parallel or 1)
+    t = routing.timeouts if routing and routing.timeouts else None
+    status = ie.status
+    ready = True if status is None or status.phase is None else status.phase == Phase.READY
+    return Engine(
+        name=ie.metadata.name,
+        family=spec.engine,
+        served=frozenset([spec.model.served_name, *spec.model.aliases]),
+        endpoints=tuple(urls),
+        upstream_model=upstream,
+        ready=ready,
+        priority=routing.priority if routing else 0,
+        weight=routing.weight if routing else 100,
+        max_concurrency=routing.max_concurrency if routing else None,
+        capabilities=frozenset(c.value for c in (routing.capabilities if routing else [])),
+        context_length=context,
+        task_types=frozenset(routing.task_types if routing else []),
+        fallback=tuple(routing.fallback if routing else []),
+        timeouts=Timeouts(t.connect_seconds, t.first_byte_seconds, t.idle_seconds) if t else Timeouts(),
+        api_key=api_key,
+        phase=status.phase.value if status and status.phase else None,
+    )
+
+
+def mode_from_resource(em: EngineMode | None) -> ModeState:
+    if em is None:
+        return ModeState()
+    status = em.status
+    switching = bool(status and status.phase == ModePhase.SWITCHING)
+    return ModeState(
+        mode=em.spec.mode,
+        switching=switching,
+        policy=em.spec.switch_policy or SwitchPolicy(),
+        rules=em.spec.auto_rules or AutoRules(),
+    )
+
+
+CAPABILITY_TOOLS = Capability.TOOLS.value
+CAPABILITY_JSON_SCHEMA = Capability.JSON_SCHEMA.value

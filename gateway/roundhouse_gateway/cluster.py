@@ -1,0 +1,191 @@
+"""Cluster mode: learn engines and the mode from the API server, endpoints from EndpointSlices.
+
+Watches run in threads with the official client (list, then watch from the list's
+resourceVersion; relist on 410 Gone or any break) and hand each change to the event loop,
+which rebuilds the immutable Catalog the router reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from roundhouse_api import GROUP, VERSION, EngineMode, Family, InferenceEngine, Mode
+
+from .catalog import Catalog, Engine, engine_from_resource, mode_from_resource
+
+log = logging.getLogger("roundhouse.gateway.cluster")
+SERVICE_LABEL = "kubernetes.io/service-name"
+RELIST_BACKOFF = 1.0
+
+
+def slice_endpoints(slices: list[dict[str, Any]]) -> list[str]:
+    """Ready addresses of an engine's EndpointSlices as base URLs (one per replica). Pure."""
+    urls = []
+    for s in slices:
+        ports = s.get("ports") or []
+        port = next((p.get("port") for p in ports if p.get("name") == "http"), None) or (
+            ports[0].get("port") if ports else None
+        )
+        if port is None:
+            continue
+        for ep in s.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready") is False:
+                continue
+            for addr in ep.get("addresses") or []:
+                host = f"[{addr}]" if ":" in addr else addr
+                urls.append(f"http://{host}:{port}")
+    return sorted(set(urls))
+
+
+class ClusterSource:
+    """Keeps the gateway's catalog equal to what the cluster says, for one namespace."""
+
+    def __init__(self, namespace: str, on_change: Callable[[Catalog], None], kubeconfig: str | None = None,
+                 endpoint_map: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.namespace = namespace
+        self.on_change = on_change
+        # Development and demos: send an engine's traffic to a URL of your choosing (like a port-forward).
+        self.endpoint_map = endpoint_map or {}
+        if kubeconfig:
+            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        else:
+            try:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+            except config.ConfigException:
+                config.load_kube_config()  # type: ignore[no-untyped-call]
+        self.api: Any = client.ApiClient()
+        self.custom: Any = client.CustomObjectsApi(self.api)
+        self.discovery: Any = client.DiscoveryV1Api(self.api)
+        self.core: Any = client.CoreV1Api(self.api)
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {"engines": {}, "modes": {}, "slices": {}}
+        self.listed: set[str] = set()
+        self.secrets: dict[tuple[str, str], str | None] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = threading.Event()
+
+    # --- watching (threads) ---------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        ns, custom, discovery = self.namespace, self.custom.list_namespaced_custom_object, self.discovery
+        lists: dict[str, Callable[..., Any]] = {
+            "engines": lambda **kw: custom(GROUP, VERSION, ns, "inferenceengines", **kw),
+            "modes": lambda **kw: custom(GROUP, VERSION, ns, "enginemodes", **kw),
+            "slices": lambda **kw: discovery.list_namespaced_endpoint_slice(ns, label_selector=SERVICE_LABEL, **kw),
+        }
+        for kind, fn in lists.items():
+            threading.Thread(target=self._watch, args=(kind, fn), daemon=True, name=f"watch-{kind}").start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _watch(self, kind: str, list_fn: Callable[..., Any]) -> None:
+        while not self.stopping.is_set():
+            try:
+                listing = list_fn()
+                listing = listing if isinstance(listing, dict) else self.api.sanitize_for_serialization(listing)
+                items = {i["metadata"]["name"]: i for i in listing.get("items", [])}
+                self._hand_over(kind, "LIST", items)
+                rv = listing["metadata"]["resourceVersion"]
+                w: Any = watch.Watch()  # type: ignore[no-untyped-call]
+                for ev in w.stream(list_fn, resource_version=rv, timeout_seconds=300, allow_watch_bookmarks=True):
+                    if self.stopping.is_set():
+                        w.stop()
+                        return
+                    if ev["type"] == "BOOKMARK":
+                        continue
+                    obj = (
+                        ev["object"]
+                        if isinstance(ev["object"], dict)
+                        else self.api.sanitize_for_serialization(ev["object"])
+                    )
+                    self._hand_over(kind, ev["type"], obj)
+            except ApiException as err:
+                log.warning("watch restarts", extra={"kind": kind, "status": err.status, "reason": str(err.reason)})
+                time.sleep(RELIST_BACKOFF)
+            except Exception as err:  # connection drops and the like: relist
+                log.warning("watch restarts", extra={"kind": kind, "error": repr(err)})
+                time.sleep(RELIST_BACKOFF)
+
+    def _hand_over(self, kind: str, type_: str, obj: Any) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.apply, kind, type_, obj)
+
+    # --- applying changes (event loop) ---------------------------------------------------------------
+    def apply(self, kind: str, type_: str, obj: Any) -> None:
+        store = self.objects[kind]
+        if type_ == "LIST":
+            store.clear()
+            store.update(obj)
+            self.listed.add(kind)
+        elif type_ == "DELETED":
+            store.pop(obj["metadata"]["name"], None)
+        else:
+            store[obj["metadata"]["name"]] = obj
+        if self.listed == set(self.objects):
+            self.on_change(self.catalog())
+
+    def catalog(self) -> Catalog:
+        modes = []
+        for raw in sorted(self.objects["modes"].values(), key=lambda m: (m["metadata"]["name"] != "default",
+                                                                         m["metadata"]["name"])):  # fmt: skip
+            try:
+                modes.append(EngineMode.model_validate(raw))
+            except ValidationError:
+                continue
+        slices_by_service: dict[str, list[dict[str, Any]]] = {}
+        for s in self.objects["slices"].values():
+            svc = (s["metadata"].get("labels") or {}).get(SERVICE_LABEL)
+            if svc:
+                slices_by_service.setdefault(svc, []).append(s)
+        engines: list[Engine] = []
+        for raw in self.objects["engines"].values():
+            try:
+                ie = InferenceEngine.model_validate(raw)
+            except ValidationError:
+                continue  # the operator reports it as ConfigValid=False
+            endpoints = None
+            if ie.metadata.name in self.endpoint_map:
+                endpoints = [self.endpoint_map[ie.metadata.name]]
+            elif ie.spec.engine != Family.EXTERNAL and not ie.spec.endpoints:
+                endpoints = slice_endpoints(slices_by_service.get(ie.metadata.name, []))
+            engines.append(engine_from_resource(ie, endpoints, self.api_key(ie)))
+        return Catalog(tuple(engines), mode_from_resource(modes[0] if modes else None))
+
+    def api_key(self, ie: InferenceEngine) -> str | None:
+        """An external API's key from its Secret (one get per Secret, cached)."""
+        ref = ie.spec.external.api_key_secret_ref if ie.spec.external else None
+        if ref is None:
+            return None
+        key = (ref.name, ref.key)
+        if key not in self.secrets:
+            try:
+                data = (self.core.read_namespaced_secret(ref.name, self.namespace).data or {}).get(ref.key)
+                self.secrets[key] = base64.b64decode(data).decode() if data else None
+            except ApiException as err:
+                log.warning("cannot read API key secret", extra={"secret": ref.name, "status": err.status})
+                self.secrets[key] = None
+        return self.secrets[key]
+
+    # --- admin: switch the mode -------------------------------------------------------------------
+    async def set_mode(self, mode: Mode) -> dict[str, Any]:
+        """Patch the governing EngineMode's spec.mode; the operator carries the switch out."""
+        names = sorted(self.objects["modes"], key=lambda n: (n != "default", n))
+        if not names:
+            raise LookupError(f"no EngineMode in namespace {self.namespace}: create one first")
+        name = names[0]
+        previous = self.objects["modes"][name]["spec"].get("mode")
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, "enginemodes", name,
+            {"spec": {"mode": mode.value}}, _content_type="application/merge-patch+json",
+        )  # fmt: skip
+        return {"mode": mode.value, "previous": previous, "engineMode": f"{self.namespace}/{name}"}

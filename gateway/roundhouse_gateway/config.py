@@ -1,0 +1,59 @@
+"""Standalone mode: engines and the mode from a YAML file of InferenceEngine/EngineMode documents."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from roundhouse_api import EngineMode, InferenceEngine, Mode, parse_resource
+
+from .catalog import Catalog, engine_from_resource, mode_from_resource
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; the message names the document and field."""
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Every engine of the file (each must give spec.endpoints or be external) and its EngineMode."""
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+    engines, modes = [], []
+    for i, doc in enumerate(docs):
+        where = f"{path} document {i + 1} ({(doc.get('metadata') or {}).get('name', '?')})"
+        try:
+            res = parse_resource(doc)
+        except (ValidationError, ValueError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+        if isinstance(res, EngineMode):
+            modes.append(res)
+            continue
+        if res.spec.engine.value != "external" and not res.spec.endpoints:
+            raise ConfigError(f"{where}: spec.endpoints is required when the gateway runs without Kubernetes")
+        engines.append(engine_from_resource(res, api_key=_api_key(res)))
+    if len(modes) > 1:
+        raise ConfigError(f"{path}: at most one EngineMode, found {len(modes)}")
+    return Catalog(tuple(engines), mode_from_resource(modes[0] if modes else None))
+
+
+def _api_key(ie: InferenceEngine) -> str | None:
+    """An external API's key, standalone: from the environment variable named like the Secret key."""
+    ref = ie.spec.external.api_key_secret_ref if ie.spec.external else None
+    return os.environ.get(ref.key) if ref else None
+
+
+def with_mode(catalog: Catalog, mode: Mode, switching: bool = False) -> Catalog:
+    """The catalog under another mode; `switching` until the gateway sees the new family healthy."""
+    return dataclasses.replace(catalog, mode=dataclasses.replace(catalog.mode, mode=mode, switching=switching))
+
+
+def read_keys(path: str | None) -> list[str]:
+    if not path:
+        return []
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")]

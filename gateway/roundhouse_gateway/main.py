@@ -1,0 +1,115 @@
+"""`roundhouse-gateway`: one OpenAI-compatible URL in front of the engines."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from roundhouse_api import Mode
+
+from .app import Gateway, Settings
+from .catalog import Catalog
+from .cluster import ClusterSource
+from .config import ConfigError, load_catalog, read_keys, with_mode
+
+RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage(),
+        }  # fmt: skip
+        out.update({k: v for k, v in record.__dict__.items() if k not in RESERVED})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="roundhouse-gateway", description=__doc__)
+    p.add_argument("--config", type=Path,
+                   help="standalone: YAML file of InferenceEngine/EngineMode documents (engines give spec.endpoints);"
+                        " without it the gateway watches the cluster")  # fmt: skip
+    p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "default"),
+                   help="cluster mode: namespace of the engines and the EngineMode")  # fmt: skip
+    p.add_argument("--kubeconfig", help="cluster mode: kubeconfig (default: in-cluster, then ~/.kube/config)")
+    p.add_argument("--endpoint-map", action="append", default=[], metavar="ENGINE=URL",
+                   help="development and demos: send ENGINE's traffic to URL, not to its pods")  # fmt: skip
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--api-keys-file", help="file with one client API key per line (none: no auth)")
+    p.add_argument("--admin-keys-file", help="file with one admin key per line (none: admin API disabled)")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument("--probe-interval", type=float, default=2.0, help="seconds between active health probes")
+    p.add_argument("--log-level", default="info")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    args = parse_args(argv)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    try:
+        settings = Settings(api_keys=read_keys(args.api_keys_file), admin_keys=read_keys(args.admin_keys_file),
+                            max_body_bytes=args.max_body_bytes, probe_interval=args.probe_interval)  # fmt: skip
+        catalog = load_catalog(args.config) if args.config else None
+    except (ConfigError, OSError) as err:
+        sys.exit(f"roundhouse-gateway: {err}")
+    endpoint_map = {}
+    for item in args.endpoint_map:
+        name, sep, url = item.partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            sys.exit(f"roundhouse-gateway: --endpoint-map wants ENGINE=http(s)://host:port, got {item!r}")
+        endpoint_map[name] = url.rstrip("/")
+    if catalog is None:
+        gateway = cluster_gateway(settings, args.namespace, args.kubeconfig, endpoint_map)
+    else:
+        gateway = standalone_gateway(settings, catalog)
+    uvicorn.run(gateway, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
+                access_log=False, log_config=None, timeout_keep_alive=75)  # fmt: skip
+
+
+def cluster_gateway(
+    settings: Settings, namespace: str, kubeconfig: str | None, endpoint_map: dict[str, str]
+) -> Gateway:
+    """Engines, mode and endpoints from the API server; the admin mode switch patches the EngineMode."""
+    gateway = Gateway(settings)
+    source = ClusterSource(namespace, gateway.update, kubeconfig, endpoint_map)
+    gateway.set_mode = source.set_mode
+    gateway.standalone = False
+    gateway.on_startup.append(lambda: source.start(asyncio.get_running_loop()))
+    return gateway
+
+
+def standalone_gateway(settings: Settings, catalog: Catalog) -> Gateway:
+    """Engines and mode from the config file; the admin mode switch changes the gateway's own mode."""
+    gateway = Gateway(settings, catalog)
+
+    async def set_mode(mode: Mode) -> dict[str, Any]:
+        previous = gateway.catalog.mode.mode
+        gateway.update(with_mode(gateway.catalog, mode, switching=mode != previous))
+        logging.getLogger("roundhouse.gateway").info("engine mode", extra={"mode": mode, "previous": previous})
+        return {"mode": mode.value, "previous": previous.value if previous else None, "standalone": True,
+                "message": "standalone gateway: changed its own routing mode (no cluster to patch)"}  # fmt: skip
+
+    gateway.set_mode = set_mode
+    return gateway
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Prometheus metrics of the gateway (Prometheus naming conventions: base units, _total counters)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REQUESTS = Counter("roundhouse_gateway_requests_total", "Requests answered, by model, engine, family and status.",
+                   ["model", "engine", "family", "status"], registry=REGISTRY)  # fmt: skip
+DURATION = Histogram("roundhouse_gateway_request_duration_seconds", "Whole request, as the client saw it.",
+                     ["family"], buckets=LATENCY_BUCKETS, registry=REGISTRY)  # fmt: skip
+TTFT = Histogram("roundhouse_gateway_time_to_first_token_seconds", "Request start to the first upstream byte.",
+                 ["engine"], buckets=LATENCY_BUCKETS, registry=REGISTRY)  # fmt: skip
+UPSTREAM = Histogram("roundhouse_gateway_upstream_latency_seconds", "Upstream request to response headers.",
+                     ["engine"], buckets=LATENCY_BUCKETS, registry=REGISTRY)  # fmt: skip
+TOKENS = Counter("roundhouse_gateway_tokens_total", "Tokens from the engines' usage reports.",
+                 ["engine", "type"], registry=REGISTRY)  # fmt: skip
+IN_FLIGHT = Gauge("roundhouse_gateway_in_flight_requests", "Requests in flight, by engine.", ["engine"],
+                  registry=REGISTRY)  # fmt: skip
+FAILOVERS = Counter("roundhouse_gateway_failovers_total", "Retries on another candidate, by the engine that failed.",
+                    ["engine", "reason"], registry=REGISTRY)  # fmt: skip
+DECISIONS = Counter("roundhouse_gateway_routing_decisions_total", "Routing decisions, by reason.", ["reason"],
+                    registry=REGISTRY)  # fmt: skip
+HEALTHY = Gauge("roundhouse_gateway_endpoint_healthy", "1 if the endpoint may receive requests.",
+                ["engine", "endpoint"], registry=REGISTRY)  # fmt: skip

@@ -1,0 +1,180 @@
+"""route(request, catalog, load) -> ordered candidates and the reason. Pure: no I/O, no clock.
+
+Order of the rules (DESIGN.md, "The gateway's job"): model, mode, per-request override,
+capabilities, context length, task type, health, then load (least outstanding per endpoint,
+weighted, priority first). The first candidate is tried first; the rest are for failover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from roundhouse_api import Family
+
+from .catalog import CAPABILITY_JSON_SCHEMA, CAPABILITY_TOOLS, Catalog, Engine
+
+FAMILY_ALIASES = {"gguf": Family.LLAMACPP, "llama.cpp": Family.LLAMACPP, "llama-cpp": Family.LLAMACPP}
+
+
+@dataclass(frozen=True)
+class Features:
+    """What routing needs from a request, parsed once."""
+
+    model: str
+    kind: str = "chat"  # chat | completions | embeddings
+    stream: bool = False
+    tools: bool = False
+    json_schema: bool = False
+    prompt_tokens: int = 0
+    max_tokens: int = 0
+    override: str | None = None  # engine name or family, from X-Roundhouse-Engine or body "engine"
+    task: str | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    engine: Engine
+    endpoint: str
+
+
+@dataclass
+class Decision:
+    candidates: list[Candidate] = field(default_factory=list)
+    reason: str = ""
+    # When nothing can be tried: an OpenAI-style error (status, code, message).
+    error: tuple[int, str, str] | None = None
+    # The mode is switching and the family that would serve is not ready yet: wait for it.
+    hold_for: Family | None = None
+
+
+Healthy = Callable[[str], bool]
+Outstanding = Callable[[str], int]
+
+
+def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstanding, turn: int = 0) -> Decision:
+    """Candidates for one request, best first, with the reason for the choice. `turn` rotates the
+    order among equals, so equally loaded endpoints take turns."""
+    serving = [e for e in catalog.engines if f.model in e.served]
+    if not serving:
+        return Decision(error=(404, "model_not_found", f"The model `{f.model}` does not exist or is not served here."))
+    reasons: list[str] = []
+    mode = catalog.mode
+    pool = [e for e in serving if mode.active(e)]
+    if f.override and f.override.lower() != "auto":
+        picked, why = _override(f.override, serving)
+        if not picked:
+            return Decision(error=(400, "invalid_engine", why))
+        pool = picked  # an explicit choice may name an engine the mode has switched off
+        reasons.append(f"override:{f.override}")
+    if not pool:
+        return _switched_off(f, serving, catalog)
+    rules = mode.rules
+    if rules.capabilities:
+        pool = _capabilities(f, pool, reasons)
+    if rules.context_length:
+        pool, err = _context(f, pool, reasons)
+        if err:
+            return Decision(error=err)
+    task_family = rules.task_families.get(f.task) if f.task else None
+    ready = [e for e in pool if e.ready and e.endpoints]
+    if not ready and mode.switching and mode.policy.during_switch == "reject":
+        return Decision(error=(503, "engine_switching", "the engine mode is switching; try again shortly"))
+    if not ready:
+        incoming = next((e.family for e in pool if mode.switching), None)
+        if incoming is not None and mode.policy.during_switch == "hold":
+            return Decision(hold_for=incoming, reason="hold:switching")
+        return _fallback(pool, catalog, healthy, outstanding, "no ready engine")
+    by_context = any(r.startswith("context:") for r in reasons)
+    candidates = _rank(ready, healthy, outstanding, task_family, f.task, reasons, by_context, turn)
+    if not candidates:
+        if mode.switching and mode.policy.during_switch == "hold":
+            return Decision(hold_for=pool[0].family, reason="hold:switching")
+        return _fallback(pool, catalog, healthy, outstanding, "no healthy endpoint")
+    if not reasons:
+        reasons.append("model")
+    reasons.append("least-loaded" if len(candidates) > 1 else "only-candidate")
+    return Decision(candidates=candidates, reason=",".join(reasons))
+
+
+def _override(value: str, serving: list[Engine]) -> tuple[list[Engine], str]:
+    by_name = [e for e in serving if e.name == value]
+    if by_name:
+        return by_name, ""
+    family = FAMILY_ALIASES.get(value.lower()) or next((f for f in Family if f.value == value.lower()), None)
+    if family is None:
+        return [], f"engine {value!r} is neither an engine serving this model nor a family (vllm, llamacpp, ...)"
+    picked = [e for e in serving if e.family == family]
+    return picked, "" if picked else f"no {family.value} engine serves this model"
+
+
+def _switched_off(f: Features, serving: list[Engine], catalog: Catalog) -> Decision:
+    mode = catalog.mode
+    families = sorted({e.family.value for e in serving})
+    if mode.switching and mode.policy.during_switch == "hold" and any(e.family.value == mode.mode for e in serving):
+        return Decision(hold_for=Family(str(mode.mode)), reason="hold:switching")
+    message = f"`{f.model}` is served only by {'/'.join(families)}, which engine mode {mode.mode} has switched off"
+    return Decision(error=(503, "engine_switched_off", message))
+
+
+def _capabilities(f: Features, pool: list[Engine], reasons: list[str]) -> list[Engine]:
+    needed = [c for c, want in ((CAPABILITY_TOOLS, f.tools), (CAPABILITY_JSON_SCHEMA, f.json_schema)) if want]
+    if not needed:
+        return pool
+    declared = [e for e in pool if all(c in e.capabilities for c in needed)]
+    if declared:
+        reasons.append("capability:" + "+".join(needed))
+        return declared
+    return pool  # nobody declares it: let the engines answer for themselves
+
+
+def _context(f: Features, pool: list[Engine], reasons: list[str]) -> tuple[list[Engine], tuple[int, str, str] | None]:
+    need = f.prompt_tokens + f.max_tokens
+    if not need:
+        return pool, None
+    fits = [e for e in pool if e.context_length is None or e.context_length >= need]
+    if not fits:
+        largest = max(e.context_length or 0 for e in pool)
+        return [], (400, "context_length_exceeded",
+                    f"This request needs about {need} tokens (prompt {f.prompt_tokens} + max_tokens {f.max_tokens}); "
+                    f"the largest context among engines serving `{f.model}` is {largest} tokens.")  # fmt: skip
+    if len(fits) < len(pool):
+        reasons.append(f"context:{need}")
+        # Smallest window that fits first: keep the large ones for the requests that need them.
+        fits.sort(key=lambda e: e.context_length or 1 << 30)
+    return fits, None
+
+
+def _rank(
+    pool: list[Engine], healthy: Healthy, outstanding: Outstanding, task_family: Family | None, task: str | None,
+    reasons: list[str], by_context: bool, turn: int,
+) -> list[Candidate]:  # fmt: skip
+    """Best first: under its cap, preferred for the task, priority, smallest fitting context (for long
+    requests), then least outstanding per unit of weight."""
+    scored: list[tuple[bool, bool, int, int, float, int, Candidate]] = []
+    for order, e in enumerate(pool):
+        context_rank = order if by_context else 0
+        prefers = (task_family is not None and e.family == task_family) or (task is not None and task in e.task_types)
+        for ep in e.endpoints:
+            if not healthy(ep):
+                continue
+            load = outstanding(ep)
+            capped = e.max_concurrency is not None and load >= e.max_concurrency
+            scored.append((capped, not prefers, -e.priority, context_rank, load / max(e.weight, 1), len(scored),
+                           Candidate(e, ep)))  # fmt: skip
+    if task and any(not s[1] for s in scored):
+        reasons.append(f"task:{task}")
+    if any(s[0] for s in scored) and not all(s[0] for s in scored):
+        reasons.append("concurrency-overflow")
+    n = len(scored)
+    scored.sort(key=lambda s: (*s[:5], (s[5] - turn) % max(n, 1)))
+    return [s[-1] for s in scored]
+
+
+def _fallback(pool: list[Engine], catalog: Catalog, healthy: Healthy, outstanding: Outstanding, why: str) -> Decision:
+    names = [n for e in pool for n in e.fallback]
+    chain = [e for n in dict.fromkeys(names) if (e := catalog.by_name(n)) and e.ready and catalog.mode.active(e)]
+    candidates = [Candidate(e, ep) for e in chain for ep in e.endpoints if healthy(ep)]
+    if candidates:
+        return Decision(candidates=candidates, reason=f"fallback:{candidates[0].engine.name}")
+    return Decision(error=(503, "no_healthy_engine", f"{why} for this model; try again shortly"))

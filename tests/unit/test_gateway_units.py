@@ -1,0 +1,134 @@
+"""Gateway pure parts: request parsing and error mapping, circuit breaker, probe verdicts, SSE usage."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from roundhouse_api import Family
+from roundhouse_gateway.app import ClientError, _last_usage_event, error_body, parse_request
+from roundhouse_gateway.catalog import Engine
+from roundhouse_gateway.health import Health, probe_ok
+
+
+def scope(**headers: str) -> dict[str, Any]:
+    return {"headers": [(k.lower().replace("_", "-").encode(), v.encode()) for k, v in headers.items()]}
+
+
+def parse(body: Any, kind: str = "chat", **headers: str) -> Any:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse_request(raw, kind, scope(**headers))
+
+
+MSG = [{"role": "user", "content": "x" * 400}]
+
+BAD = [
+    ("not-json", b"{", "chat", 400, "invalid_json", None),
+    ("not-object", [1], "chat", 400, "invalid_json", None),
+    ("no-model", {"messages": MSG}, "chat", 400, "missing_model", "model"),
+    ("model-not-string", {"model": 3, "messages": MSG}, "chat", 400, "missing_model", "model"),
+    ("messages-not-list", {"model": "m", "messages": "hi"}, "chat", 400, "invalid_messages", "messages"),
+    ("no-prompt", {"model": "m"}, "completions", 400, "missing_prompt", "prompt"),
+    ("no-input", {"model": "m"}, "embeddings", 400, "missing_input", "input"),
+    ("embeddings-stream", {"model": "m", "input": "x", "stream": True}, "embeddings", 400, "invalid_stream", "stream"),
+    ("engine-not-string", {"model": "m", "messages": MSG, "engine": 5}, "chat", 400, "invalid_engine", "engine"),
+    ("negative-max-tokens", {"model": "m", "messages": MSG, "max_tokens": -1}, "chat", 400, "invalid_max_tokens",
+     "max_tokens"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "kind", "status", "code", "param"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_requests_become_openai_4xx(body: Any, kind: str, status: int, code: str, param: str | None) -> None:
+    with pytest.raises(ClientError) as err:
+        parse(body, kind)
+    assert (err.value.status, err.value.code, err.value.param) == (status, code, param)
+    shaped = json.loads(error_body(err.value.message, err.value.type, err.value.code, err.value.param))
+    assert set(shaped["error"]) == {"message", "type", "param", "code"}
+
+
+def test_features_are_parsed_once_and_engine_is_stripped() -> None:
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    request = {"model": "m", "messages": MSG, "stream": True, "tools": tools, "max_tokens": 50, "engine": "gguf",
+               "response_format": {"type": "json_schema"}}  # fmt: skip
+    body, f, rewritten = parse(request, x_roundhouse_task="chat")
+    assert (f.model, f.stream, f.tools, f.json_schema, f.max_tokens, f.override, f.task) == (
+        "m", True, True, True, 50, "gguf", "chat")  # fmt: skip
+    assert f.prompt_tokens == 100
+    assert "engine" not in body and rewritten
+    _, f2, rewritten2 = parse({"model": "m", "messages": MSG}, x_roundhouse_engine="vllm")
+    assert f2.override == "vllm" and not rewritten2
+
+
+def test_circuit_opens_after_failures_then_half_opens_for_one_trial() -> None:
+    now = [0.0]
+    h = Health(failures_to_open=3, cooldown=10, clock=lambda: now[0])
+    ep = "http://e"
+    for _ in range(2):
+        h.failure(ep, "HTTP 500")
+    assert h.healthy(ep) and h.state(ep) == "ok"
+    h.failure(ep, "HTTP 500")
+    assert not h.healthy(ep) and h.state(ep) == "open"
+    now[0] = 10.5
+    assert h.healthy(ep) and h.state(ep) == "half-open"
+    h.attempt(ep)
+    assert not h.healthy(ep)  # only one trial at a time
+    h.failure(ep, "HTTP 500")
+    assert h.state(ep) == "open"
+    now[0] = 21
+    h.attempt(ep)
+    h.success(ep)
+    assert h.healthy(ep) and h.state(ep) == "ok"
+
+
+def test_failed_probe_marks_down_until_a_probe_succeeds() -> None:
+    h = Health()
+    h.probed("http://e", False, "Loading model")
+    assert not h.healthy("http://e") and h.state("http://e") == "down"
+    h.probed("http://e", True)
+    assert h.healthy("http://e")
+
+
+def engine(family: Family, model: str = "llama3.1:8b") -> Engine:
+    return Engine("e", family, frozenset([model]), ("http://e",), model)
+
+
+@pytest.mark.parametrize(
+    ("family", "status", "body", "ok"),
+    [
+        (Family.LLAMACPP, 503, b'{"error":{"code":503,"message":"Loading model"}}', False),
+        (Family.LLAMACPP, 200, b'{"status":"ok"}', True),
+        (Family.VLLM, 200, b"", True),
+        (Family.OLLAMA, 200, b'{"models":[]}', False),
+        (Family.OLLAMA, 200, b'{"models":[{"name":"llama3.1:8b"}]}', True),
+        (Family.OLLAMA, 200, b'{"models":[{"name":"llama3.1:70b"}]}', False),
+        (Family.EXTERNAL, 401, b"", False),
+    ],
+)
+def test_probe_verdicts(family: Family, status: int, body: bytes, ok: bool) -> None:
+    assert probe_ok(engine(family), status, body)[0] is ok
+
+
+def test_ollama_tag_without_version_means_latest() -> None:
+    assert probe_ok(engine(Family.OLLAMA, "qwen2.5"), 200, b'{"models":[{"name":"qwen2.5:latest"}]}')[0]
+
+
+def test_usage_is_found_in_the_last_sse_event() -> None:
+    chunk = (b'data: {"choices":[{"delta":{}}]}\n\n'
+             b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\ndata: [DONE]\n\n')  # fmt: skip
+    assert json.loads(_last_usage_event(chunk))["usage"]["completion_tokens"] == 4
+
+
+def test_endpointslices_give_one_url_per_ready_address() -> None:
+    from roundhouse_gateway.cluster import slice_endpoints
+
+    slices = [
+        {"ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8000}],
+         "endpoints": [{"addresses": ["10.1.0.5"], "conditions": {"ready": True}},
+                       {"addresses": ["10.1.0.6"], "conditions": {"ready": False}},
+                       {"addresses": ["10.1.0.7"]}]},
+        {"ports": [{"port": 8000}], "endpoints": [{"addresses": ["fd00::1"], "conditions": {"ready": True}}]},
+        {"ports": [], "endpoints": [{"addresses": ["10.1.0.9"]}]},
+    ]  # fmt: skip
+    assert slice_endpoints(slices) == ["http://10.1.0.5:8000", "http://10.1.0.7:8000", "http://[fd00::1]:8000"]
