@@ -1,0 +1,181 @@
+"""Gateway overhead, side by side in one run: direct to the engine, nginx, Roundhouse.
+
+Each proxy is pinned to core 0 with taskset; the simulator and wrk share core 1. Contenders run
+interleaved, `--reps` times each; the report gives the median and spread of requests/s at 64
+connections and the proxy's CPU seconds per 1,000 requests (utime+stime of its process tree).
+Usage: .venv/bin/python bench/gateway_overhead.py [--reps 3] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.processes import VENV_BIN, Process, enginesim, free_port  # noqa: E402
+
+CLK = os.sysconf("SC_CLK_TCK")
+# One key every contender accepts (LiteLLM will not start without a strong master key).
+BENCH_KEY = "sk-bench-7f3a9c2e5b8d4f1a6c0e9b2d7a5f3c8e1b4d6a9c2f5e8b1d"
+LUA = """wrk.method = "POST"
+wrk.body = '{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":8}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+NGINX = """worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  upstream engine {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://engine; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffering off; proxy_request_buffering off;
+    }}
+  }}
+}}
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of a process and all its descendants (live ones), in seconds."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK
+        except OSError:
+            pass
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    kids = [int(k) for k in out]
+    return kids + [d for k in kids for d in descendants(k)]
+
+
+def wrk(url: str, seconds: int, script: Path) -> tuple[float, float, float]:
+    """requests/s, p50 ms and p99 ms from wrk --latency at 64 connections (wrk on core 1)."""
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds}s", "--latency", "-s", str(script),
+                          url], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        value, unit = float(m.group(1)), m.group(2)  # type: ignore[union-attr]
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    if "Non-2xx" in out:
+        raise RuntimeError(f"errors during the run:\n{out}")
+    return rps, pct("50"), pct("99")
+
+
+LITELLM_VERSION = "1.106.2"  # pinned exactly: some releases were compromised upstream
+LITELLM_VENV = Path.home() / ".cache" / "roundhouse" / f"litellm-{LITELLM_VERSION}"
+LITELLM_CONFIG = """model_list:
+  - model_name: m
+    litellm_params: {{model: openai/m, api_base: "{upstream}/v1", api_key: sk-none}}
+litellm_settings: {{drop_params: true, telemetry: false}}
+general_settings: {{disable_spend_logs: true, master_key: {key}}}
+"""
+
+
+def start_contenders(upstream: str, tmp: Path, logs: Path, litellm: bool = False
+                     ) -> tuple[dict[str, tuple[str, Process | None]], list[Process]]:  # fmt: skip
+    """Each proxy in front of `upstream`, pinned to core 0. Returns name -> (base URL, process)."""
+    nport, gport = free_port(), free_port()
+    (tmp / "nginx.conf").write_text(NGINX.format(tmp=tmp, upstream=upstream.rsplit(":", 1)[1], port=nport))
+    nginx = Process("nginx", ["taskset", "-c", "0", "nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
+                    dict(os.environ), logs, None).start()  # fmt: skip
+    spec = {"engine": "vllm", "model": {"source": "m", "servedName": "m"}, "endpoints": [upstream]}
+    doc = {
+        "apiVersion": "roundhouse.dev/v1alpha1",
+        "kind": "InferenceEngine",
+        "metadata": {"name": "sim"},
+        "spec": spec,
+    }
+    (tmp / "gw.yaml").write_text(json.dumps(doc))
+    (tmp / "keys").write_text(BENCH_KEY + "\n")
+    gw = Process("roundhouse", ["taskset", "-c", "0", str(VENV_BIN / "roundhouse-gateway"), "--config",
+                                str(tmp / "gw.yaml"), "--host", "127.0.0.1", "--port", str(gport), "--api-keys-file",
+                                str(tmp / "keys"), "--log-level", "warning"], dict(os.environ), logs,
+                 f"http://127.0.0.1:{gport}/readyz").start()  # fmt: skip
+    contenders: dict[str, tuple[str, Process | None]] = {
+        "direct": (upstream, None), "nginx": (f"http://127.0.0.1:{nport}", nginx),
+        "roundhouse": (f"http://127.0.0.1:{gport}", gw),
+    }  # fmt: skip
+    procs = [nginx, gw]
+    if litellm:
+        lport = free_port()
+        (tmp / "litellm.yaml").write_text(LITELLM_CONFIG.format(upstream=upstream, key=BENCH_KEY))
+        env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
+        ll = Process("litellm", ["taskset", "-c", "0", str(LITELLM_VENV / "bin" / "litellm"), "--config",
+                                 str(tmp / "litellm.yaml"), "--host", "127.0.0.1", "--port", str(lport),
+                                 "--num_workers", "1"], env, logs, f"http://127.0.0.1:{lport}/health/liveliness"
+                     ).start(timeout=180)  # fmt: skip
+        contenders["litellm"] = (f"http://127.0.0.1:{lport}", ll)
+        procs.append(ll)
+    time.sleep(1)
+    return contenders, procs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--litellm", action="store_true", help=f"add LiteLLM (needs {LITELLM_VENV})")
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is needed: apt-get install wrk nginx-light util-linux")
+    tmp = Path(tempfile.mkdtemp(prefix="rh-bench-"))
+    logs = tmp / "logs"
+    sim = enginesim("vllm", "sim", ["m"], logs, ttft_ms=20, tokens=8, prefix=("taskset", "-c", "1")).start()
+    contenders, procs = start_contenders(sim.url, tmp, logs, litellm=args.litellm)  # type: ignore[attr-defined]
+    script = tmp / "post.lua"
+    script.write_text(LUA.replace("{key}", BENCH_KEY))
+    results: dict[str, list[tuple[float, float, float, float | None]]] = {k: [] for k in contenders}
+    try:
+        for url, _ in contenders.values():  # warm-up
+            wrk(url + "/v1/chat/completions", 2, script)
+        for rep in range(args.reps):
+            for name, (url, proc) in contenders.items():
+                before = cpu_seconds(proc.proc.pid) if proc and proc.proc else 0.0
+                rps, p50, p99 = wrk(url + "/v1/chat/completions", args.seconds, script)
+                cpu = cpu_seconds(proc.proc.pid) - before if proc and proc.proc else None
+                per_k = cpu / (rps * args.seconds) * 1000 if cpu is not None else None
+                results[name].append((rps, p50, p99, per_k))
+                print(f"rep {rep + 1} {name:10} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
+                      + (f"  {per_k:.3f} CPU-s/1k" if per_k is not None else ""), flush=True)  # fmt: skip
+    finally:
+        for p in [*procs, sim]:
+            p.stop()
+    print("\n| contender | req/s at 64 conns (median, min-max) | p50 ms | p99 ms | proxy CPU-s per 1k requests |")
+    print("|---|---|---|---|---|")
+    for name, rows in results.items():
+        rps = [r[0] for r in rows]
+        cpu = [r[3] for r in rows if r[3] is not None]
+        print(f"| {name} | {statistics.median(rps):.0f} ({min(rps):.0f}-{max(rps):.0f}) | "
+              f"{statistics.median(r[1] for r in rows):.2f} | {statistics.median(r[2] for r in rows):.2f} | "
+              f"{f'{statistics.median(cpu):.3f}' if cpu else '-'} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

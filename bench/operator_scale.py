@@ -1,0 +1,132 @@
+"""Operator and control loop at scale, on the local control plane with simulated GPU nodes.
+
+- 10, 100 and 1,000 InferenceEngines applied at once: time until all are Ready, operator CPU
+  seconds and peak RSS, API requests per engine reconciled (the operator's own counter).
+- A mode switch with 100 governed engines: `kubectl patch enginemode` to EngineMode Ready.
+A fresh operator process per run; the cluster is a separate one (its own state directory).
+Usage: .venv/bin/python bench/operator_scale.py [--sizes 10,100,1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+STATE = Path(os.environ.get("ROUNDHOUSE_BENCH_CLUSTER", "/tmp/roundhouse-bench-cluster"))
+os.environ["ROUNDHOUSE_CLUSTER_DIR"] = str(STATE)
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from tests.support import cluster as lc  # noqa: E402
+from tests.support import processes  # noqa: E402
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def engine(name: str, family: str) -> dict[str, Any]:
+    source = "qwen2.5:7b" if family == "ollama" else "Qwen/Qwen2.5-7B-Instruct"
+    return {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine", "metadata": {"name": name},
+            "spec": {"engine": family, "model": {"source": source, "servedName": name}, "gpus": 1}}  # fmt: skip
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK
+    hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return cpu, int(hwm.group(1)) / 1024 if hwm else 0.0  # type: ignore[union-attr]
+
+
+def api_requests(metrics_url: str) -> float:
+    text = httpx.get(metrics_url).text
+    return sum(float(m.group(1)) for m in re.finditer(r"^roundhouse_operator_api_requests_total\{[^}]*\} (\S+)$",
+                                                       text, re.M))  # fmt: skip
+
+
+def phases(c: lc.Cluster, ns: str, kind: str = "ie") -> list[str]:
+    return [(i.get("status") or {}).get("phase", "") for i in c.list(kind, ns)]
+
+
+def run_size(c: lc.Cluster, n: int) -> dict[str, Any]:
+    ns = c.create_namespace(f"scale{n}")
+    op = processes.operator(c.env, STATE / "logs", namespaces=[ns]).start()
+    try:
+        docs = [engine(f"e{i:04d}", "vllm") for i in range(n)]
+        start = time.monotonic()
+        c.apply(docs, ns)
+        applied = time.monotonic() - start
+        while True:
+            ready = phases(c, ns).count("Ready")
+            if ready == n:
+                break
+            if time.monotonic() - start > 600:
+                raise RuntimeError(f"only {ready}/{n} Ready after 600 s")
+            time.sleep(0.5)
+        elapsed = time.monotonic() - start
+        cpu, rss = proc_stats(op.proc.pid)  # type: ignore[union-attr]
+        reqs = api_requests(op.metrics_url)  # type: ignore[attr-defined]
+        return {"engines": n, "apply_s": round(applied, 2), "all_ready_s": round(elapsed, 2),
+                "operator_cpu_s": round(cpu, 2), "operator_peak_rss_mib": round(rss, 1),
+                "api_requests_per_engine": round(reqs / n, 2)}  # fmt: skip
+    finally:
+        op.stop()
+        c.delete_namespace(ns)
+
+
+def run_switch(c: lc.Cluster, n: int = 100) -> dict[str, Any]:
+    ns = c.create_namespace("switch")
+    op = processes.operator(c.env, STATE / "logs", namespaces=[ns]).start()
+    try:
+        mode = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode", "metadata": {"name": "default"},
+                "spec": {"mode": "vllm", "switchPolicy": {"drainSeconds": 0}}}  # fmt: skip
+        docs = [engine(f"v{i:03d}", "vllm") for i in range(n // 2)] + [engine(f"o{i:03d}", "ollama")
+                                                                       for i in range(n // 2)]  # fmt: skip
+        c.apply([mode, *docs], ns)
+        lc.wait_until(lambda: (c.get("em", "default", ns).get("status") or {}).get("phase") == "Ready", 300,
+                      "initial mode Ready", interval=0.5)  # fmt: skip
+        start = time.monotonic()
+        c.kubectl("patch", "enginemode", "default", "--type", "merge", "-p", '{"spec":{"mode":"ollama"}}', namespace=ns)
+        lc.wait_until(lambda: (st := c.get("em", "default", ns).get("status") or {}).get("phase") == "Ready"
+                      and st.get("activeMode") == "ollama", 600, "switch complete", interval=0.2)  # fmt: skip
+        elapsed = time.monotonic() - start
+        st = c.get("em", "default", ns)["status"]
+        return {"governed_engines": n, "patch_to_ready_s": round(elapsed, 2),
+                "operator_reported_s": st.get("lastSwitchSeconds")}  # fmt: skip
+    finally:
+        op.stop()
+        c.delete_namespace(ns)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="10,100,1000")
+    ap.add_argument("--gpu-nodes", type=int, default=130)
+    args = ap.parse_args()
+    up = [str(lc.LOCAL_CLUSTER), "up", "--gpu-nodes", str(args.gpu_nodes), "--cpu-nodes", "1", "--no-gpu-taint"]
+    subprocess.run(up, check=True, env={**os.environ, "ROUNDHOUSE_CLUSTER_DIR": str(STATE)})
+    c = lc.Cluster(kubeconfig=STATE / "kubeconfig")
+    c.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    results: dict[str, Any] = {"scale": [], "switch": None}
+    try:
+        for n in (int(s) for s in args.sizes.split(",")):
+            row = run_size(c, n)
+            results["scale"].append(row)
+            print(json.dumps(row), flush=True)
+        results["switch"] = run_switch(c)
+        print(json.dumps(results["switch"]), flush=True)
+    finally:
+        subprocess.run([str(lc.LOCAL_CLUSTER), "down"], env={**os.environ, "ROUNDHOUSE_CLUSTER_DIR": str(STATE)})
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
