@@ -51,8 +51,14 @@ cluster-down: ## stop the local control plane
 test-unit: venv ## unit tests (pure functions, models, renderers)
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
+.PHONY: browser
+browser: ## Debian's chromium for the admin page's browser tests (apt-get, once; Playwright drives it)
+	@command -v chromium >/dev/null || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get install -y -q chromium || { $$sudo apt-get update -q && $$sudo apt-get install -y -q chromium; }; }
+
 .PHONY: test-integration
-test-integration: venv control-plane ## integration tests against the real local control plane
+test-integration: venv control-plane browser ## integration tests against the real local control plane (and the admin page in Chromium)
 	$(PY) -m pytest tests/integration -q $(PYTEST_ARGS)
 
 .PHONY: manifests

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hmac
 import json
 import logging
@@ -22,10 +21,10 @@ from typing import Any
 import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from roundhouse_api import Family, Mode
+from roundhouse_api import Family, Mode, runs
 
-from . import metrics
-from .catalog import Catalog, Engine
+from . import metrics, ui
+from .catalog import Catalog, Engine, switch_finished
 from .health import PROBE_PATHS, Health, probe_ok
 from .routing import Candidate, Decision, Features, route
 
@@ -131,7 +130,7 @@ class Gateway:
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(e, ep) for e in self.catalog.engines for ep in e.endpoints))
         if self.standalone_switch_done():
-            self.update(dataclasses.replace(self.catalog, mode=dataclasses.replace(self.catalog.mode, switching=False)))
+            self.update(switch_finished(self.catalog, time.time()))
 
     def standalone_switch_done(self) -> bool:
         """Standalone, nothing reports a switch's end: it ends when the new family answers its probes."""
@@ -202,6 +201,14 @@ class Gateway:
         elif path.startswith("/admin/"):
             self.authorize(scope, self.settings.admin_keys, admin=True)
             await self.admin(scope, receive, send, path, method)
+        elif path in ("/", "/ui"):
+            # Relative asset and API URLs need the trailing slash (and keep working behind a path prefix).
+            await respond(send, 308, b"", {"Location": f"{scope.get('root_path', '')}/ui/"})
+        elif path.startswith("/ui/") and method in ("GET", "HEAD"):
+            found = ui.asset(path[len("/ui/") :])
+            if found is None:
+                raise ClientError(404, f"Unknown path {path}", "not_found")
+            await respond(send, 200, found[0] if method == "GET" else b"", found[1])
         else:
             raise ClientError(404, f"Unknown path {path}", "not_found")
 
@@ -457,23 +464,49 @@ class Gateway:
         return {
             "name": e.name, "family": e.family.value, "models": sorted(e.served), "active": self.catalog.mode.active(e),
             "ready": e.ready, "phase": e.phase,
-            "endpoints": [{"url": ep, "health": self.health.state(ep), "inFlight": self.outstanding[ep]}
-                          for ep in e.endpoints],
+            "endpoints": [{"url": ep, "health": self.health.state(ep), "error": self.health.last_error(ep) or None,
+                           "inFlight": self.outstanding[ep]} for ep in e.endpoints],
             "inFlight": sum(self.outstanding[ep] for ep in e.endpoints),
             "ttftP50Seconds": st.ttft_p50(), "tokensPerSecond": st.tokens_per_second(),
         }  # fmt: skip
 
     def mode_view(self) -> dict[str, Any]:
+        mode = self.catalog.mode
+        families = {m.value: self.family_view(m) for m in (Mode.VLLM, Mode.LLAMACPP, Mode.OLLAMA, Mode.AUTO)}
         health = {}
         for fam in (Family.VLLM, Family.LLAMACPP, Family.OLLAMA, Family.EXTERNAL):
             eps = [ep for e in self.catalog.engines if e.family == fam for ep in e.endpoints]
             if eps:
                 health[fam.value] = "ok" if any(self.health.healthy(ep) for ep in eps) else "unavailable"
-        mode = self.catalog.mode
-        return {"mode": mode.mode.value if mode.mode else None, "switching": mode.switching, "health": health}
+        started = mode.switch_started_at
+        return {
+            "mode": mode.mode.value if mode.mode else None, "switching": mode.switching, "phase": mode.phase,
+            "previous": mode.previous.value if mode.previous else None,
+            "switchStartedAt": _iso(started) if started is not None else None,
+            "lastSwitchSeconds": mode.last_switch_seconds, "message": mode.message,
+            "standalone": self.standalone, "source": mode.source, "health": health, "families": families,
+        }  # fmt: skip
+
+    def family_view(self, mode: Mode) -> dict[str, Any]:
+        """What a mode would serve: its engines' health and recent throughput (auto: every engine)."""
+        engines = [e for e in self.catalog.engines if e.family != Family.EXTERNAL and runs(mode, e.family)]
+        eps = [ep for e in engines for ep in e.endpoints]
+        healthy = sum(1 for ep in eps if self.health.healthy(ep))
+        ttfts = sorted(t for e in engines for t in self.stats[e.name].ttft)
+        return {
+            "engines": [e.name for e in engines], "endpoints": len(eps), "healthyEndpoints": healthy,
+            "health": "none" if not eps else "ok" if healthy == len(eps) else "degraded" if healthy else "unavailable",
+            "inFlight": sum(self.outstanding[ep] for ep in eps),
+            "tokensPerSecond": round(sum(self.stats[e.name].tokens_per_second() for e in engines), 3),
+            "ttftP50Seconds": ttfts[len(ttfts) // 2] if ttfts else None,
+        }  # fmt: skip
 
 
 # --- small helpers ------------------------------------------------------------------------------
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for k, v in scope["headers"]:
         if k == name:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from roundhouse_api import (
@@ -56,6 +57,14 @@ class ModeState:
     switching: bool = False
     policy: SwitchPolicy = field(default_factory=SwitchPolicy)
     rules: AutoRules = field(default_factory=AutoRules)
+    # What the EngineMode's status says (or, standalone, what the gateway itself observed); shown
+    # by the admin API and the web page, never used for routing.
+    phase: str | None = None
+    previous: Mode | None = None
+    switch_started_at: float | None = None  # epoch seconds
+    last_switch_seconds: float | None = None
+    message: str | None = None
+    source: str | None = None  # "namespace/name" of the EngineMode
 
     def active(self, engine: Engine) -> bool:
         return not engine.governed or runs(self.mode, engine.family)
@@ -119,12 +128,46 @@ def mode_from_resource(em: EngineMode | None) -> ModeState:
         return ModeState()
     status = em.status
     switching = bool(status and status.phase == ModePhase.SWITCHING)
+    started = status.switch_started_at if status else None
+    ns = em.metadata.namespace
+    phase = status.phase.value if status and status.phase else None
+    previous = status.previous_mode if status else None
+    if status and status.active_mode is not None and status.active_mode != em.spec.mode and not switching:
+        # Patched, and the operator has not taken it up yet: a switch is on its way all the same.
+        phase, previous, started = ModePhase.SWITCHING.value, status.active_mode, None
     return ModeState(
         mode=em.spec.mode,
         switching=switching,
         policy=em.spec.switch_policy or SwitchPolicy(),
         rules=em.spec.auto_rules or AutoRules(),
+        phase=phase,
+        previous=previous,
+        switch_started_at=started.timestamp() if started else None,
+        last_switch_seconds=status.last_switch_seconds if status else None,
+        message=status.message if status else None,
+        source=f"{ns}/{em.metadata.name}" if ns else em.metadata.name,
     )
+
+
+def with_mode(catalog: Catalog, mode: Mode, now: float) -> Catalog:
+    """The catalog under another mode, Switching until the gateway sees the new family healthy.
+    Asking for the mode already in force changes nothing."""
+    current = catalog.mode
+    if mode == current.mode:
+        return catalog
+    return dataclasses.replace(catalog, mode=dataclasses.replace(
+        current, mode=mode, switching=True, phase="Switching", previous=current.mode, switch_started_at=now,
+        message=f"switching from {current.mode.value if current.mode else 'nothing'} to {mode.value}"))  # fmt: skip
+
+
+def switch_finished(catalog: Catalog, now: float) -> Catalog:
+    """The catalog once the incoming family answers: Ready, with how long the switch took."""
+    m = catalog.mode
+    took = round(now - m.switch_started_at, 3) if m.switch_started_at is not None else None
+    what = m.mode.value if m.mode else "nothing"
+    return dataclasses.replace(catalog, mode=dataclasses.replace(
+        m, switching=False, phase="Ready", last_switch_seconds=took,
+        message=f"now {what} (from {m.previous.value if m.previous else 'nothing'}) in {took}s"))  # fmt: skip
 
 
 CAPABILITY_TOOLS = Capability.TOOLS.value

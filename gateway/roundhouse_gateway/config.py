@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from roundhouse_api import EngineMode, InferenceEngine, Mode, parse_resource
+from roundhouse_api import EngineMode, InferenceEngine, parse_resource
 
 from .catalog import Catalog, engine_from_resource, mode_from_resource
 
@@ -39,18 +39,15 @@ def load_catalog(path: Path) -> Catalog:
         engines.append(engine_from_resource(res, api_key=_api_key(res)))
     if len(modes) > 1:
         raise ConfigError(f"{path}: at most one EngineMode, found {len(modes)}")
-    return Catalog(tuple(engines), mode_from_resource(modes[0] if modes else None))
+    mode = mode_from_resource(modes[0] if modes else None)
+    # Standalone, the file's mode is in force from the start: nothing to wait for.
+    return Catalog(tuple(engines), dataclasses.replace(mode, phase="Ready", switching=False, source=str(path)))
 
 
 def _api_key(ie: InferenceEngine) -> str | None:
     """An external API's key, standalone: from the environment variable named like the Secret key."""
     ref = ie.spec.external.api_key_secret_ref if ie.spec.external else None
     return os.environ.get(ref.key) if ref else None
-
-
-def with_mode(catalog: Catalog, mode: Mode, switching: bool = False) -> Catalog:
-    """The catalog under another mode; `switching` until the gateway sees the new family healthy."""
-    return dataclasses.replace(catalog, mode=dataclasses.replace(catalog.mode, mode=mode, switching=switching))
 
 
 def read_keys(path: str | None) -> list[str]:

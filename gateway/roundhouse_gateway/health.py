@@ -58,6 +58,10 @@ class Health:
             return "ok"
         return "half-open" if self.now() >= h.open_until else "open"
 
+    def last_error(self, endpoint: str) -> str:
+        """Why the endpoint last failed a probe or a request ("" when it has not)."""
+        return self._get(endpoint).last_error
+
     def attempt(self, endpoint: str) -> None:
         h = self._get(endpoint)
         if h.open_until and self.now() >= h.open_until:
@@ -83,6 +87,8 @@ class Health:
             h.open_until = min(h.open_until, self.now())
         if not ok:
             h.last_error = error
+        elif not h.failures:
+            h.last_error = ""
 
     def forget_except(self, endpoints: set[str]) -> None:
         for ep in list(self.endpoints):

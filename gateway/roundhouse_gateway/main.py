@@ -17,9 +17,9 @@ import uvicorn
 from roundhouse_api import Mode
 
 from .app import Gateway, Settings
-from .catalog import Catalog
+from .catalog import Catalog, with_mode
 from .cluster import ClusterSource
-from .config import ConfigError, load_catalog, read_keys, with_mode
+from .config import ConfigError, load_catalog, read_keys
 
 RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -102,7 +102,7 @@ def standalone_gateway(settings: Settings, catalog: Catalog) -> Gateway:
 
     async def set_mode(mode: Mode) -> dict[str, Any]:
         previous = gateway.catalog.mode.mode
-        gateway.update(with_mode(gateway.catalog, mode, switching=mode != previous))
+        gateway.update(with_mode(gateway.catalog, mode, time.time()))
         logging.getLogger("roundhouse.gateway").info("engine mode", extra={"mode": mode, "previous": previous})
         return {"mode": mode.value, "previous": previous.value if previous else None, "standalone": True,
                 "message": "standalone gateway: changed its own routing mode (no cluster to patch)"}  # fmt: skip
