@@ -197,7 +197,11 @@ def test_mode_switch_holds_requests_until_the_family_is_up(stack: Stack) -> None
     assert resp.headers["x-roundhouse-engine"] == "o"
     assert time.monotonic() - started >= 1.4  # it waited for Ollama rather than failing or using vLLM
     view = stack.admin("GET", "/admin/engine-mode").json()
-    assert view == {"mode": "ollama", "switching": False, "health": {"vllm": "ok", "ollama": "ok"}}
+    assert {k: view[k] for k in ("mode", "switching", "phase", "previous", "standalone", "health")} == {
+        "mode": "ollama", "switching": False, "phase": "Ready", "previous": "vllm", "standalone": True,
+        "health": {"vllm": "ok", "ollama": "ok"}}  # fmt: skip
+    assert view["lastSwitchSeconds"] >= 1.4  # timed from the request to the first healthy Ollama answer
+    assert view["families"]["ollama"]["engines"] == ["o"] and view["families"]["auto"]["engines"] == ["v", "o"]
 
 
 def test_admin_api_needs_its_own_key_and_lists_engines(stack: Stack) -> None:

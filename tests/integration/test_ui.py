@@ -5,7 +5,6 @@ Screenshots of each view are written to artifacts/ui/."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -288,26 +287,32 @@ def test_keyboard_labels_and_narrow_screen(stack: Stack, page: Page) -> None:
 CLUSTER_KEY, CLUSTER_ADMIN = "sk-ui-cluster", "admin-ui-cluster"
 
 
-def ie(name: str, family: str, url: str) -> dict[str, Any]:
+def gpu_engine(name: str, family: str) -> dict[str, Any]:
+    """An engine the operator runs as a Deployment on a (simulated) GPU node."""
+    source = {"vllm": "org/m", "ollama": "m"}[family]
     return {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine", "metadata": {"name": name},
-            "spec": {"engine": family, "model": {"source": "m", "servedName": "m"}, "endpoints": [url]}}  # fmt: skip
+            "spec": {"engine": family, "gpus": 1, "model": {"source": source, "servedName": "m"}}}  # fmt: skip
 
 
 def test_mode_cards_patch_the_real_engine_mode(
     operator: Process, crds: Cluster, namespace: str, page: Page, tmp_path: Path
 ) -> None:
+    # Real pods on the simulated GPU nodes; their traffic goes to simulators (--endpoint-map).
     sims = {f: processes.enginesim(f, f[0], ["m"], ARTIFACTS).start() for f in ("vllm", "ollama")}
-    gw = processes.cluster_gateway(namespace, crds.kubeconfig, tmp_path, ARTIFACTS, [CLUSTER_KEY],
-                                   [CLUSTER_ADMIN]).start()  # fmt: skip
+    mapping = ("--endpoint-map", f"c-vllm={sims['vllm'].url}",  # type: ignore[attr-defined]
+               "--endpoint-map", f"c-ollama={sims['ollama'].url}")  # type: ignore[attr-defined]  # fmt: skip
+    gw = processes.cluster_gateway(namespace, crds.kubeconfig, tmp_path, ARTIFACTS, [CLUSTER_KEY], [CLUSTER_ADMIN],
+                                   extra=mapping).start()  # fmt: skip
     try:
         crds.apply([{"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode", "metadata": {"name": "default"},
                      "spec": {"mode": "vllm", "switchPolicy": {"drainSeconds": 2}}},
-                    ie("c-vllm", "vllm", sims["vllm"].url),  # type: ignore[attr-defined]
-                    ie("c-ollama", "ollama", sims["ollama"].url)], namespace)  # type: ignore[attr-defined]  # fmt: skip
-        wait_until(lambda: (crds.get("em", "default", namespace).get("status") or {}).get("phase") == "Ready", 60,
-                   "EngineMode Ready")  # fmt: skip
+                    gpu_engine("c-vllm", "vllm"), gpu_engine("c-ollama", "ollama")], namespace)  # fmt: skip
+        wait_until(lambda: (crds.get("em", "default", namespace).get("status") or {}).get("phase") == "Ready"
+                   and (crds.get("ie", "c-vllm", namespace).get("status") or {}).get("phase") == "Ready", 90,
+                   "EngineMode and the vLLM engine Ready")  # fmt: skip
         open_ui(page, gw.url, CLUSTER_ADMIN, CLUSTER_KEY)  # type: ignore[attr-defined]
-        expect(row(page, "c-vllm")).to_contain_text("Ready")
+        expect(row(page, "c-vllm").locator("td").nth(2)).to_have_text("Ready")  # the operator's phase
+        shot(page, "cluster-engines")
         page.get_by_role("tab", name="Engine mode").click()
         expect(page.locator("#mode-scope")).to_contain_text(f"EngineMode {namespace}/default")
         expect(page.locator("#mode-phase")).to_contain_text("Ready: vLLM is active")
@@ -317,12 +322,19 @@ def test_mode_cards_patch_the_real_engine_mode(
         # The operator drains for 2 s: the page shows the switch in progress with its elapsed time.
         expect(page.locator("#mode-phase")).to_contain_text("Switching from vLLM to Ollama")
         expect(page.locator("#mode-elapsed")).to_contain_text("s elapsed")
+        page.wait_for_timeout(1500)
+        expect(page.locator("#mode-phase")).to_contain_text("Switching from vLLM to Ollama")  # drain: 2 s
+        expect(page.locator('li[data-mode="ollama"] .badge')).to_have_text("Switching to")
         shot(page, "cluster-mode-switching")
         assert crds.get("em", "default", namespace)["spec"]["mode"] == "ollama"
-        expect(page.locator("#mode-phase")).to_contain_text("Ready: Ollama is active", timeout=30_000)
+        expect(page.locator("#mode-phase")).to_contain_text("Ready: Ollama is active", timeout=60_000)
         status = crds.get("em", "default", namespace)["status"]
         assert status["activeMode"] == "ollama" and status["phase"] == "Ready"
+        assert status["lastSwitchSeconds"] >= 2  # the drain, then the vLLM pod gone, then the Ollama pod Ready
+        expect(row(page, "c-ollama").locator("td").nth(2)).to_have_text("Ready")
+        expect(row(page, "c-vllm").locator("td").nth(3)).to_have_text("No (mode)")
         expect(page.locator("#mode-phase")).to_contain_text(f"took {status['lastSwitchSeconds']} s")
+        expect(page.locator('li[data-mode="ollama"] .badge')).to_have_text("Active")
         shot(page, "cluster-mode-ready")
 
         ask(page, "Which family now?")
@@ -334,12 +346,14 @@ def test_mode_cards_patch_the_real_engine_mode(
         wait_until(lambda: httpx.get(gw.url + "/admin/engine-mode",  # type: ignore[attr-defined]
                                      headers={"Authorization": f"Bearer {CLUSTER_ADMIN}"}).json()["mode"] is None,
                    10, "the gateway to see the EngineMode gone")  # fmt: skip
+        expect(page.locator("#mode-phase")).to_have_text("No engine mode is set.")
         page.locator('li[data-mode="vllm"] button').click()
         page.locator("#mode-confirm").get_by_role("button", name="Switch").click()
         expect(page.locator("#mode-banner")).to_contain_text("Could not switch to vLLM: no EngineMode in namespace")
         expect(page.locator("#mode-banner")).to_contain_text("(HTTP 404)")
         shot(page, "cluster-mode-error")
-        assert CLUSTER_ADMIN not in gw.log_path.read_text() and json.dumps(CLUSTER_KEY) not in gw.log_path.read_text()
+        log = gw.log_path.read_text()
+        assert CLUSTER_ADMIN not in log and CLUSTER_KEY not in log
     finally:
         gw.stop()
         for s in sims.values():

@@ -257,23 +257,24 @@ function modeCard(mode) {
 
 function updateCard(card, mode, m) {
   const f = m.families[mode];
-  const active = m.mode === mode;
+  const chosen = m.mode === mode;
+  const switching = chosen && m.phase === "Switching";
   const name = label(mode);
   const set = (field, content) => card.querySelector(`[data-field="${field}"]`).replaceChildren(content);
-  card.classList.toggle("active", active);
-  if (active) card.setAttribute("aria-current", "true"); else card.removeAttribute("aria-current");
-  const badge = card.querySelector(".badge");
-  if (active && !badge) card.querySelector("h3").append(el("span", { class: "badge" }, "Active"));
-  if (!active && badge) badge.remove();
+  card.classList.toggle("active", chosen);
+  if (chosen) card.setAttribute("aria-current", "true"); else card.removeAttribute("aria-current");
+  card.querySelector(".badge")?.remove();
+  if (chosen) card.querySelector("h3").append(el("span", { class: "badge" }, switching ? "Switching to" : "Active"));
   set("health", familyHealth(f));
   set("engines", f.engines.length ? f.engines.join(", ") : "none");
   set("tps", f.tokensPerSecond.toFixed(1));
   set("ttft", ms(f.ttftP50Seconds));
   set("inflight", String(f.inFlight));
   const button = card.querySelector("button");
-  button.disabled = active;
-  button.textContent = active ? "Active now" : `Switch to ${name}`;
-  button.setAttribute("aria-label", active ? `${name} is active` : `Switch to ${name}`);
+  button.disabled = chosen;
+  button.textContent = switching ? "Switch in progress" : chosen ? "Active now" : `Switch to ${name}`;
+  button.setAttribute("aria-label", switching ? `Switching to ${name}` : chosen ? `${name} is active`
+                                              : `Switch to ${name}`);
 }
 
 function renderMode() {
