@@ -1,8 +1,11 @@
 """Level-triggered reconciliation of one namespace at a time.
 
-Every watch event marks its namespace dirty; a single worker reconciles dirty namespaces from
-the in-memory store: plan the mode, render and apply what changed, write statuses that changed.
+Every watch event marks its engine (or, for modes, its whole namespace) dirty; a single worker
+reconciles dirty namespaces from the in-memory store: plan the mode over every engine, then
+render, apply and write the status of the engines that are dirty or whose plan changed.
 Everything is recomputed from observed state, so a restart in the middle of a switch finishes it.
+At 1,000 engines in one namespace, reconciling every engine on every pod event cost most of the
+operator's CPU; the plan stays namespace-wide because a switch depends on every engine.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from roundhouse_api import EngineMode, EngineStatus, Family, InferenceEngine, Ph
 from . import metrics
 from .fit import estimate
 from .kube import Kube
-from .plan import EngineView, ModePlan, plan
+from .plan import EnginePlan, EngineView, ModePlan, plan
 from .render import HASH_ANNOTATION, render, runs_workload
 from .status import Observed, condition, engine_status, keep_transition_times
 from .store import Store
@@ -88,7 +91,8 @@ class Controller:
     def __init__(self, store: Store, kube: Kube) -> None:
         self.store = store
         self.kube = kube
-        self.dirty: set[str] = set()
+        # namespace -> engines to reconcile; None: every engine of the namespace.
+        self.dirty: dict[str, set[str] | None] = {}
         self.wake = asyncio.Event()
         self.probes: dict[tuple[str, str], tuple[bool, str]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
@@ -99,10 +103,18 @@ class Controller:
         # both depend only on the spec, so they are cached per (uid, generation).
         self._parsed: dict[tuple[str, int], tuple[InferenceEngine | None, str | None]] = {}
         self._rendered: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+        # What the last pass decided per engine: an engine whose plan changes is reconciled even
+        # without an event of its own, and a mode's status is built from every engine's last status.
+        self._plans: dict[tuple[str, str], EnginePlan] = {}
+        self._statuses: dict[tuple[str, str], tuple[str, Family, EngineStatus, bool]] = {}
         self.http = httpx.AsyncClient(timeout=PROBE_TIMEOUT)
 
-    def mark(self, namespace: str) -> None:
-        self.dirty.add(namespace)
+    def mark(self, namespace: str, engine: str | None = None) -> None:
+        """Reconcile `engine` (None: every engine and mode of `namespace`) on the next pass."""
+        if engine is None or namespace not in self.dirty:
+            self.dirty[namespace] = None if engine is None else {engine}
+        elif (engines := self.dirty[namespace]) is not None:
+            engines.add(engine)
         self.wake.set()
 
     def mark_later(self, namespace: str, seconds: float) -> None:
@@ -117,18 +129,19 @@ class Controller:
                 await asyncio.wait_for(self.wake.wait(), RESYNC_SECONDS)
             except TimeoutError:
                 await self.probe_all()
-                self.dirty |= self.store.namespaces()
+                for namespace in self.store.namespaces():
+                    self.mark(namespace)
             self.wake.clear()
             # Let a burst of watch events land before acting on it.
             await asyncio.sleep(0.05)
-            batch, self.dirty = self.dirty, set()
+            batch, self.dirty = self.dirty, {}
             for namespace in sorted(batch):
-                await self.reconcile_safely(namespace)
+                await self.reconcile_safely(namespace, batch[namespace])
 
-    async def reconcile_safely(self, namespace: str) -> None:
+    async def reconcile_safely(self, namespace: str, engines: set[str] | None = None) -> None:
         started = time.perf_counter()
         try:
-            await self.reconcile(namespace)
+            await self.reconcile(namespace, engines)
             metrics.RECONCILES.labels(result="ok").inc()
             self.failures.pop(namespace, None)
         except ApiException as err:
@@ -177,7 +190,8 @@ class Controller:
             return
         self.probes[key] = (resp.status_code < 300, f"{url} answered HTTP {resp.status_code}")
 
-    async def reconcile(self, namespace: str) -> None:
+    async def reconcile(self, namespace: str, only: set[str] | None = None) -> None:
+        """Plan `namespace`; reconcile the engines in `only` (None: all) and those whose plan changed."""
         now = datetime.now(UTC)
         modes = []
         for raw in sorted(self.store.all("EngineMode", namespace), key=lambda m: m["metadata"]["name"]):
@@ -187,7 +201,6 @@ class Controller:
                 log.warning("invalid EngineMode ignored", extra={"namespace": namespace, "error": str(err)})
         raws = self.store.all("InferenceEngine", namespace)
         parsed = {r["metadata"]["name"]: (r, *self.parse(r)) for r in raws}
-        nodes = await asyncio.to_thread(self.kube.nodes) if parsed else []
 
         plans: dict[str, tuple[EngineMode | None, ModePlan]] = {}
         by_mode: dict[str | None, list[str]] = {}
@@ -205,11 +218,16 @@ class Controller:
             for n in names:
                 plans[n] = (mode, p)
 
-        statuses: dict[str, dict[str, tuple[Family, EngineStatus, bool]]] = {}
+        targets = [name for name in parsed if only is None or name in only
+                   or self._plans.get((namespace, name)) != plans[name][1].engines.get(name)]  # fmt: skip
+        nodes = await asyncio.to_thread(self.kube.nodes) if targets else []
         await asyncio.gather(*(
-            self._reconcile_engine(namespace, raw, engine, err, plans[name], nodes, now, statuses)
-            for name, (raw, engine, err) in parsed.items()
+            self._reconcile_engine(namespace, *parsed[name], plans[name], nodes, now) for name in targets
         ))  # fmt: skip
+        statuses: dict[str, dict[str, tuple[Family, EngineStatus, bool]]] = {}
+        for name in parsed:
+            if cached := self._statuses.get((namespace, name)):
+                statuses.setdefault(cached[0], {})[name] = cached[1:]
         for mode in modes:
             name = mode.metadata.name
             mode_plan = next((p for (m, p) in plans.values() if m is not None and m.metadata.name == name), ModePlan())
@@ -239,12 +257,14 @@ class Controller:
         mode_plan: tuple[EngineMode | None, ModePlan],
         nodes: list[dict[str, Any]],
         now: datetime,
-        statuses: dict[str, dict[str, tuple[Family, EngineStatus, bool]]],
     ) -> None:
         name = raw["metadata"]["name"]
         mode, p = mode_plan
+        key = (namespace, name)
+        self._plans[key] = p.engines[name]
         previous = self._previous_status(raw)
         if engine is None:
+            self._statuses.pop(key, None)
             self.count_phase(namespace, name, Phase.FAILED.value)
             await self._write_invalid(raw, error or "invalid spec", previous, now)
             return
@@ -269,7 +289,9 @@ class Controller:
         status = engine_status(observed, previous, now)
         self.count_phase(namespace, name, status.phase.value if status.phase else "")
         if mode is not None:
-            statuses.setdefault(mode.metadata.name, {})[name] = (engine.spec.engine, status, runs_workload(engine))
+            self._statuses[key] = (mode.metadata.name, engine.spec.engine, status, runs_workload(engine))
+        else:
+            self._statuses.pop(key, None)
         await self._write_engine_status(raw, status, previous)
 
     def parse(self, raw: dict[str, Any]) -> tuple[InferenceEngine | None, str | None]:
@@ -296,6 +318,8 @@ class Controller:
     def forget(self, namespace: str, name: str, uid: str = "") -> None:
         self.phases.pop((namespace, name), None)
         self.probes.pop((namespace, name), None)
+        self._plans.pop((namespace, name), None)
+        self._statuses.pop((namespace, name), None)
         for key in [k for k in self._parsed if k[0] == uid]:
             del self._parsed[key]
         for rkey in [k for k in self._rendered if k[0] == uid]:

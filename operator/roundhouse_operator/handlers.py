@@ -76,30 +76,39 @@ def _on_event(kind: str, event: kopf.RawEvent) -> None:
     if "metadata" not in body:
         return
     controller = _controller()
+    meta = body["metadata"]
     if event.get("type") == "DELETED":
         namespace = controller.store.remove(kind, body)
         if kind == "InferenceEngine":
-            controller.forget(namespace, body["metadata"]["name"], body["metadata"].get("uid", ""))
+            controller.forget(namespace, meta["name"], meta.get("uid", ""))
     else:
         namespace = controller.store.put(kind, body)
-    controller.mark(namespace)
+    # An engine's own objects make only that engine dirty; a mode concerns every engine it governs.
+    if kind == "InferenceEngine":
+        controller.mark(namespace, meta["name"])
+    elif kind == "EngineMode":
+        controller.mark(namespace)
+    else:
+        controller.mark(namespace, (meta.get("labels") or {}).get(ENGINE_LABEL))
 
 
+# The handlers are coroutines so that kopf runs them on the event loop: a plain function would be
+# run in a worker thread, one thread hop per event, touching the store while the reconciler reads it.
 @kopf.on.event(GROUP, VERSION, "inferenceengines")
-def engine_event(event: kopf.RawEvent, **_: Any) -> None:
+async def engine_event(event: kopf.RawEvent, **_: Any) -> None:
     _on_event("InferenceEngine", event)
 
 
 @kopf.on.event(GROUP, VERSION, "enginemodes")
-def mode_event(event: kopf.RawEvent, **_: Any) -> None:
+async def mode_event(event: kopf.RawEvent, **_: Any) -> None:
     _on_event("EngineMode", event)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={ENGINE_LABEL: kopf.PRESENT})
-def deployment_event(event: kopf.RawEvent, **_: Any) -> None:
+async def deployment_event(event: kopf.RawEvent, **_: Any) -> None:
     _on_event("Deployment", event)
 
 
 @kopf.on.event("", "v1", "pods", labels={ENGINE_LABEL: kopf.PRESENT})
-def pod_event(event: kopf.RawEvent, **_: Any) -> None:
+async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
     _on_event("Pod", event)

@@ -24,6 +24,7 @@ class Store:
         The operator writes its own changes through (from the API server's responses), and a
         watch event queued before such a write must not roll the store back.
         """
+        body = slim(kind, body)
         meta = body["metadata"]
         current = self._objects[kind][meta["namespace"]].get(meta["name"])
         if current is None or not _older(meta, current["metadata"]):
@@ -59,6 +60,18 @@ class Store:
 
     def namespaces(self) -> set[str]:
         return {ns for by_ns in self._objects.values() for ns, objs in by_ns.items() if objs}
+
+
+def slim(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Only what the controller reads: at 1,000 engines, pod specs and managedFields were most of
+    the operator's memory. Engines and modes are kept whole (they are parsed as resources)."""
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    if kind == "Pod":
+        return {"metadata": meta, "status": body.get("status") or {}}
+    if kind == "Deployment":
+        return {"metadata": meta, "spec": {"replicas": (body.get("spec") or {}).get("replicas")},
+                "status": body.get("status") or {}}  # fmt: skip
+    return {**body, "metadata": meta}
 
 
 def _older(meta: dict[str, Any], than: dict[str, Any]) -> bool:

@@ -1,0 +1,124 @@
+"""The controller's passes with the API server faked at its boundary (Kube): which engines a watch
+event makes it touch, and what the store keeps."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+from typing import Any
+
+from roundhouse_operator.controller import Controller
+from roundhouse_operator.store import Store, slim
+
+NS = "ns"
+
+
+class FakeKube:
+    """Records writes and answers them the way the API server would (a new resourceVersion)."""
+
+    def __init__(self) -> None:
+        self.rv = itertools.count(100)
+        self.applied: list[str] = []
+        self.status_patched: list[str] = []
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        out = copy.deepcopy(obj)
+        out["metadata"].update(namespace=NS, uid=f"uid-{obj['kind']}-{obj['metadata']['name']}",
+                               resourceVersion=str(next(self.rv)))  # fmt: skip
+        return out
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.status_patched.append(f"{kind}/{name}")
+        current = self.store.get(kind, namespace, name)
+        assert current is not None
+        out = copy.deepcopy(current)
+        out["status"] = {k: v for k, v in {**(current.get("status") or {}), **status}.items() if v is not None}
+        out["metadata"]["resourceVersion"] = str(next(self.rv))
+        return out
+
+    def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        pass
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return []
+
+
+def ie(name: str, family: str = "vllm") -> dict[str, Any]:
+    return {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine",
+            "metadata": {"name": name, "namespace": NS, "uid": f"u-{name}", "generation": 1, "resourceVersion": "1"},
+            "spec": {"engine": family, "model": {"source": "org/m", "servedName": name}}}  # fmt: skip
+
+
+def em(mode: str) -> dict[str, Any]:
+    return {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode",
+            "metadata": {"name": "default", "namespace": NS, "uid": "u-em", "generation": 1, "resourceVersion": "1"},
+            "spec": {"mode": mode, "switchPolicy": {"drainSeconds": 0}}}  # fmt: skip
+
+
+def pod(engine: str, phase: str = "Running") -> dict[str, Any]:
+    return {"metadata": {"name": f"{engine}-pod", "namespace": NS, "uid": f"p-{engine}", "resourceVersion": "50",
+                         "labels": {"roundhouse.dev/engine": engine}, "managedFields": [{"manager": "x"}]},
+            "spec": {"containers": [{"name": "engine", "image": "big", "args": ["--a"] * 100}]},
+            "status": {"phase": phase, "conditions": [{"type": "PodScheduled", "status": "True"}]}}  # fmt: skip
+
+
+def controller(*objects: tuple[str, dict[str, Any]]) -> tuple[Controller, FakeKube]:
+    kube = FakeKube()
+    store = Store()
+    kube.store = store  # type: ignore[attr-defined]
+    for kind, body in objects:
+        store.put(kind, body)
+    return Controller(store, kube), kube  # type: ignore[arg-type]
+
+
+def test_a_pod_event_reconciles_only_its_engine() -> None:
+    c, kube = controller(*[("InferenceEngine", ie(n)) for n in ("a", "b", "c")])
+    asyncio.run(c.reconcile(NS))
+    assert sorted(kube.applied) == sorted(f"{k}/{n}" for n in "abc" for k in ("Deployment", "Service"))
+    assert sorted(kube.status_patched) == ["InferenceEngine/a", "InferenceEngine/b", "InferenceEngine/c"]
+    kube.applied.clear()
+    kube.status_patched.clear()
+
+    c.store.put("Pod", pod("b"))
+    asyncio.run(c.reconcile(NS, {"b"}))
+    assert kube.applied == []  # nothing to re-apply: the spec did not change
+    assert kube.status_patched == ["InferenceEngine/b"]  # b has a pod now; a and c were not looked at
+
+
+def test_an_engine_whose_plan_changes_is_reconciled_without_an_event_of_its_own() -> None:
+    # Mode ollama: the vLLM engine's pod still runs, so the Ollama engine is held at 0 replicas.
+    c, kube = controller(("EngineMode", em("ollama")), ("InferenceEngine", ie("v", "vllm")),
+                         ("InferenceEngine", ie("o", "ollama")), ("Pod", pod("v")))  # fmt: skip
+    asyncio.run(c.reconcile(NS))
+    assert c.store.get("Deployment", NS, "o")["spec"]["replicas"] == 0  # type: ignore[index]
+    assert c.store.get("EngineMode", NS, "default")["status"]["phase"] == "Switching"  # type: ignore[index]
+    kube.applied.clear()
+
+    c.store.remove("Pod", pod("v"))  # the outgoing pod is gone: an event about v only
+    asyncio.run(c.reconcile(NS, {"v"}))
+    assert "Deployment/o" in kube.applied  # o's plan changed (held -> 1 replica): applied all the same
+    assert c.store.get("Deployment", NS, "o")["spec"]["replicas"] == 1  # type: ignore[index]
+
+
+def test_the_mode_status_counts_every_engine_not_only_the_dirty_ones() -> None:
+    c, _ = controller(("EngineMode", em("vllm")), *[("InferenceEngine", ie(n)) for n in ("a", "b", "c")])
+    asyncio.run(c.reconcile(NS))
+    c.store.put("Pod", pod("a"))
+    asyncio.run(c.reconcile(NS, {"a"}))
+    engines = c.store.get("EngineMode", NS, "default")["status"]["engines"]  # type: ignore[index]
+    assert sorted(e["name"] for e in engines) == ["a", "b", "c"]
+
+
+def test_the_store_keeps_only_what_the_controller_reads() -> None:
+    kept = slim("Pod", pod("a"))
+    assert "spec" not in kept and "managedFields" not in kept["metadata"]
+    assert kept["status"]["phase"] == "Running" and kept["metadata"]["labels"] == {"roundhouse.dev/engine": "a"}
+    deployment = {"metadata": {"name": "a", "managedFields": [1], "annotations": {"h": "1"}},
+                  "spec": {"replicas": 2, "template": {"spec": {"containers": [{}]}}},
+                  "status": {"readyReplicas": 2}}  # fmt: skip
+    assert slim("Deployment", deployment) == {"metadata": {"name": "a", "annotations": {"h": "1"}},
+                                              "spec": {"replicas": 2}, "status": {"readyReplicas": 2}}  # fmt: skip
+    engine = ie("a")
+    assert slim("InferenceEngine", engine) == engine
