@@ -2,9 +2,12 @@
 
 - 10, 100 and 1,000 InferenceEngines applied at once: time until all are Ready, operator CPU
   seconds and peak RSS, API requests per engine reconciled (the operator's own counter).
+- The floor for the same work without the operator, in the same run: the Deployments and Services
+  the operator would render for those engines, server-side applied from 16 threads (as the
+  operator does), until every Deployment is available.
 - A mode switch with 100 governed engines: `kubectl patch enginemode` to EngineMode Ready.
 A fresh operator process per run; the cluster is a separate one (its own state directory).
-Usage: .venv/bin/python bench/operator_scale.py [--sizes 10,100,1000]
+Usage: .venv/bin/python bench/operator_scale.py [--sizes 10,100,1000] [--no-floor]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,13 @@ os.environ["ROUNDHOUSE_CLUSTER_DIR"] = str(STATE)
 sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
+from kubernetes import client as k8s_client  # noqa: E402
+from kubernetes import config as k8s_config  # noqa: E402
+from kubernetes import watch as k8s_watch  # noqa: E402
 
+from roundhouse_api import GROUP, VERSION, InferenceEngine  # noqa: E402
+from roundhouse_operator.kube import Kube  # noqa: E402
+from roundhouse_operator.render import render  # noqa: E402
 from tests.support import cluster as lc  # noqa: E402
 from tests.support import processes  # noqa: E402
 
@@ -51,8 +61,37 @@ def api_requests(metrics_url: str) -> float:
                                                        text, re.M))  # fmt: skip
 
 
-def phases(c: lc.Cluster, ns: str, kind: str = "ie") -> list[str]:
-    return [(i.get("status") or {}).get("phase", "") for i in c.list(kind, ns)]
+def wait_all_ready(c: lc.Cluster, ns: str, n: int, timeout: float = 600) -> None:
+    """Until `n` InferenceEngines of `ns` say phase Ready, seen through one list+watch.
+
+    Polling with `kubectl get` every half second cost about half a core on this two-core machine
+    (a Go process start and 1,000 objects serialised each time), slowing what it measured."""
+    api = k8s_client.CustomObjectsApi(k8s_config.new_client_from_config(str(c.kubeconfig)))
+    phase: dict[str, str] = {}
+    listing = api.list_namespaced_custom_object(GROUP, VERSION, ns, "inferenceengines")
+    for item in listing["items"]:
+        phase[item["metadata"]["name"]] = (item.get("status") or {}).get("phase", "")
+    deadline = time.monotonic() + timeout
+    rv = listing["metadata"]["resourceVersion"]
+    while list(phase.values()).count("Ready") < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {list(phase.values()).count('Ready')}/{n} Ready after {timeout} s")
+        w = k8s_watch.Watch()
+        for ev in w.stream(api.list_namespaced_custom_object, GROUP, VERSION, ns, "inferenceengines",
+                           resource_version=rv, timeout_seconds=30):  # fmt: skip
+            obj = ev["object"]
+            rv = obj["metadata"]["resourceVersion"]
+            phase[obj["metadata"]["name"]] = (obj.get("status") or {}).get("phase", "")
+            if list(phase.values()).count("Ready") >= n:
+                w.stop()
+                break
+
+
+def gone(c: lc.Cluster, ns: str) -> None:
+    """Delete the namespace and wait until it is gone: garbage-collecting thousands of objects in
+    the background would otherwise slow whatever is measured next."""
+    c.delete_namespace(ns)
+    c.kubectl("wait", "--for=delete", f"namespace/{ns}", "--timeout=900s", check=False)
 
 
 def run_size(c: lc.Cluster, n: int) -> dict[str, Any]:
@@ -63,14 +102,9 @@ def run_size(c: lc.Cluster, n: int) -> dict[str, Any]:
         start = time.monotonic()
         c.apply(docs, ns)
         applied = time.monotonic() - start
-        while True:
-            ready = phases(c, ns).count("Ready")
-            if ready == n:
-                break
-            if time.monotonic() - start > 600:
-                raise RuntimeError(f"only {ready}/{n} Ready after 600 s")
-            time.sleep(0.5)
+        wait_all_ready(c, ns, n)
         elapsed = time.monotonic() - start
+        assert [(i.get("status") or {}).get("phase") for i in c.list("ie", ns)].count("Ready") == n
         cpu, rss = proc_stats(op.proc.pid)  # type: ignore[union-attr]
         reqs = api_requests(op.metrics_url)  # type: ignore[attr-defined]
         return {"engines": n, "apply_s": round(applied, 2), "all_ready_s": round(elapsed, 2),
@@ -78,7 +112,38 @@ def run_size(c: lc.Cluster, n: int) -> dict[str, Any]:
                 "api_requests_per_engine": round(reqs / n, 2)}  # fmt: skip
     finally:
         op.stop()
-        c.delete_namespace(ns)
+        gone(c, ns)
+
+
+def run_floor(c: lc.Cluster, n: int) -> dict[str, Any]:
+    """The same Deployments and Services applied directly, no operator: what the control plane alone needs."""
+    ns = c.create_namespace(f"floor{n}")
+    try:
+        objects = []
+        for i in range(n):
+            doc = engine(f"e{i:04d}", "vllm")
+            doc["metadata"].update(namespace=ns, uid=f"floor-{i}", generation=1)
+            for obj in render(InferenceEngine.model_validate(doc), 1):
+                obj["metadata"].pop("ownerReferences", None)  # no engine object owns them here
+                objects.append(obj)
+        k8s_config.load_kube_config(str(c.kubeconfig))
+        kube = Kube()
+        apps = k8s_client.AppsV1Api(k8s_config.new_client_from_config(str(c.kubeconfig)))
+        start = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(kube.apply, objects))
+        applied = time.monotonic() - start
+        available: set[str] = set()
+        w = k8s_watch.Watch()
+        for ev in w.stream(apps.list_namespaced_deployment, ns, timeout_seconds=600):
+            d = ev["object"]
+            if (d.status.available_replicas or 0) >= 1:
+                available.add(d.metadata.name)
+            if len(available) >= n:
+                w.stop()
+        return {"engines": n, "apply_s": round(applied, 2), "all_available_s": round(time.monotonic() - start, 2)}
+    finally:
+        gone(c, ns)
 
 
 def run_switch(c: lc.Cluster, n: int = 100) -> dict[str, Any]:
@@ -102,25 +167,32 @@ def run_switch(c: lc.Cluster, n: int = 100) -> dict[str, Any]:
                 "operator_reported_s": st.get("lastSwitchSeconds")}  # fmt: skip
     finally:
         op.stop()
-        c.delete_namespace(ns)
+        gone(c, ns)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--gpu-nodes", type=int, default=130)
+    ap.add_argument("--no-floor", action="store_true", help="skip the no-operator floor runs")
     args = ap.parse_args()
     up = [str(lc.LOCAL_CLUSTER), "up", "--gpu-nodes", str(args.gpu_nodes), "--cpu-nodes", "1", "--no-gpu-taint"]
     subprocess.run(up, check=True, env={**os.environ, "ROUNDHOUSE_CLUSTER_DIR": str(STATE)})
     c = lc.Cluster(kubeconfig=STATE / "kubeconfig")
     c.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    results: dict[str, Any] = {"scale": [], "switch": None}
+    results: dict[str, Any] = {"scale": [], "floor": [], "switch": None}
     try:
         for n in (int(s) for s in args.sizes.split(",")):
             row = run_size(c, n)
             results["scale"].append(row)
             print(json.dumps(row), flush=True)
+            if not args.no_floor:
+                floor = run_floor(c, n)
+                results["floor"].append(floor)
+                print(json.dumps({"floor": floor, "operator_over_floor": round(row["all_ready_s"] /
+                                                                               floor["all_available_s"], 2)}),
+                      flush=True)  # fmt: skip
         results["switch"] = run_switch(c)
         print(json.dumps(results["switch"]), flush=True)
     finally:
