@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -329,7 +330,7 @@ class Gateway:
         assert self.session is not None
         engine, t = cand.engine, cand.engine.timeouts
         sent_at = time.perf_counter()
-        timeout = aiohttp.ClientTimeout(sock_connect=t.connect, sock_read=t.first_byte)
+        timeout = _client_timeout(t.connect, t.first_byte)
         try:
             resp = await self.session.post(cand.endpoint + path, data=payload, headers=headers, timeout=timeout)
         except (aiohttp.ClientError, TimeoutError) as err:
@@ -384,16 +385,23 @@ class Gateway:
         tail = first[-256:]
         usage_chunk = first if b'"usage"' in first else b""
         ended_cleanly = SSE_DONE in first
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                chunk = await asyncio.wait_for(resp.content.readany(), idle)
-                if not chunk:
-                    break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if b'"usage"' in chunk:
-                    usage_chunk = chunk
-                tail = (tail + chunk)[-256:]
-                ended_cleanly = SSE_DONE in tail
+            # One deadline per stream, moved at most once a second: asyncio.wait_for around every
+            # read costs a task per chunk.
+            async with asyncio.timeout(idle) as deadline:
+                while True:
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        break
+                    now = loop.time()
+                    if now + idle - (deadline.when() or now) > 1.0:
+                        deadline.reschedule(now + idle)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if b'"usage"' in chunk:
+                        usage_chunk = chunk
+                    tail = (tail + chunk)[-256:]
+                    ended_cleanly = SSE_DONE in tail
         except (aiohttp.ClientError, TimeoutError) as err:
             ended_cleanly = False
             self.health.failure(cand.endpoint, type(err).__name__)
@@ -503,6 +511,11 @@ class Gateway:
 
 
 # --- small helpers ------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=256)
+def _client_timeout(connect: float, first_byte: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(sock_connect=connect, sock_read=first_byte)
+
+
 def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
 

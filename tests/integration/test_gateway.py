@@ -240,3 +240,17 @@ def test_client_disconnect_cancels_the_upstream_request(stack: Stack) -> None:
         assert stack.knobs("v")["running"] == 1
     # The full answer would take 20 s; the engine must be released as soon as the client leaves.
     wait_until(lambda: stack.knobs("v")["running"] == 0, 5, "the upstream request to be cancelled")
+
+
+def test_a_stream_that_goes_silent_is_ended_after_the_idle_timeout(stack: Stack) -> None:
+    stack.sim("v", "vllm", ["m"], itl_ms=6000, tokens=3)
+    stack.start([{"name": "slow", "engine": "vllm", "sims": ["v"], "routing": {"timeouts": {"idleSeconds": 1}}}])
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    started = time.monotonic()
+    with stack.stream(body) as r:
+        raw = b"".join(r.iter_raw())
+    took = time.monotonic() - started
+    events = [line for line in raw.split(b"\n\n") if line]
+    assert events[0].startswith(b'data: {"id"') and b"v-0" in events[0]  # the first token went through
+    assert b"stopped mid-stream" in events[-2] and events[-1] == b"data: [DONE]"
+    assert 1.0 <= took < 4.0, f"the silent stream was ended after {took:.1f}s, not about 1 s of silence"
