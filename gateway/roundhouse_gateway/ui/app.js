@@ -41,6 +41,8 @@ const secondsAgo = (t) => `${Math.max(0, Math.round((Date.now() - t) / 1000))} s
 
 function banner(id, text, kind = "error") {
   const b = $(id);
+  // Unchanged: leave it alone, so assistive technology does not announce it again every refresh.
+  if (b.textContent === (text || "") && b.hidden === !text && b.classList.contains("info") === (kind === "info")) return;
   b.hidden = !text;
   b.textContent = text || "";
   b.classList.toggle("info", kind === "info");
