@@ -22,6 +22,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import httpx  # noqa: E402
 import openai  # noqa: E402
 import yaml  # noqa: E402
 
@@ -119,6 +120,8 @@ class Demo:
         note("(the tiny llama.cpp model has random weights: real tokens through the real engine, no meaning)")
 
         step(7, "Try it yourself")
+        page = httpx.get(url + "/ui/", timeout=5)
+        page.raise_for_status()  # the admin page is served by the same gateway
         print(f"""
       export KUBECONFIG={c.kubeconfig}
       export PATH={":".join(c.bin_dirs)}:$PATH
@@ -127,6 +130,7 @@ class Demo:
            -d '{{"model":"qwen","messages":[{{"role":"user","content":"hi"}}]}}' -i
       kubectl -n {NS} patch enginemode default --type merge -p '{{"spec":{{"mode":"vllm"}}}}'
       curl -s {url}/admin/engines -H 'Authorization: Bearer admin-demo'
+      open {url}/ui/ in a browser: admin key admin-demo, API key sk-demo (engines, mode cards, playground)
       logs: {logs}
 """)
         if wait:

@@ -23,5 +23,6 @@ def test_demo_tour_switches_families(cluster: Cluster) -> None:
     assert "model='qwen' -> qwen-ollama" in after and "model='tiny' -> tiny-llama" in after
     assert "Switching" in after and "switch took" in after
     assert "[7/7] Try it yourself" in out and "export KUBECONFIG=" in out
+    assert "/ui/ in a browser: admin key admin-demo" in out  # printed once the page answered
     # It cleaned up what it created and left the cluster it found running.
     assert cluster.kubectl("get", "ie", "-o", "name", namespace="roundhouse-system").stdout == ""
