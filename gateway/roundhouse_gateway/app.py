@@ -205,11 +205,13 @@ class Gateway:
         elif path in ("/", "/ui"):
             # Relative asset and API URLs need the trailing slash (and keep working behind a path prefix).
             await respond(send, 308, b"", {"Location": f"{scope.get('root_path', '')}/ui/"})
-        elif path.startswith("/ui/") and method in ("GET", "HEAD"):
+        elif path.startswith("/ui/"):
             found = ui.asset(path[len("/ui/") :])
             if found is None:
                 raise ClientError(404, f"Unknown path {path}", "not_found")
-            await respond(send, 200, found[0] if method == "GET" else b"", found[1])
+            if method != "GET":
+                raise ClientError(405, f"{path} accepts GET", "method_not_allowed")
+            await respond(send, 200, found[0], found[1])
         else:
             raise ClientError(404, f"Unknown path {path}", "not_found")
 

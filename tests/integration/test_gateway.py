@@ -254,3 +254,21 @@ def test_a_stream_that_goes_silent_is_ended_after_the_idle_timeout(stack: Stack)
     assert events[0].startswith(b'data: {"id"') and b"v-0" in events[0]  # the first token went through
     assert b"stopped mid-stream" in events[-2] and events[-1] == b"data: [DONE]"
     assert 1.0 <= took < 4.0, f"the silent stream was ended after {took:.1f}s, not about 1 s of silence"
+
+
+def test_the_admin_page_is_served_without_keys_and_nothing_else_is(stack: Stack) -> None:
+    stack.sim("v", "vllm", ["m"])
+    stack.start([{"name": "qwen", "engine": "vllm", "sims": ["v"]}])
+    for path in ("/", "/ui"):
+        r = httpx.get(stack.url + path)
+        assert r.status_code == 308 and r.headers["location"] == "/ui/"
+    page = httpx.get(stack.url + "/", follow_redirects=True)
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    assert "<title>Roundhouse gateway</title>" in page.text  # the page itself holds no secret: no key needed
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    js = httpx.get(stack.url + "/ui/app.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    missing = httpx.get(stack.url + "/ui/../app.py")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    post = httpx.post(stack.url + "/ui/", content=b"x")
+    assert post.status_code == 405 and post.json()["error"]["type"] == "invalid_request_error"
