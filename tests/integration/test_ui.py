@@ -305,7 +305,7 @@ def test_mode_cards_patch_the_real_engine_mode(
                                    extra=mapping).start()  # fmt: skip
     try:
         crds.apply([{"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode", "metadata": {"name": "default"},
-                     "spec": {"mode": "vllm", "switchPolicy": {"drainSeconds": 2}}},
+                     "spec": {"mode": "vllm", "switchPolicy": {"drainSeconds": 4}}},
                     gpu_engine("c-vllm", "vllm"), gpu_engine("c-ollama", "ollama")], namespace)  # fmt: skip
         wait_until(lambda: (crds.get("em", "default", namespace).get("status") or {}).get("phase") == "Ready"
                    and (crds.get("ie", "c-vllm", namespace).get("status") or {}).get("phase") == "Ready", 90,
@@ -319,18 +319,18 @@ def test_mode_cards_patch_the_real_engine_mode(
 
         page.get_by_role("button", name="Switch to Ollama").click()
         page.locator("#mode-confirm").get_by_role("button", name="Switch").click()
-        # The operator drains for 2 s: the page shows the switch in progress with its elapsed time.
+        # The operator drains for 4 s: the page shows the switch in progress with its elapsed time.
         expect(page.locator("#mode-phase")).to_contain_text("Switching from vLLM to Ollama")
         expect(page.locator("#mode-elapsed")).to_contain_text("s elapsed")
         page.wait_for_timeout(1500)
-        expect(page.locator("#mode-phase")).to_contain_text("Switching from vLLM to Ollama")  # drain: 2 s
+        expect(page.locator("#mode-phase")).to_contain_text("Switching from vLLM to Ollama")  # still draining
         expect(page.locator('li[data-mode="ollama"] .badge')).to_have_text("Switching to")
         shot(page, "cluster-mode-switching")
         assert crds.get("em", "default", namespace)["spec"]["mode"] == "ollama"
         expect(page.locator("#mode-phase")).to_contain_text("Ready: Ollama is active", timeout=60_000)
         status = crds.get("em", "default", namespace)["status"]
         assert status["activeMode"] == "ollama" and status["phase"] == "Ready"
-        assert status["lastSwitchSeconds"] >= 2  # the drain, then the vLLM pod gone, then the Ollama pod Ready
+        assert status["lastSwitchSeconds"] >= 4  # the drain, then the vLLM pod gone, then the Ollama pod Ready
         expect(row(page, "c-ollama").locator("td").nth(2)).to_have_text("Ready")
         expect(row(page, "c-vllm").locator("td").nth(3)).to_have_text("No (mode)")
         expect(page.locator("#mode-phase")).to_contain_text(f"took {status['lastSwitchSeconds']} s")
