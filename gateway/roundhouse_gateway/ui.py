@@ -18,11 +18,15 @@ HEADERS = {
 }
 
 
-@functools.cache
 def asset(name: str) -> tuple[bytes, dict[str, str]] | None:
     """The bytes and response headers of one asset ("" is the page itself), or None if unknown."""
     name = name or "index.html"
-    if name not in ASSETS:
-        return None
+    # Checked before the cache: the name comes from the request path, and caching every unknown
+    # name a client sends would grow without bound.
+    return _load(name) if name in ASSETS else None
+
+
+@functools.cache
+def _load(name: str) -> tuple[bytes, dict[str, str]]:
     body = resources.files("roundhouse_gateway").joinpath("ui", name).read_bytes()
     return body, {"Content-Type": TYPES[name[name.rindex(".") :]], **HEADERS}
