@@ -122,3 +122,20 @@ def test_the_store_keeps_only_what_the_controller_reads() -> None:
                                               "spec": {"replicas": 2}, "status": {"readyReplicas": 2}}  # fmt: skip
     engine = ie("a")
     assert slim("InferenceEngine", engine) == engine
+
+
+def test_the_engines_by_phase_gauge_follows_reconciles_and_deletions() -> None:
+    from prometheus_client import REGISTRY
+
+    def gauge_total() -> float:
+        return sum(REGISTRY.get_sample_value("roundhouse_operator_engines", {"phase": p}) or 0.0
+                   for p in ("Pending", "Starting", "Ready", "Degraded", "Failed", "Standby", ""))  # fmt: skip
+
+    c, _ = controller(*[("InferenceEngine", ie(n)) for n in ("a", "b", "c")])
+    asyncio.run(c.reconcile(NS))
+    assert gauge_total() == 3
+    c.store.put("Pod", pod("a"))
+    asyncio.run(c.reconcile(NS, {"a"}))  # a changes phase: still three engines counted once each
+    assert gauge_total() == 3
+    c.forget(NS, "b", "u-b")
+    assert gauge_total() == 2
