@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import json
 import logging
@@ -19,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from roundhouse_api import Family, Mode, runs
@@ -28,6 +26,7 @@ from . import metrics, ui
 from .catalog import Catalog, Engine, switch_finished
 from .health import PROBE_PATHS, Health, probe_ok
 from .routing import Candidate, Decision, Features, route
+from .upstream import Response, Upstream, UpstreamError
 
 log = logging.getLogger("roundhouse.gateway")
 Scope = dict[str, Any]
@@ -88,7 +87,7 @@ class Gateway:
         self.stats: dict[str, EngineStats] = defaultdict(EngineStats)
         self.changed = asyncio.Event()
         self.slot_freed = asyncio.Event()
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream = Upstream()
         self.set_mode = set_mode
         self.on_startup: list[Callable[[], None]] = []
         self.standalone = True
@@ -109,10 +108,6 @@ class Gateway:
 
     # --- lifespan ---------------------------------------------------------------------------
     async def startup(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=["User-Agent"]
-        )
         self._tasks.append(asyncio.create_task(self.probe_forever(), name="probes"))
         for hook in self.on_startup:
             hook()
@@ -120,8 +115,7 @@ class Gateway:
     async def shutdown(self) -> None:
         for t in self._tasks:
             t.cancel()
-        if self.session:
-            await self.session.close()
+        await self.upstream.close()
 
     async def probe_forever(self) -> None:
         while True:
@@ -142,13 +136,16 @@ class Gateway:
         return any(self.health.healthy(ep) for ep in incoming)
 
     async def probe(self, engine: Engine, endpoint: str) -> None:
-        assert self.session is not None
-        headers = {"Authorization": f"Bearer {engine.api_key}"} if engine.api_key else {}
+        headers = [("Authorization", f"Bearer {engine.api_key}")] if engine.api_key else []
         try:
-            timeout = aiohttp.ClientTimeout(total=engine.timeouts.connect + 2)
-            async with self.session.get(endpoint + PROBE_PATHS[engine.family], headers=headers, timeout=timeout) as r:
-                ok, why = probe_ok(engine, r.status, await r.read())
-        except (aiohttp.ClientError, TimeoutError) as err:
+            async with asyncio.timeout(engine.timeouts.connect + 2):
+                r = await self.upstream.request("GET", endpoint, PROBE_PATHS[engine.family], b"", headers,
+                                                engine.timeouts.connect, engine.timeouts.connect + 2)  # fmt: skip
+                try:
+                    ok, why = probe_ok(engine, r.status, await r.read())
+                finally:
+                    r.release()
+        except (UpstreamError, TimeoutError) as err:
             ok, why = False, f"unreachable: {type(err).__name__}"
         was = self.health.healthy(endpoint)
         self.health.probed(endpoint, ok, why)
@@ -292,7 +289,6 @@ class Gateway:
 
     async def forward(self, send: Send, rid: str, body: dict[str, Any], raw: bytes | None, f: Features,
                       d: Decision, path: str, started: float) -> None:  # fmt: skip
-        assert self.session is not None
         last_error = "no candidate"
         reason = d.reason
         for attempt, cand in enumerate(d.candidates[:MAX_ATTEMPTS]):
@@ -300,9 +296,9 @@ class Gateway:
             if attempt and not self.health.healthy(cand.endpoint):
                 continue
             payload = raw if raw is not None and engine.upstream_model == f.model else _with_model(body, engine)
-            headers = {"Content-Type": "application/json", "X-Request-Id": rid}
+            headers = [("Content-Type", "application/json"), ("X-Request-Id", rid)]
             if engine.api_key:
-                headers["Authorization"] = f"Bearer {engine.api_key}"
+                headers.append(("Authorization", f"Bearer {engine.api_key}"))
             self.health.attempt(cand.endpoint)
             self.outstanding[cand.endpoint] += 1
             metrics.IN_FLIGHT.labels(engine.name).inc()
@@ -325,17 +321,15 @@ class Gateway:
                       {"Retry-After": str(self.settings.retry_after_seconds), "X-Request-Id": rid,
                        "X-Roundhouse-Route-Reason": reason})  # fmt: skip
 
-    async def try_one(self, send: Send, rid: str, cand: Candidate, payload: bytes, headers: dict[str, str],
+    async def try_one(self, send: Send, rid: str, cand: Candidate, payload: bytes, headers: list[tuple[str, str]],
                       f: Features, path: str, started: float, reason: str) -> bool | str:  # fmt: skip
         """Forward to one endpoint. True once the answer went to the client; else why it failed
         (nothing has reached the client yet, so the caller may try the next candidate)."""
-        assert self.session is not None
         engine, t = cand.engine, cand.engine.timeouts
         sent_at = time.perf_counter()
-        timeout = _client_timeout(t.connect, t.first_byte)
         try:
-            resp = await self.session.post(cand.endpoint + path, data=payload, headers=headers, timeout=timeout)
-        except (aiohttp.ClientError, TimeoutError) as err:
+            resp = await self.upstream.request("POST", cand.endpoint, path, payload, headers, t.connect, t.first_byte)
+        except (UpstreamError, TimeoutError) as err:
             self.health.failure(cand.endpoint, type(err).__name__)
             return f"connect:{type(err).__name__}"
         try:
@@ -345,7 +339,7 @@ class Gateway:
                 self.health.failure(cand.endpoint, f"HTTP {resp.status}")
                 return f"status:{resp.status} {detail}"
             out_headers = {
-                "Content-Type": resp.headers.get("Content-Type", "application/json"),
+                "Content-Type": resp.headers.get("content-type", "application/json"),
                 "X-Request-Id": rid,
                 "X-Roundhouse-Engine": engine.name,
                 "X-Roundhouse-Route-Reason": reason,
@@ -354,8 +348,9 @@ class Gateway:
             if not streaming:
                 # Small bodies: read it all first, so a failure mid-body can still fail over.
                 try:
-                    data = await resp.read()
-                except (aiohttp.ClientError, TimeoutError) as err:
+                    async with asyncio.timeout(t.first_byte):
+                        data = await resp.read()
+                except (UpstreamError, TimeoutError) as err:
                     self.health.failure(cand.endpoint, type(err).__name__)
                     return f"read:{type(err).__name__}"
                 self.first_token(engine, started)
@@ -369,12 +364,13 @@ class Gateway:
         finally:
             resp.release()
 
-    async def stream(self, send: Send, resp: aiohttp.ClientResponse, headers: dict[str, str], engine: Engine,
+    async def stream(self, send: Send, resp: Response, headers: dict[str, str], engine: Engine,
                      cand: Candidate, f: Features, started: float, rid: str, reason: str) -> bool | str:  # fmt: skip
         idle = engine.timeouts.idle
         try:
-            first = await resp.content.readany()
-        except (aiohttp.ClientError, TimeoutError) as err:
+            async with asyncio.timeout(engine.timeouts.first_byte):
+                first = await resp.read_chunk()
+        except (UpstreamError, TimeoutError) as err:
             self.health.failure(cand.endpoint, type(err).__name__)
             return f"read:{type(err).__name__}"
         if not first:
@@ -393,7 +389,7 @@ class Gateway:
             # read costs a task per chunk.
             async with asyncio.timeout(idle) as deadline:
                 while True:
-                    chunk = await resp.content.readany()
+                    chunk = await resp.read_chunk()
                     if not chunk:
                         break
                     now = loop.time()
@@ -404,7 +400,7 @@ class Gateway:
                         usage_chunk = chunk
                     tail = (tail + chunk)[-256:]
                     ended_cleanly = SSE_DONE in tail
-        except (aiohttp.ClientError, TimeoutError) as err:
+        except (UpstreamError, TimeoutError) as err:
             ended_cleanly = False
             self.health.failure(cand.endpoint, type(err).__name__)
             log.warning("stream broken", extra={"request_id": rid, "engine": engine.name, "error": type(err).__name__})
@@ -513,11 +509,6 @@ class Gateway:
 
 
 # --- small helpers ------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=256)
-def _client_timeout(connect: float, first_byte: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(sock_connect=connect, sock_read=first_byte)
-
-
 def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
 

@@ -8,32 +8,26 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
-
 from roundhouse_api import Family
 from roundhouse_gateway.app import Gateway, Settings
 from roundhouse_gateway.catalog import Engine
 from roundhouse_gateway.routing import Candidate, Features
+from roundhouse_gateway.upstream import ReadError
 
 ENGINE = Engine("e", Family.VLLM, frozenset(["m"]), ("http://e",), "m")
-
-
-class FakeContent:
-    def __init__(self, chunks: list[bytes], fail_after: bool) -> None:
-        self.chunks, self.fail_after = list(chunks), fail_after
-
-    async def readany(self) -> bytes:
-        if self.chunks:
-            return self.chunks.pop(0)
-        if self.fail_after:
-            raise aiohttp.ClientPayloadError("connection reset")
-        return b""
 
 
 class FakeResponse:
     def __init__(self, chunks: list[bytes], fail_after: bool = False) -> None:
         self.status = 200
-        self.content = FakeContent(chunks, fail_after)
+        self.chunks, self.fail_after = list(chunks), fail_after
+
+    async def read_chunk(self) -> bytes:
+        if self.chunks:
+            return self.chunks.pop(0)
+        if self.fail_after:
+            raise ReadError("the engine closed the connection")
+        return b""
 
 
 def run(chunks: list[bytes], fail_after: bool = False) -> tuple[list[dict[str, Any]], Gateway]:
