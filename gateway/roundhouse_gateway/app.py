@@ -238,7 +238,9 @@ class Gateway:
             headers = {"X-Request-Id": rid, "X-Roundhouse-Route-Reason": decision.reason or code}
             if status == 503:
                 headers["Retry-After"] = str(self.settings.retry_after_seconds)
-            metrics.REQUESTS.labels(features.model, "", "", str(status)).inc()
+            # An unknown model is the client's string: it must not become a new metric series per typo.
+            model_label = "" if code == "model_not_found" else features.model
+            metrics.REQUESTS.labels(model_label, "", "", str(status)).inc()
             log.info("request", extra={"request_id": rid, "model": features.model, "status": status, "reason": code})
             raise ClientError(status, message, code, "model" if code == "model_not_found" else None,
                               "invalid_request_error" if status < 500 else "service_unavailable", headers)  # fmt: skip

@@ -55,6 +55,10 @@ def test_sdk_exceptions_for_errors(stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError) as e404:
         stack.client().chat.completions.create(model="missing", messages=msgs)  # type: ignore[arg-type]
     assert e404.value.code == "model_not_found"
+    # A client's unknown model names are counted, but never become metric series of their own.
+    metrics = httpx.get(stack.url + "/metrics").text
+    assert 'roundhouse_gateway_requests_total{engine="",family="",model="",status="404"} 1.0' in metrics
+    assert "missing" not in metrics
     with pytest.raises(openai.BadRequestError) as e400:
         stack.client().chat.completions.create(model="m", messages="not a list")  # type: ignore[arg-type]
     assert e400.value.param == "messages"
