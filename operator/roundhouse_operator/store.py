@@ -35,6 +35,18 @@ class Store:
                 self._by_engine[(kind, meta["namespace"], engine)].add(meta["name"])
         return str(meta["namespace"])
 
+    def holds(self, kind: str, body: dict[str, Any]) -> bool:
+        """Whether the store already has this version of the object or a newer one: the watch
+        echoing the operator's own write (stored from the API server's answer), or a stale event."""
+        meta = body["metadata"]
+        current = self._objects[kind][meta["namespace"]].get(meta["name"])
+        if current is None:
+            return False
+        have = current["metadata"]
+        return have.get("uid") == meta.get("uid") and (
+            have.get("resourceVersion") == meta.get("resourceVersion") or _older(meta, have)
+        )
+
     def remove(self, kind: str, body: dict[str, Any]) -> str:
         meta = body["metadata"]
         current = self._objects[kind][meta["namespace"]].pop(meta["name"], None)

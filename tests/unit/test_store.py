@@ -33,3 +33,13 @@ def test_an_older_event_does_not_roll_the_store_back() -> None:
     assert [p["metadata"]["resourceVersion"] for p in s.owned("Pod", "ns", "e1")] == ["5"]
     s.put("Pod", pod("a", "e2", rv="9", uid="other"))  # recreated object: a new uid always wins
     assert s.owned("Pod", "ns", "e1") == [] and len(s.owned("Pod", "ns", "e2")) == 1
+
+
+def test_holds_recognises_an_echo_of_what_is_stored_but_not_news() -> None:
+    s = Store()
+    assert not s.holds("Pod", pod("a", "e1", rv="5"))
+    s.put("Pod", pod("a", "e1", rv="5"))  # e.g. the API server's answer to our own write
+    assert s.holds("Pod", pod("a", "e1", rv="5"))  # the watch echoing it
+    assert s.holds("Pod", pod("a", "e1", rv="4"))  # an event queued before it
+    assert not s.holds("Pod", pod("a", "e1", rv="6"))  # somebody else changed it since
+    assert not s.holds("Pod", pod("a", "e1", rv="5", uid="other"))  # deleted and created again
