@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import CelRule, Condition, ObjectMeta, SecretKeyRef
+from .base import CEL_CONTEXT_KEY, CelRule, Condition, ObjectMeta, SecretKeyRef
 from .engine import (
     API_VERSION,
     GROUP,
@@ -27,6 +27,7 @@ from .mode import AutoRules, EngineMode, EngineModeSpec, EngineModeStatus, Mode,
 
 __all__ = [
     "API_VERSION",
+    "CEL_CONTEXT_KEY",
     "GROUP",
     "VERSION",
     "AutoRules",

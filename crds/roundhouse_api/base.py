@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import celpy
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -47,6 +47,11 @@ class CelRule:
             raise ValueError(f"{self.message} (rule {self.rule!r} failed to evaluate: {err.args[0]})") from None
 
 
+# model_validate(..., context={CEL_CONTEXT_KEY: False}) skips the CEL rules: for objects read back from
+# the API server, which enforced the same rules (from the generated CRD) when they were written.
+CEL_CONTEXT_KEY = "cel"
+
+
 def _add_cel_rules(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     rules: list[CelRule] = getattr(cls, "cel_rules", [])
     if rules:
@@ -70,9 +75,9 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
     @model_validator(mode="after")
-    def _check_cel_rules(self) -> ApiModel:
+    def _check_cel_rules(self, info: ValidationInfo) -> ApiModel:
         rules = type(self).cel_rules
-        if rules:
+        if rules and (info.context or {}).get(CEL_CONTEXT_KEY, True):
             obj = self.wire()
             failed = [r.message for r in rules if not r.holds(obj)]
             if failed:

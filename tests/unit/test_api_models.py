@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from roundhouse_api import InferenceEngine, parse_resource
+from roundhouse_api import CEL_CONTEXT_KEY, InferenceEngine, parse_resource
 from tests.support.manifests import INVALID, VALID_SPECS, Invalid, engine, roundhouse_examples
 
 
@@ -45,3 +45,13 @@ def test_wire_form_round_trips_and_omits_unset_fields() -> None:
     assert "llamacpp" not in spec
     again = InferenceEngine.model_validate({**copy.deepcopy(doc), "spec": spec})
     assert again.spec.wire() == spec
+
+
+def test_cel_rules_run_unless_the_caller_says_the_api_server_already_did() -> None:
+    # What the operator reads back was admitted by the API server under the same rules (the CRD);
+    # a gateway config file was checked by nobody, so plain model_validate keeps them.
+    doc = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine", "metadata": {"name": "e"},
+           "spec": {"engine": "vllm", "model": {"source": "org/m", "servedName": "m"}, "ollama": {}}}  # fmt: skip
+    with pytest.raises(ValidationError, match=r"spec\.ollama is allowed only when spec\.engine is 'ollama'"):
+        InferenceEngine.model_validate(doc)
+    assert InferenceEngine.model_validate(doc, context={CEL_CONTEXT_KEY: False}).spec.ollama is not None
