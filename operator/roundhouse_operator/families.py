@@ -22,6 +22,10 @@ IMAGES: dict[Family, str] = {
 FETCH_IMAGE = "curlimages/curl:8.16.0"
 PORTS: dict[Family, int] = {Family.VLLM: 8000, Family.OLLAMA: 11434}
 SPLIT_GGUF = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+# Built once: a model's construction runs its CEL rules in Python, and every status computes the
+# engine's endpoint (its port) through the family's builder.
+DEFAULT_VLLM = VLLMConfig()
+DEFAULT_LLAMACPP = LlamaCppConfig()
 
 
 @dataclass
@@ -70,7 +74,7 @@ def _hf_token_env(spec: InferenceEngineSpec) -> list[dict[str, Any]]:
 
 def vllm(spec: InferenceEngineSpec, cache_path: str) -> ContainerPlan:
     """`vllm serve <model>` with the flags of spec.vllm."""
-    cfg = spec.vllm or VLLMConfig()
+    cfg = spec.vllm or DEFAULT_VLLM
     port = PORTS[Family.VLLM]
     args = [spec.model.source, "--served-model-name", *served_names(spec), "--host", "0.0.0.0", "--port", str(port)]
     _flag(args, "--revision", spec.model.revision)
@@ -150,7 +154,7 @@ def gguf_fetch_init(source: str, cache_path: str) -> dict[str, Any]:
 
 def llamacpp(spec: InferenceEngineSpec, cache_path: str) -> ContainerPlan:
     """`llama-server` with the flags of spec.llamacpp; a URL model is fetched by an init container."""
-    cfg = spec.llamacpp or LlamaCppConfig()
+    cfg = spec.llamacpp or DEFAULT_LLAMACPP
     port = cfg.port
     names = served_names(spec)
     args = ["--model", gguf_local_path(spec.model.source, cache_path), "--alias", ",".join(names)]
