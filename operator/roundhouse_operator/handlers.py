@@ -1,9 +1,11 @@
-"""kopf handlers: translate watch events into store updates and dirty namespaces. Nothing else."""
+"""Watch events into store updates and dirty engines, nothing else: kopf handlers for the engines and
+modes, watch.py's threads for the engines' Deployments and Pods."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,6 +17,7 @@ from .controller import Controller
 from .kube import Kube, load_config
 from .render import ENGINE_LABEL
 from .store import Store
+from .watch import Event, Watcher, namespace_allowed
 
 log = logging.getLogger("roundhouse.operator")
 STATE: dict[str, Any] = {}
@@ -41,30 +44,74 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube"))
     controller = Controller(Store(), Kube())
     STATE["controller"] = controller
-    await asyncio.to_thread(seed, controller, STATE.get("namespaces") or [])
+    namespaces = STATE.get("namespaces") or []
+    await asyncio.to_thread(seed, controller, namespaces)
+    start_watchers(controller, namespaces, asyncio.get_running_loop())
     STATE["task"] = asyncio.create_task(controller.run(), name="roundhouse-reconciler")
 
 
-SEED = (
-    ("EngineMode", f"apis/{GROUP}/{VERSION}/enginemodes", None),
+# kopf watches the engines and modes; the engines' Deployments and Pods are watched by watch.py.
+WATCHED = (
     ("Deployment", "apis/apps/v1/deployments", ENGINE_LABEL),
     ("Pod", "api/v1/pods", ENGINE_LABEL),
 )
 
 
+def scopes(namespaces: list[str]) -> list[str | None]:
+    """Namespaces to list and watch one by one, or [None] (all) when a pattern is among them."""
+    plain = [ns for ns in namespaces if not any(ch in ns for ch in "*?![]")]
+    return list(plain) if plain and len(plain) == len(namespaces) else [None]
+
+
 def seed(controller: Controller, namespaces: list[str]) -> None:
-    """List the modes and the engines' Deployments and Pods before the first reconcile.
+    """List the modes, and the engines' Deployments and Pods, before the first reconcile.
 
     kopf does not say when its initial listings are complete; an operator restarted mid-switch that
     reconciled an engine before it had seen its EngineMode, or the outgoing pods, would start the
     incoming family too early. Engines themselves need no seeding: they are what triggers a pass.
     """
-    plain = [ns for ns in namespaces if not any(ch in ns for ch in "*?![]")]
-    scopes: list[str | None] = list(plain) if plain and len(plain) == len(namespaces) else [None]
-    for scope in scopes:
-        for kind, path, selector in SEED:
-            for obj in controller.kube.list_objects(path, scope, selector):
-                controller.store.put(kind, obj)
+    watchers = STATE["watchers"] = []
+    for scope in scopes(namespaces):
+        for obj in controller.kube.list_objects(f"apis/{GROUP}/{VERSION}/enginemodes", scope):
+            if namespace_allowed(obj["metadata"]["namespace"], namespaces):
+                controller.store.put("EngineMode", obj)
+        for kind, path, selector in WATCHED:
+            watcher = Watcher(controller.kube, kind, path, scope, selector, _seeded)
+            watcher.relist()
+            watchers.append(watcher)
+
+
+def _seeded(kind: str, scope: str | None, events: list[Event] | None, items: list[dict[str, Any]] | None) -> None:
+    for obj in items or []:
+        if namespace_allowed(obj["metadata"]["namespace"], STATE.get("namespaces") or []):
+            _controller().store.put(kind, obj)
+
+
+def start_watchers(controller: Controller, namespaces: list[str], loop: asyncio.AbstractEventLoop) -> None:
+    """Watch from the seed's resourceVersions, one thread per kind and scope; batches go to the loop."""
+
+    def deliver(kind: str, scope: str | None, events: list[Event] | None, items: list[dict[str, Any]] | None) -> None:
+        loop.call_soon_threadsafe(receive, kind, scope, events, items)
+
+    stop = STATE["stop"] = threading.Event()
+    for watcher in STATE["watchers"]:
+        watcher.deliver = deliver
+        name = f"watch-{watcher.kind.lower()}-{watcher.scope or 'all'}"
+        threading.Thread(target=watcher.run, args=(stop,), name=name, daemon=True).start()
+
+
+def receive(kind: str, scope: str | None, events: list[Event] | None, items: list[dict[str, Any]] | None) -> None:
+    """A batch from a watcher thread, on the loop: events, or a whole new listing after a relist."""
+    namespaces = STATE.get("namespaces") or []
+    if items is not None:
+        controller = _controller()
+        allowed = [i for i in items if namespace_allowed(i["metadata"]["namespace"], namespaces)]
+        for namespace, engine in controller.store.replace(kind, scope, allowed):
+            controller.mark(namespace, engine)
+        return
+    for type_, obj in events or []:
+        if namespace_allowed(obj["metadata"].get("namespace", ""), namespaces):
+            _on_event(kind, {"type": type_, "object": obj})  # type: ignore[typeddict-item]
 
 
 @kopf.on.cleanup()
@@ -72,6 +119,8 @@ async def cleanup(**_: Any) -> None:
     task = STATE.get("task")
     if task is not None:
         task.cancel()
+    if (stop := STATE.get("stop")) is not None:
+        stop.set()
 
 
 def _on_event(kind: str, event: kopf.RawEvent) -> None:
@@ -109,13 +158,3 @@ async def engine_event(event: kopf.RawEvent, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, "enginemodes")
 async def mode_event(event: kopf.RawEvent, **_: Any) -> None:
     _on_event("EngineMode", event)
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={ENGINE_LABEL: kopf.PRESENT})
-async def deployment_event(event: kopf.RawEvent, **_: Any) -> None:
-    _on_event("Deployment", event)
-
-
-@kopf.on.event("", "v1", "pods", labels={ENGINE_LABEL: kopf.PRESENT})
-async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
-    _on_event("Pod", event)

@@ -1,4 +1,5 @@
-"""The operator's only contact with the API server: server-side apply, status patches, events, nodes."""
+"""The operator's own API calls: server-side apply, status patches, events, nodes, and the list+watch
+of its engines' Deployments and Pods (watch.py). kopf watches the engines and modes itself."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +29,12 @@ APPLY_PATHS = {
     "Service": "/api/v1/namespaces/{namespace}/services/{name}",
     "PersistentVolumeClaim": "/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}",
 }
+
+
+def _collection(path: str, namespace: str | None) -> str:
+    """The URL of a collection, e.g. "api/v1/pods" in one namespace or in all."""
+    group, _, plural = path.rpartition("/")
+    return f"/{group}/namespaces/{namespace}/{plural}" if namespace else f"/{path}"
 
 
 def load_config() -> None:
@@ -51,12 +59,42 @@ class Kube:
 
     def list_objects(self, path: str, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:
         """Objects at `path`, e.g. "api/v1/pods", in one namespace or all, optionally by label selector."""
-        group, _, plural = path.rpartition("/")
-        url = f"/{group}/namespaces/{namespace}/{plural}" if namespace else f"/{path}"
         metrics.API_REQUESTS.labels(verb="list").inc()
-        listing = self._call("GET", url, None, "application/json", [("labelSelector", selector)] if selector else [])
+        listing = self._call("GET", _collection(path, namespace), None, "application/json",
+                             [("labelSelector", selector)] if selector else [])  # fmt: skip
         kind = listing.get("kind", "").removesuffix("List")
         return [{**item, "kind": kind} for item in listing.get("items", [])]
+
+    def list_with_version(self, path: str, namespace: str | None, selector: str | None
+                          ) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+        """Like list_objects, with the list's resourceVersion to watch from."""
+        metrics.API_REQUESTS.labels(verb="list").inc()
+        listing = self._call("GET", _collection(path, namespace), None, "application/json",
+                             [("labelSelector", selector)] if selector else [])  # fmt: skip
+        return listing.get("items", []), str(listing.get("metadata", {}).get("resourceVersion", ""))
+
+    def watch_objects(self, path: str, namespace: str | None, selector: str | None, resource_version: str,
+                      timeout: int = 300) -> Iterator[list[dict[str, Any]]]:  # fmt: skip
+        """One watch request: the events decoded, a list per chunk the server sent (bookmarks included)."""
+        metrics.API_REQUESTS.labels(verb="watch").inc()
+        query = [("watch", "true"), ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
+                 ("timeoutSeconds", str(timeout))] + ([("labelSelector", selector)] if selector else [])  # fmt: skip
+        method, url, headers, _, _ = self.api.param_serialize(
+            method="GET", resource_path=_collection(path, namespace), query_params=query,
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+        )  # fmt: skip
+        resp = self.api.call_api(method, url, header_params=headers, _request_timeout=(10, timeout + 30))
+        if resp.status != 200:
+            resp.read()
+            raise ApiException(http_resp=resp)
+        pending = b""
+        try:
+            for chunk in resp.response.stream(64 * 1024, decode_content=False):
+                *lines, pending = (pending + chunk).split(b"\n")
+                if lines:
+                    yield [json.loads(line) for line in lines if line.strip()]
+        finally:
+            resp.response.release_conn()
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None, content_type: str,
               query: list[tuple[str, str]] | None = None) -> dict[str, Any]:  # fmt: skip

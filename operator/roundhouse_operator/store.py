@@ -47,6 +47,20 @@ class Store:
             have.get("resourceVersion") == meta.get("resourceVersion") or _older(meta, have)
         )
 
+    def replace(self, kind: str, namespace: str | None, bodies: list[dict[str, Any]]) -> set[tuple[str, str | None]]:
+        """A fresh listing of `kind` in `namespace` (None: all): drop what it no longer has, keep the
+        rest. Returns the (namespace, engine) of every object listed or dropped."""
+        listed = {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies}
+        touched: set[tuple[str, str | None]] = set()
+        for ns, objs in self._objects[kind].items():
+            if namespace is None or ns == namespace:
+                for name in [n for n in objs if (ns, n) not in listed]:
+                    touched.add((ns, (objs[name]["metadata"].get("labels") or {}).get(ENGINE_LABEL)))
+                    self.remove(kind, objs[name])
+        for body in bodies:
+            touched.add((self.put(kind, body), (body["metadata"].get("labels") or {}).get(ENGINE_LABEL)))
+        return touched
+
     def remove(self, kind: str, body: dict[str, Any]) -> str:
         meta = body["metadata"]
         current = self._objects[kind][meta["namespace"]].pop(meta["name"], None)
