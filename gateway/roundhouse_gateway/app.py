@@ -344,8 +344,12 @@ class Gateway:
         try:
             metrics.child(metrics.UPSTREAM, engine.name).observe(time.perf_counter() - sent_at)
             if resp.status in RETRYABLE:
-                detail = (await resp.read())[:200].decode(errors="replace")
                 self.health.failure(cand.endpoint, f"HTTP {resp.status}")
+                try:
+                    async with asyncio.timeout(t.connect):  # only for the log line: never wait long
+                        detail = (await resp.read())[:200].decode(errors="replace")
+                except (UpstreamError, TimeoutError) as err:
+                    detail = f"(body unreadable: {type(err).__name__})"
                 return f"status:{resp.status} {detail}"
             out_headers = {
                 "Content-Type": resp.headers.get("content-type", "application/json"),

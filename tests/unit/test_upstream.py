@@ -6,13 +6,20 @@ Each server answers with exact bytes, so framing, reuse and failures are what th
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
 import uvloop
 
+from roundhouse_api import Family
 from roundhouse_gateway import upstream
+from roundhouse_gateway.app import Gateway, Settings
+from roundhouse_gateway.catalog import Engine, Timeouts
+from roundhouse_gateway.routing import Candidate, Features
 from roundhouse_gateway.upstream import ConnectError, ReadError, Upstream, origin_of
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -246,3 +253,63 @@ def test_endpoints_must_be_http_urls() -> None:
     o = origin_of("https://api.example.com/openai/")
     assert (o.scheme, o.host, o.port, o.prefix, o.host_header) == ("https", "api.example.com", 443, "/openai",
                                                                    b"api.example.com")  # fmt: skip
+
+
+def test_a_503_whose_body_stalls_still_fails_over_quickly(run: Any) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\nloading")
+        await asyncio.sleep(5)
+
+    async def main() -> tuple[bool | str, float]:
+        server, url = await serve(handler)
+        gw = Gateway(Settings())
+        engine = Engine("e", Family.VLLM, frozenset(["m"]), (url,), "m", timeouts=Timeouts(connect=0.2))
+
+        async def send(msg: dict[str, Any]) -> None:
+            raise AssertionError("nothing may reach the client before failover")
+
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        got = await gw.try_one(send, "rid", Candidate(engine, url), b"{}", [], Features("m"), "/v1/chat/completions",
+                               0.0, "r")  # fmt: skip
+        server.close()
+        return got, loop.time() - start
+
+    got, took = run(main())
+    assert got == "status:503 (body unreadable: TimeoutError)"
+    assert took < 2
+
+
+def test_https_engines_are_verified_against_the_trusted_authorities(
+    run: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust this certificate only, as a private CA would be
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(r)
+        w.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(head.split(b"\r\n")[1]), head.split(b"\r\n")[1])
+        )
+
+    async def main() -> tuple[bytes, str]:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=tls)
+        port = server.sockets[0].getsockname()[1]
+        u = Upstream()
+        resp = await u.request("GET", f"https://localhost:{port}", "/v1/models", b"", [], 2, 2)
+        host = await resp.read()
+        with pytest.raises(ConnectError, match="certificate"):
+            await Upstream().request("GET", f"https://127.0.0.1:{port}", "/v1/models", b"", [], 2, 2)
+        server.close()
+        return host, str(resp.status)
+
+    host, status = run(main())
+    assert status == "200" and host.startswith(b"Host: localhost:")  # SNI and Host name the engine
