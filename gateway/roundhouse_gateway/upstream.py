@@ -88,6 +88,11 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
+        if self.head is None or self.complete:
+            # Bytes while no request is in flight (a server's 408 before it closes an idle
+            # connection, say) would be taken for the next request's answer: drop the connection.
+            self.close()
+            return
         self.received = True
         try:
             self.parser.feed_data(data)

@@ -313,3 +313,30 @@ def test_https_engines_are_verified_against_the_trusted_authorities(
 
     host, status = run(main())
     assert status == "200" and host.startswith(b"Host: localhost:")  # SNI and Host name the engine
+
+
+def test_bytes_on_an_idle_connection_are_never_taken_for_the_next_answer(run: Any) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(r)
+            except asyncio.IncompleteReadError:
+                return
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+            await w.drain()
+            await asyncio.sleep(0.05)
+            w.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 9\r\n\r\nsta")  # half of it, and it stays open
+
+    async def main() -> list[tuple[int, bytes]]:
+        server, url = await serve(handler)
+        u = Upstream()
+        out = []
+        for _ in range(2):
+            resp = await u.request("POST", url, "/", b"", [], 1, 1)
+            out.append((resp.status, await resp.read()))
+            resp.release()
+            await asyncio.sleep(0.2)
+        server.close()
+        return out
+
+    assert run(main()) == [(200, b"fresh"), (200, b"fresh")]
