@@ -46,7 +46,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE["controller"] = controller
     namespaces = STATE.get("namespaces") or []
     await asyncio.to_thread(seed, controller, namespaces)
-    start_watchers(controller, namespaces, asyncio.get_running_loop())
+    start_watchers(asyncio.get_running_loop())
     STATE["task"] = asyncio.create_task(controller.run(), name="roundhouse-reconciler")
 
 
@@ -87,8 +87,9 @@ def _seeded(kind: str, scope: str | None, events: list[Event] | None, items: lis
             _controller().store.put(kind, obj)
 
 
-def start_watchers(controller: Controller, namespaces: list[str], loop: asyncio.AbstractEventLoop) -> None:
-    """Watch from the seed's resourceVersions, one thread per kind and scope; batches go to the loop."""
+def start_watchers(loop: asyncio.AbstractEventLoop) -> None:
+    """Watch from the seed's resourceVersions, one thread per kind and scope; batches go to the loop
+    (the seed's own listing went straight into the store, before the reconciler started)."""
 
     def deliver(kind: str, scope: str | None, events: list[Event] | None, items: list[dict[str, Any]] | None) -> None:
         loop.call_soon_threadsafe(receive, kind, scope, events, items)
