@@ -122,7 +122,8 @@ def main() -> None:
         for p in [*procs, sim]:
             p.stop()
     med = statistics.median
-    print("\n| rate | contender | p50 ms | p99 ms | added p50 ms | added p99 ms |\n|---|---|---|---|---|---|")
+    if fixed:
+        print("\n| rate | contender | p50 ms | p99 ms | added p50 ms | added p99 ms |\n|---|---|---|---|---|---|")
     for (name, rate), rows in fixed.items():
         d50, d99 = med(r[0] for r in fixed[("direct", rate)]), med(r[1] for r in fixed[("direct", rate)])
         p50, p99 = med(r[0] for r in rows), med(r[1] for r in rows)
