@@ -59,19 +59,20 @@ class Kube:
 
     def list_objects(self, path: str, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:
         """Objects at `path`, e.g. "api/v1/pods", in one namespace or all, optionally by label selector."""
-        metrics.API_REQUESTS.labels(verb="list").inc()
-        listing = self._call("GET", _collection(path, namespace), None, "application/json",
-                             [("labelSelector", selector)] if selector else [])  # fmt: skip
+        listing = self._list(path, namespace, selector)
         kind = listing.get("kind", "").removesuffix("List")
         return [{**item, "kind": kind} for item in listing.get("items", [])]
 
     def list_with_version(self, path: str, namespace: str | None, selector: str | None
                           ) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
         """Like list_objects, with the list's resourceVersion to watch from."""
-        metrics.API_REQUESTS.labels(verb="list").inc()
-        listing = self._call("GET", _collection(path, namespace), None, "application/json",
-                             [("labelSelector", selector)] if selector else [])  # fmt: skip
+        listing = self._list(path, namespace, selector)
         return listing.get("items", []), str(listing.get("metadata", {}).get("resourceVersion", ""))
+
+    def _list(self, path: str, namespace: str | None, selector: str | None) -> dict[str, Any]:
+        metrics.API_REQUESTS.labels(verb="list").inc()
+        return self._call("GET", _collection(path, namespace), None, "application/json",
+                          [("labelSelector", selector)] if selector else [])  # fmt: skip
 
     def watch_objects(self, path: str, namespace: str | None, selector: str | None, resource_version: str,
                       timeout: int = 300) -> Iterator[list[dict[str, Any]]]:  # fmt: skip
@@ -94,6 +95,8 @@ class Kube:
                 if lines:
                     yield [json.loads(line) for line in lines if line.strip()]
         finally:
+            # Left early, the connection still has bytes in flight; urllib3 drops a pooled
+            # connection that is readable before reusing it (test_operator_watch checks).
             resp.response.release_conn()
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None, content_type: str,
