@@ -82,9 +82,15 @@ def seed(controller: Controller, namespaces: list[str]) -> None:
 
 
 def _seeded(kind: str, scope: str | None, events: list[Event] | None, items: list[dict[str, Any]] | None) -> None:
-    for obj in items or []:
-        if namespace_allowed(obj["metadata"]["namespace"], STATE.get("namespaces") or []):
-            _controller().store.put(kind, obj)
+    # Seeding runs in a worker thread before the reconciler starts: store only, nothing to wake.
+    _store_listing(kind, scope, items or [])
+
+
+def _store_listing(kind: str, scope: str | None, items: list[dict[str, Any]]) -> set[tuple[str, str | None]]:
+    """A whole listing of `kind` in `scope` into the store; returns the (namespace, engine) pairs touched."""
+    namespaces = STATE.get("namespaces") or []
+    allowed = [i for i in items if namespace_allowed(i["metadata"]["namespace"], namespaces)]
+    return _controller().store.replace(kind, scope, allowed)
 
 
 def start_watchers(loop: asyncio.AbstractEventLoop) -> None:
@@ -103,13 +109,11 @@ def start_watchers(loop: asyncio.AbstractEventLoop) -> None:
 
 def receive(kind: str, scope: str | None, events: list[Event] | None, items: list[dict[str, Any]] | None) -> None:
     """A batch from a watcher thread, on the loop: events, or a whole new listing after a relist."""
-    namespaces = STATE.get("namespaces") or []
     if items is not None:
-        controller = _controller()
-        allowed = [i for i in items if namespace_allowed(i["metadata"]["namespace"], namespaces)]
-        for namespace, engine in controller.store.replace(kind, scope, allowed):
-            controller.mark(namespace, engine)
+        for namespace, engine in _store_listing(kind, scope, items):
+            _controller().mark(namespace, engine)
         return
+    namespaces = STATE.get("namespaces") or []
     for type_, obj in events or []:
         if namespace_allowed(obj["metadata"].get("namespace", ""), namespaces):
             _on_event(kind, {"type": type_, "object": obj})  # type: ignore[typeddict-item]
