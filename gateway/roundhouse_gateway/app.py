@@ -25,7 +25,7 @@ from roundhouse_api import Family, Mode, runs
 
 from . import metrics, ui
 from .catalog import Catalog, Engine, switch_finished
-from .health import PROBE_PATHS, Health, probe_ok
+from .health import Health, probe_ok, probe_path
 from .routing import Candidate, Decision, Features, route
 from .upstream import Response, Upstream, UpstreamError
 
@@ -140,7 +140,7 @@ class Gateway:
         headers = [("Authorization", f"Bearer {engine.api_key}")] if engine.api_key else []
         try:
             async with asyncio.timeout(engine.timeouts.connect + 2):
-                r = await self.upstream.request("GET", endpoint, PROBE_PATHS[engine.family], b"", headers,
+                r = await self.upstream.request("GET", endpoint, probe_path(engine), b"", headers,
                                                 engine.timeouts.connect, engine.timeouts.connect + 2)  # fmt: skip
                 try:
                     ok, why = probe_ok(engine, r.status, await r.read())

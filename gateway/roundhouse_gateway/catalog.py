@@ -17,8 +17,7 @@ from roundhouse_api import (
     SwitchPolicy,
     runs,
 )
-
-DEFAULT_PORTS = {Family.VLLM: 8000, Family.LLAMACPP: 8080, Family.OLLAMA: 11434}
+from roundhouse_api.families import FAMILIES
 
 
 @dataclass(frozen=True)
@@ -87,19 +86,16 @@ def engine_from_resource(ie: InferenceEngine, endpoints: list[str] | None = None
     """An Engine from an InferenceEngine; `endpoints` (base URLs) override spec.endpoints/status."""
     spec = ie.spec
     routing = spec.routing
+    family = FAMILIES[spec.engine]
     if spec.engine == Family.EXTERNAL and spec.external:
         base = spec.external.base_url.rstrip("/")
         urls = [base[: -len("/v1")] if base.endswith("/v1") else base]
-        upstream = spec.external.model_name or spec.model.source
     else:
         urls = [u.rstrip("/") for u in (endpoints if endpoints is not None else (spec.endpoints or []))]
-        # Ollama knows a model by its tag; vLLM and llama-server by the names the operator gave them.
-        upstream = spec.model.source if spec.engine == Family.OLLAMA else spec.model.served_name
+    upstream = family.upstream_model(spec)
     context = routing.context_length if routing and routing.context_length else None
-    if context is None and spec.vllm and spec.vllm.max_model_len:
-        context = spec.vllm.max_model_len
-    if context is None and spec.llamacpp and spec.llamacpp.context_size:
-        context = spec.llamacpp.context_size // (spec.llamacpp.parallel or 1)
+    if context is None:
+        context = family.context_per_request(spec)
     t = routing.timeouts if routing and routing.timeouts else None
     status = ie.status
     ready = True if status is None or status.phase is None else status.phase == Phase.READY

@@ -7,17 +7,13 @@ the endpoint down until a probe succeeds (llama-server's 503 "Loading model" inc
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from roundhouse_api import Family
+from roundhouse_api.families import FAMILIES
 
 from .catalog import Engine
-
-PROBE_PATHS = {Family.VLLM: "/health", Family.LLAMACPP: "/health", Family.OLLAMA: "/api/tags",
-               Family.EXTERNAL: "/v1/models"}  # fmt: skip
 
 
 @dataclass
@@ -96,20 +92,11 @@ class Health:
                 del self.endpoints[ep]
 
 
+def probe_path(engine: Engine) -> str:
+    """The path the gateway's active probe reads for this engine's family."""
+    return FAMILIES[engine.family].gateway_probe_path
+
+
 def probe_ok(engine: Engine, status: int, body: bytes) -> tuple[bool, str]:
     """Judge a probe answer the way each family means it."""
-    if status != 200:
-        return False, f"health answered HTTP {status}"
-    if engine.family == Family.OLLAMA and not ollama_has(body, engine.upstream_model):
-        # Ollama answers while the model is still being pulled: ready means the model is there.
-        return False, f"model {engine.upstream_model} not pulled yet"
-    return True, ""
-
-
-def ollama_has(tags_body: bytes, model: str) -> bool:
-    """Whether Ollama's /api/tags lists `model` (a tag without a version means :latest)."""
-    try:
-        names = {m.get("name") for m in json.loads(tags_body).get("models", [])}
-    except (ValueError, AttributeError):
-        return False
-    return model in names or (":" not in model and f"{model}:latest" in names)
+    return FAMILIES[engine.family].probe_ok(status, body, engine.upstream_model)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from roundhouse_api import CEL_CONTEXT_KEY, EngineMode, EngineStatus, Family, InferenceEngine, Phase
+from roundhouse_api.families import DEFAULT_HELPER_IMAGE, FAMILIES
 
 from . import metrics
 from .fit import estimate
@@ -88,13 +90,15 @@ def probe_url(engine: InferenceEngine) -> str:
     if engine.spec.engine == Family.EXTERNAL and engine.spec.external:
         return engine.spec.external.base_url.rstrip("/") + "/models"
     base = (engine.spec.endpoints or [""])[0].rstrip("/")
-    return base + {Family.OLLAMA: "/api/version", Family.EXTERNAL: "/v1/models"}.get(engine.spec.engine, "/health")
+    return base + FAMILIES[engine.spec.engine].health_path
 
 
 class Controller:
-    def __init__(self, store: Store, kube: Kube) -> None:
+    def __init__(self, store: Store, kube: Kube, helper_image: str | None = None) -> None:
         self.store = store
         self.kube = kube
+        # The operator's own image runs the engine pods' fetch and pull helpers; the chart sets it.
+        self.helper_image = helper_image or os.environ.get("ROUNDHOUSE_IMAGE") or DEFAULT_HELPER_IMAGE
         # namespace -> engines to reconcile; None: every engine of the namespace.
         self.dirty: dict[str, set[str] | None] = {}
         self.wake = asyncio.Event()
@@ -311,7 +315,7 @@ class Controller:
     def render(self, engine: InferenceEngine, replicas: int) -> list[dict[str, Any]]:
         key = (engine.metadata.uid, engine.metadata.generation, replicas)
         if key not in self._rendered:
-            self._rendered[key] = render(engine, replicas)
+            self._rendered[key] = render(engine, replicas, self.helper_image)
         return self._rendered[key]
 
     def count_phase(self, namespace: str, name: str, phase: str | None) -> None:

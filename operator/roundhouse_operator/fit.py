@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass
 
 from roundhouse_api import Family, InferenceEngineSpec
-
-from .families import gpu_count
+from roundhouse_api.families import FAMILIES, gpu_count
 
 GIB = 1024**3
 MIB = 1024**2
@@ -70,19 +69,7 @@ def kv_bytes_per_token(params_b: float, kv_fp8: bool) -> float:
 
 def context_tokens(spec: InferenceEngineSpec) -> int:
     """Tokens of KV cache the engine will hold at once."""
-    if spec.engine == Family.LLAMACPP:
-        # llama-server's --ctx-size is the total shared by all slots; 0 means the model's own.
-        if spec.llamacpp and spec.llamacpp.context_size:
-            return spec.llamacpp.context_size
-        return spec.routing.context_length if spec.routing and spec.routing.context_length else 4096
-    if spec.engine == Family.OLLAMA:
-        parallel = spec.ollama.num_parallel if spec.ollama and spec.ollama.num_parallel else 1
-        return 4096 * parallel
-    cfg = spec.vllm
-    # vLLM needs room for at least one sequence of max-model-len.
-    return (cfg.max_model_len if cfg and cfg.max_model_len else None) or (
-        spec.routing.context_length if spec.routing and spec.routing.context_length else 8192
-    )
+    return FAMILIES[spec.engine].kv_tokens(spec)
 
 
 def estimated_layers(params_b: float) -> int:

@@ -8,8 +8,7 @@ import json
 from typing import Any
 
 from roundhouse_api import API_VERSION, Family, InferenceEngine
-
-from .families import BUILDERS, IMAGES, ContainerPlan, gpu_count
+from roundhouse_api.families import DEFAULT_HELPER_IMAGE, FAMILIES, ContainerPlan, gpu_count
 
 FIELD_MANAGER = "roundhouse"
 ENGINE_LABEL = "roundhouse.dev/engine"
@@ -21,7 +20,7 @@ CACHE_VOLUME = "model-cache"
 
 def runs_workload(engine: InferenceEngine) -> bool:
     """External APIs and engines given by spec.endpoints run elsewhere: no Deployment."""
-    return engine.spec.engine != Family.EXTERNAL and not engine.spec.endpoints
+    return FAMILIES[engine.spec.engine].runs_workload(engine.spec)
 
 
 def labels(engine: InferenceEngine) -> dict[str, str]:
@@ -65,7 +64,7 @@ def service_name(engine: InferenceEngine) -> str:
 
 
 def port(engine: InferenceEngine) -> int:
-    return _plan(engine).port
+    return FAMILIES[engine.spec.engine].port(engine.spec)
 
 
 def endpoint_url(engine: InferenceEngine) -> str:
@@ -90,8 +89,8 @@ def cache_claim_name(engine: InferenceEngine) -> str | None:
     return f"{engine.metadata.name}-models" if cache.size else None
 
 
-def _plan(engine: InferenceEngine) -> ContainerPlan:
-    return BUILDERS[engine.spec.engine](engine.spec, cache_path(engine))
+def _plan(engine: InferenceEngine, helper_image: str) -> ContainerPlan:
+    return FAMILIES[engine.spec.engine].container(engine.spec, cache_path(engine), helper_image)
 
 
 def _node_affinity(engine: InferenceEngine) -> dict[str, Any] | None:
@@ -145,12 +144,14 @@ def _probes(engine: InferenceEngine, plan: ContainerPlan) -> dict[str, Any]:
     }
 
 
-def deployment(engine: InferenceEngine, replicas: int) -> dict[str, Any]:
+def deployment(engine: InferenceEngine, replicas: int, helper_image: str = DEFAULT_HELPER_IMAGE) -> dict[str, Any]:
     spec = engine.spec
-    plan = _plan(engine)
+    plan = _plan(engine, helper_image)
+    family = FAMILIES[spec.engine]
+    assert family.image is not None, f"{spec.engine} has no image"
     container = {
         **plan.container,
-        "image": spec.image or IMAGES[spec.engine],
+        "image": spec.image or family.image,
         "resources": _resources(engine),
         **_probes(engine, plan),
     }
@@ -165,13 +166,14 @@ def deployment(engine: InferenceEngine, replicas: int) -> dict[str, Any]:
     )
     mounts = [{"name": CACHE_VOLUME, "mountPath": cache_path(engine)}]
     container["volumeMounts"] = [*mounts, *container.get("volumeMounts", [])]
-    init = [{**c, "volumeMounts": mounts} for c in plan.init_containers]
+    init = [{**c, "volumeMounts": copy.deepcopy(mounts)} for c in plan.init_containers]
+    sidecars = [{**c, "volumeMounts": copy.deepcopy(mounts)} for c in plan.sidecars]
     tolerations: list[dict[str, Any]] = []
     if gpu_count(spec):
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     tolerations += copy.deepcopy(spec.tolerations)
     pod: dict[str, Any] = {
-        "containers": [container],
+        "containers": [container, *sidecars],
         "volumes": [cache_volume, *plan.extra_volumes],
         "enableServiceLinks": False,
     }
@@ -239,9 +241,10 @@ def with_hash(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def render(engine: InferenceEngine, replicas: int) -> list[dict[str, Any]]:
-    """Every object an engine needs, in apply order; empty for engines that run elsewhere."""
+def render(engine: InferenceEngine, replicas: int, helper_image: str = DEFAULT_HELPER_IMAGE) -> list[dict[str, Any]]:
+    """Every object an engine needs, in apply order; empty for engines that run elsewhere.
+    `helper_image` (the operator's own) runs the pod's model fetch and pull helpers."""
     if not runs_workload(engine):
         return []
-    objects = [cache_claim(engine), deployment(engine, replicas), service(engine)]
+    objects = [cache_claim(engine), deployment(engine, replicas, helper_image), service(engine)]
     return [with_hash(o) for o in objects if o is not None]

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from roundhouse_api import Condition, EngineStatus, InferenceEngine, Phase
+from roundhouse_api.families import FAMILIES
 
 from .fit import Fit
 from .plan import EnginePlan
@@ -138,5 +139,6 @@ def engine_status(o: Observed, previous: EngineStatus | None, now: datetime) -> 
         active=o.plan.active,
         observed_generation=gen,
         message=message,
+        context_per_request=FAMILIES[o.engine.spec.engine].context_per_request(o.engine.spec),
         conditions=keep_transition_times(conditions, previous.conditions if previous else []),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 import yaml
 
 from roundhouse_api import InferenceEngine
-from roundhouse_operator.families import gguf_files
+from roundhouse_api.families import DEFAULT_HELPER_IMAGE
+from roundhouse_api.families.llamacpp import gguf_files
 from roundhouse_operator.render import render
 from tests.support.manifests import roundhouse_examples
 
@@ -69,7 +71,15 @@ def test_llamacpp_gemma_flags() -> None:
     assert flag(a, "--alias") == "gemma-3-12b,gemma3"
     assert (flag(a, "--host"), flag(a, "--port")) == ("0.0.0.0", "8080")
     init = objects("gemma-3-12b")["Deployment"]["spec"]["template"]["spec"]["initContainers"][0]
-    assert "gemma-3-12b-it-Q5_K_M.gguf" in init["command"][-1] and "[ -s" in init["command"][-1]
+    # The URL is an argument of the operator's own fetch helper: no shell ever parses it.
+    assert init["image"] == DEFAULT_HELPER_IMAGE
+    assert init["command"] == [
+        "roundhouse-fetch",
+        "--dest",
+        "/models/gguf",
+        "https://huggingface.co/unsloth/gemma-3-12b-it-GGUF/resolve/main/gemma-3-12b-it-Q5_K_M.gguf",
+    ]
+    assert init["volumeMounts"] == [{"name": "model-cache", "mountPath": "/models"}]
     assert objects("gemma-3-12b")["PersistentVolumeClaim"]["spec"]["resources"]["requests"]["storage"] == "20Gi"
 
 
@@ -112,9 +122,10 @@ def test_split_gguf_gpt_oss_across_four_gpus() -> None:
     assert flag(a, "--tensor-split") == "1,1,1,1"
     assert flag(a, "--split-mode") == "layer"
     assert flag(a, "--n-gpu-layers") == "all"
-    script = objects("gpt-oss-120b")["Deployment"]["spec"]["template"]["spec"]["initContainers"][0]["command"][-1]
-    for i in (1, 2, 3):
-        assert f"gpt-oss-120b-mxfp4-0000{i}-of-00003.gguf" in script
+    command = objects("gpt-oss-120b")["Deployment"]["spec"]["template"]["spec"]["initContainers"][0]["command"]
+    assert [posixpath.basename(u) for u in command[3:]] == [
+        f"gpt-oss-120b-mxfp4-0000{i}-of-00003.gguf" for i in (1, 2, 3)
+    ]
     assert container("gpt-oss-120b")["resources"]["requests"]["nvidia.com/gpu"] == 4
 
 
@@ -123,13 +134,18 @@ def test_gguf_shards_are_derived_from_the_first() -> None:
     assert gguf_files("/m/x.gguf") == ["/m/x.gguf"]
 
 
-def test_ollama_pulls_before_ready() -> None:
+def test_ollama_serves_as_pid_1_and_a_sidecar_pulls_before_ready() -> None:
     c = container("llama3-1-8b-ollama")
+    assert c["command"] == ["ollama", "serve"] and "args" not in c
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["OLLAMA_HOST"] == "0.0.0.0:11434"
     assert (env["OLLAMA_NUM_PARALLEL"], env["OLLAMA_KEEP_ALIVE"], env["OLLAMA_MAX_LOADED_MODELS"]) == ("4", "-1", "1")
     assert env["OLLAMA_MODELS"] == "/models/ollama"
-    assert 'ollama pull "llama3.1:8b"' in c["command"][-1]
+    pod = objects("llama3-1-8b-ollama")["Deployment"]["spec"]["template"]["spec"]
+    puller = pod["containers"][1]
+    assert puller["command"] == ["roundhouse-ollama-pull", "--url", "http://127.0.0.1:11434", "--model", "llama3.1:8b"]
+    assert puller["image"] == DEFAULT_HELPER_IMAGE
+    assert puller["volumeMounts"] == c["volumeMounts"]
     assert c["readinessProbe"]["exec"]["command"] == ["ollama", "show", "llama3.1:8b"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/api/version"
 

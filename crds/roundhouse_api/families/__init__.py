@@ -1,0 +1,40 @@
+"""One module per engine family: its pinned image and version, port, health semantics, OpenAI paths,
+metrics, tokenizer endpoint, the flags it renders and the flags the operator manages.
+
+Adding a family means one module here (and its contract tests); the operator, the gateway, the CRD
+generator and the tests read every family through `FAMILIES`.
+"""
+
+from __future__ import annotations
+
+from ..engine import Family
+from . import external, llamacpp, ollama, vllm
+from .base import (
+    DEFAULT_HELPER_IMAGE,
+    ContainerPlan,
+    EngineFamily,
+    gpu_count,
+    repeated_managed_flags,
+    served_names,
+)
+
+FAMILIES: dict[Family, EngineFamily] = {
+    f.family: f for f in (vllm.FAMILY, llamacpp.FAMILY, ollama.FAMILY, external.FAMILY)
+}
+
+
+def family(name: Family) -> EngineFamily:
+    """The family object for `name`."""
+    return FAMILIES[name]
+
+
+__all__ = [
+    "DEFAULT_HELPER_IMAGE",
+    "FAMILIES",
+    "ContainerPlan",
+    "EngineFamily",
+    "family",
+    "gpu_count",
+    "repeated_managed_flags",
+    "served_names",
+]

@@ -1,0 +1,139 @@
+"""What every engine family declares: one object per family, read by the operator, the gateway,
+the CRD generator and the contract tests. Pure data and pure functions: no I/O."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..engine import Family, InferenceEngineSpec
+
+# The operator's own image runs the helpers engine pods need (model fetch, Ollama pull): no shell,
+# no third-party image to pin. The chart sets ROUNDHOUSE_IMAGE to the image it installs.
+DEFAULT_HELPER_IMAGE = "ghcr.io/roundhouse-dev/roundhouse:0.1.0"
+
+
+@dataclass
+class ContainerPlan:
+    """What a family needs from the pod: the engine container, init containers, probes and volumes."""
+
+    container: dict[str, Any]
+    port: int
+    health_path: str | None
+    init_containers: list[dict[str, Any]] = field(default_factory=list)
+    readiness_exec: list[str] | None = None
+    sidecars: list[dict[str, Any]] = field(default_factory=list)  # more containers, sharing the cache volume
+    extra_volumes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def served_names(spec: InferenceEngineSpec) -> list[str]:
+    """The names clients use: servedName first, then the aliases."""
+    return [spec.model.served_name, *spec.model.aliases]
+
+
+def gpu_count(spec: InferenceEngineSpec) -> int:
+    """GPUs per replica: spec.gpus, else 1 (0 for external)."""
+    if spec.gpus is not None:
+        return spec.gpus
+    return 0 if spec.engine == Family.EXTERNAL else 1
+
+
+def flag(args: list[str], name: str, value: object) -> None:
+    """Append `name value` (or `name` / `--no-name` for a bool); nothing when the value is unset."""
+    if value is None:
+        return
+    if isinstance(value, bool):
+        args.append(name if value else f"--no-{name[2:]}")
+    else:
+        args += [name, str(value)]
+
+
+def env(name: str, value: object) -> dict[str, Any]:
+    return {"name": name, "value": str(value)}
+
+
+def hf_token_env(spec: InferenceEngineSpec) -> list[dict[str, Any]]:
+    ref = spec.model.hf_token_secret_ref
+    if ref is None:
+        return []
+    source = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+    return [{"name": "HF_TOKEN", "valueFrom": source}, {"name": "HUGGING_FACE_HUB_TOKEN", "valueFrom": source}]
+
+
+def repeated_managed_flags(extra_args: list[str], managed: frozenset[str]) -> list[str]:
+    """The flags in `extra_args` that the operator already sets (`--flag` and `--flag=value` forms)."""
+    return [a for a in extra_args if a.split("=", 1)[0] in managed]
+
+
+class EngineFamily:
+    """One engine family. Subclasses set the class attributes and override what differs."""
+
+    family: ClassVar[Family]
+    title: ClassVar[str]  # how people name it ("GGUF (llama.cpp)")
+    image: ClassVar[str | None] = None  # the pinned upstream image
+    version: ClassVar[str | None] = None  # the engine version inside that image
+    default_port: ClassVar[int | None] = None
+    # The path Kubernetes' probes use, and the one the gateway's own active probe reads (they differ
+    # for Ollama, whose server answers before the model is there).
+    health_path: ClassVar[str] = "/health"
+    gateway_probe_path: ClassVar[str] = "/health"
+    openai_paths: ClassVar[frozenset[str]] = frozenset()
+    metrics_path: ClassVar[str | None] = None
+    metrics: ClassVar[tuple[str, ...]] = ()
+    tokenize_path: ClassVar[str | None] = None
+    # Flags the operator renders itself: repeating them in extraArgs would break probes or routing.
+    managed_flags: ClassVar[frozenset[str]] = frozenset()
+    caches_prompts: ClassVar[bool] = False
+
+    def runs_workload(self, spec: InferenceEngineSpec) -> bool:
+        """Whether the operator runs pods for it (not for an external API or given endpoints)."""
+        return not spec.endpoints
+
+    def port(self, spec: InferenceEngineSpec) -> int:
+        assert self.default_port is not None, f"{self.family} has no port"
+        return self.default_port
+
+    def container(self, spec: InferenceEngineSpec, cache_path: str, helper_image: str) -> ContainerPlan:
+        """The engine container and what it needs in its pod."""
+        raise NotImplementedError(f"{self.family} runs no workload")
+
+    def upstream_model(self, spec: InferenceEngineSpec) -> str:
+        """The "model" the engine itself expects in a request (the gateway rewrites to it)."""
+        return spec.model.served_name
+
+    def listed_models(self, spec: InferenceEngineSpec) -> list[str]:
+        """The ids the engine lists on /v1/models when it runs the rendered command line."""
+        return [spec.model.served_name]
+
+    def context_per_request(self, spec: InferenceEngineSpec) -> int | None:
+        """Tokens one request may use (prompt and answer), when the spec says."""
+        return None
+
+    def kv_tokens(self, spec: InferenceEngineSpec) -> int:
+        """Tokens of KV cache the engine holds at once, for the ModelFits estimate."""
+        return 8192
+
+    def probe_ok(self, status: int, body: bytes, upstream_model: str) -> tuple[bool, str]:
+        """Judge an answer to the gateway's probe the way this family means it."""
+        if status != 200:
+            return False, f"health answered HTTP {status}"
+        return True, ""
+
+    def serves(self, path: str) -> bool:
+        """Whether the engine serves this OpenAI path (e.g. /v1/embeddings)."""
+        return path in self.openai_paths
+
+
+def json_names(body: bytes, key: str, field_name: str) -> set[str]:
+    """Values of `field_name` in the objects of the list `key` of a JSON body; empty when unreadable."""
+    try:
+        items = json.loads(body).get(key, [])
+        return {str(i.get(field_name)) for i in items if isinstance(i, dict)}
+    except (ValueError, AttributeError):
+        return set()
+
+
+def join(*parts: str) -> str:
+    return posixpath.join(*parts)

@@ -1,0 +1,27 @@
+"""An OpenAI-compatible API outside the cluster: no workload; the gateway probes /v1/models."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..engine import Family, InferenceEngineSpec
+from .base import EngineFamily
+
+
+class External(EngineFamily):
+    family: ClassVar[Family] = Family.EXTERNAL
+    title: ClassVar[str] = "External API"
+    health_path: ClassVar[str] = "/v1/models"
+    gateway_probe_path: ClassVar[str] = "/v1/models"
+    openai_paths: ClassVar[frozenset[str]] = frozenset(
+        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+    )
+
+    def runs_workload(self, spec: InferenceEngineSpec) -> bool:
+        return False
+
+    def upstream_model(self, spec: InferenceEngineSpec) -> str:
+        return (spec.external.model_name if spec.external else None) or spec.model.source
+
+
+FAMILY = External()
