@@ -8,6 +8,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 from pydantic import Field
 from pydantic.config import JsonDict
 
+from . import managed_flags
 from .base import ApiModel, CelRule, Condition, ObjectMeta, SecretKeyRef
 
 GROUP = "roundhouse.dev"
@@ -117,10 +118,20 @@ class VLLMConfig(ApiModel):
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = Field(
         default=None, description="--dtype."
     )
+    # vLLM 0.33.0's own lists (model_executor/layers/quantization, config/cache.py), which its start-up
+    # checks enforce; its parser takes any string, so the CRD is where a wrong name is caught. The
+    # deprecated fbgemm_fp8 and fp_quant (they need --allow-deprecated-quantization) are left out.
     quantization: (
-        Literal["awq", "gptq", "fp8", "bitsandbytes", "gguf", "compressed-tensors", "marlin", "mxfp4"] | None
-    ) = Field(default=None, description="--quantization.")
-    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
+        Literal[
+            "awq", "auto_awq", "awq_marlin", "gptq", "auto_gptq", "gptq_marlin", "fp8", "fp8_per_tensor",
+            "fp8_per_block", "fp8_per_channel", "modelopt", "modelopt_fp4", "modelopt_mxfp8", "modelopt_mixed",
+            "humming", "compressed-tensors", "experts_int8", "quark", "moe_wna16", "torchao", "inc", "mxfp4",
+            "gpt_oss_mxfp4", "deepseek_v4_fp8", "online", "int8_per_channel_weight_only", "nvfp4_per_token",
+            "mxfp8",
+        ]
+        | None
+    ) = Field(default=None, description="--quantization (the methods vLLM 0.33.0 knows).")
+    kv_cache_dtype: Literal["auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
         default=None, description="--kv-cache-dtype."
     )
     enable_chunked_prefill: bool | None = Field(default=None, description="--enable-chunked-prefill.")
@@ -145,7 +156,20 @@ class VLLMConfig(ApiModel):
             "!has(self.enableAutoToolChoice) || !self.enableAutoToolChoice || has(self.toolCallParser)",
             "spec.vllm.toolCallParser is required when spec.vllm.enableAutoToolChoice is true",
             ".toolCallParser",
-        )
+        ),
+        CelRule(
+            "!has(self.enableChunkedPrefill) || self.enableChunkedPrefill || !has(self.maxNumBatchedTokens) ||"
+            " !has(self.maxModelLen) || self.maxNumBatchedTokens >= self.maxModelLen",
+            "spec.vllm.maxNumBatchedTokens must be at least spec.vllm.maxModelLen when"
+            " spec.vllm.enableChunkedPrefill is false (vLLM refuses to start otherwise)",
+            ".maxNumBatchedTokens",
+        ),
+        CelRule(
+            "!has(self.maxNumBatchedTokens) || !has(self.maxNumSeqs) || self.maxNumBatchedTokens >= self.maxNumSeqs",
+            "spec.vllm.maxNumBatchedTokens must be at least spec.vllm.maxNumSeqs (vLLM refuses to start otherwise)",
+            ".maxNumBatchedTokens",
+        ),
+        CelRule(*managed_flags.cel_no_repeat("vllm", managed_flags.VLLM), ".extraArgs"),
     ]
 
 
@@ -205,6 +229,7 @@ class LlamaCppConfig(ApiModel):
             "spec.llamacpp.loadMode replaces mlock and noMmap: set loadMode alone",
             ".loadMode",
         ),
+        CelRule(*managed_flags.cel_no_repeat("llamacpp", managed_flags.LLAMACPP), ".extraArgs"),
     ]
 
 

@@ -24,10 +24,9 @@ GGUF_BITS = {
     "Q3_K_M": 3.91, "Q3_K_L": 4.27, "IQ4_XS": 4.25, "Q4_0": 4.55, "Q4_K_S": 4.58, "Q4_K_M": 4.85, "MXFP4": 4.25,
     "Q5_0": 5.54, "Q5_K_S": 5.54, "Q5_K_M": 5.69, "Q6_K": 6.56, "Q8_0": 8.5, "F16": 16.0, "BF16": 16.0, "F32": 32.0,
 }  # fmt: skip
-VLLM_QUANT_BITS = {
-    "fp8": 8.0, "awq": 4.25, "gptq": 4.25, "bitsandbytes": 4.0, "gguf": 4.85, "marlin": 4.25, "mxfp4": 4.25,
-    "compressed-tensors": 8.0,
-}  # fmt: skip
+# Bits per weight by quantization method: a name's 4-bit or 8-bit family decides (unknown: 8).
+VLLM_QUANT_BITS = {"awq": 4.25, "gptq": 4.25, "mxfp4": 4.25, "fp4": 4.5, "int4": 4.25, "wna16": 4.25,
+                   "fp8": 8.0, "int8": 8.0, "mxfp8": 8.0}  # fmt: skip
 DTYPE_BITS = {"float32": 32.0, "float": 32.0}
 SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])")
 
@@ -58,7 +57,7 @@ def bits_per_weight(spec: InferenceEngineSpec) -> float:
         return GGUF_BITS[quant]
     cfg = spec.vllm
     if cfg and cfg.quantization:
-        return VLLM_QUANT_BITS[cfg.quantization]
+        return next((b for k, b in VLLM_QUANT_BITS.items() if k in cfg.quantization), 8.0)
     return DTYPE_BITS.get(cfg.dtype or "", 16.0) if cfg else 16.0
 
 

@@ -147,6 +147,43 @@ INVALID: list[Invalid] = [
         "spec.cache",
     ),
     Invalid("unknown-field", _with(_vllm, lambda d: d["spec"].update(replica=2)), "spec.replica"),
+    # Values the pinned engines refuse at start-up (found by the contract tier): refused at apply instead.
+    Invalid(
+        "vllm-quantization-marlin",
+        _with(_vllm, lambda d: d["spec"]["vllm"].update(quantization="marlin")),
+        "spec.vllm.quantization",
+    ),
+    Invalid(
+        "vllm-no-chunked-prefill-short-batch",
+        _with(_vllm, lambda d: d["spec"]["vllm"].update(enableChunkedPrefill=False, maxNumBatchedTokens=512,
+                                                        maxModelLen=4096)),  # fmt: skip
+        "spec.vllm.maxNumBatchedTokens",
+    ),
+    Invalid(
+        "vllm-batch-below-num-seqs",
+        _with(_vllm, lambda d: d["spec"]["vllm"].update(maxNumBatchedTokens=16, maxNumSeqs=32)),
+        "spec.vllm.maxNumBatchedTokens",
+    ),
+    Invalid(
+        "vllm-extra-args-repeat-port",
+        _with(_vllm, lambda d: d["spec"]["vllm"].update(extraArgs=["--port=9000"])),
+        "spec.vllm.extraArgs",
+    ),
+    Invalid(
+        "llamacpp-extra-args-repeat-alias",
+        _with(_llama, lambda d: d["spec"]["llamacpp"].update(extraArgs=["--alias", "other"])),
+        "spec.llamacpp.extraArgs",
+    ),
+    Invalid(
+        "llamacpp-load-mode-and-mlock",
+        _with(_llama, lambda d: d["spec"]["llamacpp"].update(loadMode="mmap", mlock=True)),
+        "spec.llamacpp.loadMode",
+    ),
+    Invalid(
+        "llamacpp-split-mode-tensor",
+        _with(_llama, lambda d: d["spec"]["llamacpp"].update(splitMode="tensor")),
+        "spec.llamacpp.splitMode",
+    ),
     Invalid(
         "mode-hold-too-long",
         _with(_mode, lambda d: d["spec"]["switchPolicy"].update(maxHoldSeconds=100000)),

@@ -12,6 +12,7 @@ import re
 from typing import ClassVar
 from urllib.parse import urlparse
 
+from .. import managed_flags
 from ..engine import Family, InferenceEngineSpec, LlamaCppConfig
 from .base import ContainerPlan, EngineFamily, flag, hf_token_env, served_names
 
@@ -83,7 +84,7 @@ class LlamaCpp(EngineFamily):
         "llamacpp:tokens_predicted_total",
     )
     tokenize_path: ClassVar[str | None] = "/tokenize"
-    managed_flags: ClassVar[frozenset[str]] = frozenset({"-m", "--model", "-a", "--alias", "--host", "--port"})
+    managed_flags: ClassVar[frozenset[str]] = managed_flags.LLAMACPP
     caches_prompts: ClassVar[bool] = True
 
     def port(self, spec: InferenceEngineSpec) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any, ClassVar
 
+from .. import managed_flags
 from ..engine import Family, InferenceEngineSpec, VLLMConfig
 from .base import ContainerPlan, EngineFamily, flag, gpu_count, hf_token_env, served_names
 
@@ -33,10 +34,7 @@ class VLLM(EngineFamily):
         "vllm:time_to_first_token_seconds",
     )
     tokenize_path: ClassVar[str | None] = "/tokenize"
-    managed_flags: ClassVar[frozenset[str]] = frozenset(
-        {"--model", "--served-model-name", "--host", "--port", "--tensor-parallel-size", "-tp",
-         "--pipeline-parallel-size", "-pp"}
-    )  # fmt: skip
+    managed_flags: ClassVar[frozenset[str]] = managed_flags.VLLM
     caches_prompts: ClassVar[bool] = True
 
     def container(self, spec: InferenceEngineSpec, cache_path: str, helper_image: str) -> ContainerPlan:
@@ -54,7 +52,9 @@ class VLLM(EngineFamily):
         flag(args, "--dtype", cfg.dtype)
         flag(args, "--quantization", cfg.quantization)
         flag(args, "--kv-cache-dtype", cfg.kv_cache_dtype)
-        flag(args, "--enable-chunked-prefill", cfg.enable_chunked_prefill)
+        if cfg.enable_chunked_prefill is not None:
+            # vLLM 0.33's pair is --enable-/--disable-chunked-prefill (--no-enable-... is a hidden alias).
+            args.append("--enable-chunked-prefill" if cfg.enable_chunked_prefill else "--disable-chunked-prefill")
         if cfg.enable_auto_tool_choice:
             args.append("--enable-auto-tool-choice")
         flag(args, "--tool-call-parser", cfg.tool_call_parser)
