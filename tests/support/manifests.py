@@ -155,8 +155,10 @@ INVALID: list[Invalid] = [
     ),
     Invalid(
         "vllm-no-chunked-prefill-short-batch",
-        _with(_vllm, lambda d: d["spec"]["vllm"].update(enableChunkedPrefill=False, maxNumBatchedTokens=512,
-                                                        maxModelLen=4096)),  # fmt: skip
+        _with(
+            _vllm,
+            lambda d: d["spec"]["vllm"].update(enableChunkedPrefill=False, maxNumBatchedTokens=512, maxModelLen=4096),
+        ),
         "spec.vllm.maxNumBatchedTokens",
     ),
     Invalid(
