@@ -39,6 +39,10 @@ lint: venv ## ruff, ruff format --check, mypy
 control-plane: ## build (once, cached in ~/.cache/roundhouse) kube-apiserver, etcd, kwok, helm from Go modules
 	hack/build-control-plane.sh k8s etcd kwok helm
 
+.PHONY: engines
+engines: ## build (once, cached in ~/.cache/roundhouse) llama-server, ollama and vLLM's argument parser
+	hack/build-engines.sh
+
 .PHONY: cluster-up
 cluster-up: control-plane ## start the local control plane with simulated GPU nodes
 	hack/local-cluster up
@@ -57,8 +61,12 @@ browser: ## Debian's chromium for the admin page's browser tests (apt-get, once;
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
 	  $$sudo apt-get install -y -q chromium || { $$sudo apt-get update -q && $$sudo apt-get install -y -q chromium; }; }
 
+.PHONY: test-contract
+test-contract: venv engines ## each family's rendered command lines run by the real engines of the pinned versions
+	$(PY) -m pytest tests/contract -q $(PYTEST_ARGS)
+
 .PHONY: test-integration
-test-integration: venv control-plane browser ## integration tests against the real local control plane (and the admin page in Chromium)
+test-integration: venv control-plane engines browser ## integration tests against the real local control plane (and the admin page in Chromium)
 	$(PY) -m pytest tests/integration -q $(PYTEST_ARGS)
 
 .PHONY: manifests
@@ -77,10 +85,10 @@ test-e2e: venv ## end-to-end on kind (needs Docker and kind; skipped with the re
 	$(PY) -m pytest tests/e2e -q -rs $(PYTEST_ARGS)
 
 .PHONY: test
-test: lint crds-check chart-check test-unit test-integration ## everything CI runs
+test: lint crds-check chart-check test-unit test-contract test-integration ## everything CI runs
 
 .PHONY: demo
-demo: venv ## the demo: local cluster, operator, gateway, engines, a live mode switch (Ctrl-C stops it)
+demo: venv engines ## the demo: local cluster, operator, gateway, engines, a live mode switch (Ctrl-C stops it)
 	$(PY) hack/demo.py $(DEMO_ARGS)
 
 .PHONY: golden

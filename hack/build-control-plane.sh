@@ -24,7 +24,7 @@ k8s_gomod() {
 
 build_k8s() {
   local dir="$CACHE_ROOT/k8s-$K8S_VERSION" bin="$CACHE_ROOT/k8s-$K8S_VERSION/bin"
-  local targets=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local targets=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   local missing=0
   for t in "${targets[@]}"; do [ -x "$bin/$t" ] || missing=1; done
   [ "$missing" = 0 ] && { log "kubernetes $K8S_VERSION: cached in $bin"; return; }

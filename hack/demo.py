@@ -2,8 +2,8 @@
 
 A real control plane (built from Go modules) with simulated GPU nodes; the operator and the
 gateway as their ServiceAccounts; engines whose pods kwok runs on the GPU nodes while their
-traffic goes to local processes (engine simulators for vLLM and Ollama, and a real llama.cpp
-with a tiny model); one request, a `kubectl patch enginemode`, and the next request served by
+traffic goes to local processes (a vLLM simulator, and a real Ollama and a real llama-server of the
+pinned versions serving a tiny model); one request, a `kubectl patch enginemode`, and the next request served by
 the other family.
 """
 
@@ -27,7 +27,7 @@ import openai  # noqa: E402
 import yaml  # noqa: E402
 
 from tests.support import cluster as lc  # noqa: E402
-from tests.support import processes, tinygguf  # noqa: E402
+from tests.support import engines, processes, tinygguf  # noqa: E402
 from tests.support.processes import Process  # noqa: E402
 
 NS = "roundhouse-system"
@@ -71,14 +71,18 @@ class Demo:
         c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         note("the operator and the gateway run below as processes with their ServiceAccounts' tokens")
 
-        step(3, "Engines on this machine: vLLM and Ollama simulators, a real llama.cpp with a tiny model")
+        step(3, "Engines on this machine: a vLLM simulator, a real Ollama and a real llama-server with a tiny model")
         logs = WORK / "logs"
         vllm = self.keep(processes.enginesim("vllm", "vllm", ["qwen2.5-7b-instruct"], logs, ttft_ms=40, itl_ms=15,
                                              tokens=12).start())  # fmt: skip
-        ollama = self.keep(processes.enginesim("ollama", "ollama", ["qwen2.5:7b"], logs, ttft_ms=60, itl_ms=20,
-                                               tokens=12).start())  # fmt: skip
-        llama = self.keep(processes.llama_server(tinygguf.write(WORK / "tiny.gguf"), logs).start(timeout=60))
-        note(f"vLLM sim {vllm.url}   Ollama sim {ollama.url}   llama.cpp {llama.url}")  # type: ignore[attr-defined]
+        gguf = tinygguf.write(WORK / "tiny.gguf")
+        models = WORK / "ollama-models"
+        ollama = self.keep(engines.ollama(engines.ollama_container(), models, logs).start(timeout=60))
+        engines.ollama_create(ollama, "qwen2.5:7b", gguf)  # the tiny model under the tag the engine names
+        llama = self.keep(processes.llama_server(gguf, logs).start(timeout=60))
+        note(f"vLLM sim {vllm.url}   Ollama {ollama.url}   llama-server {llama.url}")  # type: ignore[attr-defined]
+        note("(Ollama and llama-server are the real engines of the pinned versions, built by `make engines`;"
+             " vLLM needs a GPU, so a simulator speaks its protocol)")  # fmt: skip
 
         step(4, "The operator, and three engines: vLLM and Ollama on the simulated H100s, llama.cpp as an API")
         op_cfg = lc.token_kubeconfig(c, NS, "roundhouse-operator", WORK / "operator.kubeconfig")

@@ -140,10 +140,8 @@ def _gateway(source: list[str], work_dir: Path, name: str, log_dir: Path, api_ke
 
 
 def llama_server(model: Path, log_dir: Path, alias: str = "tiny") -> Process:
-    """A real llama.cpp (llama-cpp-python's OpenAI server) serving `model` on a free loopback port."""
-    port = free_port()
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
-            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512"]  # fmt: skip
-    proc = Process("llama-cpp", argv, {}, log_dir, f"http://127.0.0.1:{port}/v1/models")
-    proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    return proc
+    """A real llama-server (hack/build-engines.sh) serving `model` on a free loopback port, started the
+    way the operator renders it."""
+    from tests.support import engines
+
+    return engines.llama_server(engines.llama_container(alias=alias), model, log_dir, name="llama-server")

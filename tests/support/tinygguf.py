@@ -37,7 +37,8 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write(path: Path, seed: int = 0) -> Path:
+def write(path: Path, seed: int = 0, context_length: int = N_CTX) -> Path:
+    """Write the model; `context_length` is its training context (llama-server caps a slot's at it)."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -45,7 +46,7 @@ def write(path: Path, seed: int = 0) -> Path:
     vocab = len(tokens)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("roundhouse-tiny")
-    w.add_context_length(N_CTX)
+    w.add_context_length(context_length)
     w.add_embedding_length(N_EMBD)
     w.add_block_count(N_LAYER)
     w.add_feed_forward_length(N_FF)

@@ -1,0 +1,57 @@
+"""The contract tier: each family's rendered command line run by the real engine of the pinned version.
+
+Engines come from hack/build-engines.sh (cached under ~/.cache/roundhouse); a missing one fails the
+run with the command that builds it, never skips.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import engines, tinygguf
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "artifacts" / "contract"
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A long training context: llama-server caps each slot's context at it, and the cases ask for up to 32k.
+    return tinygguf.write(tmp_path_factory.mktemp("model") / "tiny.gguf", context_length=131072)
+
+
+def need(name: str) -> Path:
+    try:
+        return engines.binary(name)
+    except engines.EngineMissing as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+class Record:
+    """What each engine accepted, written to artifacts/contract/<family>.jsonl for the docs."""
+
+    def __init__(self) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.files: dict[str, Any] = {}
+
+    def write(self, family: str, entry: dict[str, Any]) -> None:
+        if family not in self.files:
+            self.files[family] = open(ARTIFACTS / f"{family}.jsonl", "w")  # noqa: SIM115 - closed at session end
+        self.files[family].write(json.dumps(entry, sort_keys=True) + "\n")
+        self.files[family].flush()
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+@pytest.fixture(scope="session")
+def record() -> Iterator[Record]:
+    r = Record()
+    yield r
+    r.close()
