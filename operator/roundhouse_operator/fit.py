@@ -11,23 +11,13 @@ import math
 import re
 from dataclasses import dataclass
 
-from roundhouse_api import Family, InferenceEngineSpec
+from roundhouse_api import InferenceEngineSpec
 from roundhouse_api.families import FAMILIES, gpu_count
 
 GIB = 1024**3
 MIB = 1024**2
 OVERHEAD_PER_GPU = 1 * GIB
 
-# Bits per weight of common GGUF quantizations (llama.cpp's own figures, rounded).
-GGUF_BITS = {
-    "IQ1_S": 1.56, "IQ2_XXS": 2.06, "IQ2_XS": 2.31, "IQ2_M": 2.7, "Q2_K": 2.63, "IQ3_XXS": 3.06, "Q3_K_S": 3.5,
-    "Q3_K_M": 3.91, "Q3_K_L": 4.27, "IQ4_XS": 4.25, "Q4_0": 4.55, "Q4_K_S": 4.58, "Q4_K_M": 4.85, "MXFP4": 4.25,
-    "Q5_0": 5.54, "Q5_K_S": 5.54, "Q5_K_M": 5.69, "Q6_K": 6.56, "Q8_0": 8.5, "F16": 16.0, "BF16": 16.0, "F32": 32.0,
-}  # fmt: skip
-# Bits per weight by quantization method: a name's 4-bit or 8-bit family decides (unknown: 8).
-VLLM_QUANT_BITS = {"awq": 4.25, "gptq": 4.25, "mxfp4": 4.25, "fp4": 4.5, "int4": 4.25, "wna16": 4.25,
-                   "fp8": 8.0, "int8": 8.0, "mxfp8": 8.0}  # fmt: skip
-DTYPE_BITS = {"float32": 32.0, "float": 32.0}
 SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])")
 
 
@@ -50,15 +40,7 @@ def parameters_billions(spec: InferenceEngineSpec) -> float | None:
 
 
 def bits_per_weight(spec: InferenceEngineSpec) -> float:
-    if spec.engine in (Family.LLAMACPP, Family.OLLAMA):
-        # The quant is in the GGUF file name or Ollama tag; both default to Q4_K_M.
-        name = spec.model.source.upper()
-        quant = next((q for q in sorted(GGUF_BITS, key=len, reverse=True) if q in name), "Q4_K_M")
-        return GGUF_BITS[quant]
-    cfg = spec.vllm
-    if cfg and cfg.quantization:
-        return next((b for k, b in VLLM_QUANT_BITS.items() if k in cfg.quantization), 8.0)
-    return DTYPE_BITS.get(cfg.dtype or "", 16.0) if cfg else 16.0
+    return FAMILIES[spec.engine].weight_bits(spec)
 
 
 def kv_bytes_per_token(params_b: float, kv_fp8: bool) -> float:
@@ -80,7 +62,7 @@ def estimated_layers(params_b: float) -> int:
 
 def estimate(spec: InferenceEngineSpec, gpu_memory_mib: int | None) -> Fit:
     """Estimate whether the model fits on spec.gpus GPUs of `gpu_memory_mib` each."""
-    if spec.engine == Family.EXTERNAL or spec.endpoints:
+    if not FAMILIES[spec.engine].runs_workload(spec):
         return Fit(None, "NotApplicable", "the engine runs outside this cluster")
     gpus = gpu_count(spec)
     if gpus == 0:
@@ -93,15 +75,12 @@ def estimate(spec: InferenceEngineSpec, gpu_memory_mib: int | None) -> Fit:
         return Fit(None, "UnknownGPUMemory", "no node reports nvidia.com/gpu.memory; set spec.gpuMemoryMiB")
     bits = bits_per_weight(spec)
     weights = params * 1e9 * bits / 8
-    kv_fp8 = bool(spec.vllm and spec.vllm.kv_cache_dtype and spec.vllm.kv_cache_dtype.startswith("fp8"))
+    family = FAMILIES[spec.engine]
+    kv_fp8 = family.kv_cache_fp8(spec)
     tokens = context_tokens(spec)
     kv = tokens * kv_bytes_per_token(params, kv_fp8)
     total_gpu = gpus * memory * MIB
-    util = 1.0
-    if spec.engine == Family.VLLM:
-        # vLLM claims only this share of each GPU.
-        util = (spec.vllm.gpu_memory_utilization if spec.vllm else None) or 0.92
-    usable = total_gpu * util
+    usable = total_gpu * family.gpu_memory_share(spec)
     need = weights + kv + gpus * OVERHEAD_PER_GPU
     numbers = (
         f"needs about {need / GIB:.1f} GiB (weights {weights / GIB:.1f} GiB at {bits:g} bits"
@@ -111,7 +90,7 @@ def estimate(spec: InferenceEngineSpec, gpu_memory_mib: int | None) -> Fit:
     )
     if need <= usable:
         return Fit(True, "Fits", numbers)
-    if spec.engine == Family.LLAMACPP:
+    if family.partial_offload:
         room = usable - kv - gpus * OVERHEAD_PER_GPU
         layers = estimated_layers(params)
         suggested = max(0, math.floor(layers * room / weights)) if room > 0 else 0

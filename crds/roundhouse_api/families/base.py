@@ -62,6 +62,21 @@ def hf_token_env(spec: InferenceEngineSpec) -> list[dict[str, Any]]:
     return [{"name": "HF_TOKEN", "valueFrom": source}, {"name": "HUGGING_FACE_HUB_TOKEN", "valueFrom": source}]
 
 
+# Bits per weight of common GGUF quantizations (llama.cpp's own figures, rounded), for the fit estimate.
+GGUF_BITS = {
+    "IQ1_S": 1.56, "IQ2_XXS": 2.06, "IQ2_XS": 2.31, "IQ2_M": 2.7, "Q2_K": 2.63, "IQ3_XXS": 3.06, "Q3_K_S": 3.5,
+    "Q3_K_M": 3.91, "Q3_K_L": 4.27, "IQ4_XS": 4.25, "Q4_0": 4.55, "Q4_K_S": 4.58, "Q4_K_M": 4.85, "MXFP4": 4.25,
+    "Q5_0": 5.54, "Q5_K_S": 5.54, "Q5_K_M": 5.69, "Q6_K": 6.56, "Q8_0": 8.5, "F16": 16.0, "BF16": 16.0, "F32": 32.0,
+}  # fmt: skip
+
+
+def gguf_bits(name: str) -> float:
+    """Bits per weight of the GGUF quantization named in a file name or tag (default Q4_K_M)."""
+    upper = name.upper()
+    quant = next((q for q in sorted(GGUF_BITS, key=len, reverse=True) if q in upper), "Q4_K_M")
+    return GGUF_BITS[quant]
+
+
 def repeated_managed_flags(extra_args: list[str], managed: frozenset[str]) -> list[str]:
     """The flags in `extra_args` that the operator already sets (`--flag` and `--flag=value` forms)."""
     return [a for a in extra_args if a.split("=", 1)[0] in managed]
@@ -114,6 +129,21 @@ class EngineFamily:
     def kv_tokens(self, spec: InferenceEngineSpec) -> int:
         """Tokens of KV cache the engine holds at once, for the ModelFits estimate."""
         return 8192
+
+    def weight_bits(self, spec: InferenceEngineSpec) -> float:
+        """Bits per weight the engine loads, for the ModelFits estimate."""
+        return 16.0
+
+    def gpu_memory_share(self, spec: InferenceEngineSpec) -> float:
+        """The share of each GPU's memory the engine lets itself use."""
+        return 1.0
+
+    def kv_cache_fp8(self, spec: InferenceEngineSpec) -> bool:
+        """Whether the KV cache is stored in 8 bits (half the bytes per token)."""
+        return False
+
+    # Engines that can keep part of the model off the GPU get a gpuLayers suggestion when it does not fit.
+    partial_offload: ClassVar[bool] = False
 
     def probe_ok(self, status: int, body: bytes, upstream_model: str) -> tuple[bool, str]:
         """Judge an answer to the gateway's probe the way this family means it."""

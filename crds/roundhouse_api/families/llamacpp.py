@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from .. import managed_flags
 from ..engine import Family, InferenceEngineSpec, LlamaCppConfig
-from .base import ContainerPlan, EngineFamily, flag, hf_token_env, served_names
+from .base import ContainerPlan, EngineFamily, flag, gguf_bits, hf_token_env, served_names
 
 BUILD = 11312
 COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
@@ -86,6 +86,10 @@ class LlamaCpp(EngineFamily):
     tokenize_path: ClassVar[str | None] = "/tokenize"
     managed_flags: ClassVar[frozenset[str]] = managed_flags.LLAMACPP
     caches_prompts: ClassVar[bool] = True
+    partial_offload: ClassVar[bool] = True
+
+    def weight_bits(self, spec: InferenceEngineSpec) -> float:
+        return gguf_bits(spec.model.source)
 
     def port(self, spec: InferenceEngineSpec) -> int:
         return (spec.llamacpp or DEFAULT_CONFIG).port

@@ -12,7 +12,7 @@ import posixpath
 from typing import ClassVar
 
 from ..engine import Family, InferenceEngineSpec
-from .base import ContainerPlan, EngineFamily, env, json_names
+from .base import ContainerPlan, EngineFamily, env, gguf_bits, json_names
 
 VERSION = "0.17.4"
 
@@ -75,6 +75,9 @@ class Ollama(EngineFamily):
     def listed_models(self, spec: InferenceEngineSpec) -> list[str]:
         tag = spec.model.source
         return [tag if ":" in tag else f"{tag}:latest"]
+
+    def weight_bits(self, spec: InferenceEngineSpec) -> float:
+        return gguf_bits(spec.model.source)  # the quantization is in the tag (default Q4_K_M)
 
     def kv_tokens(self, spec: InferenceEngineSpec) -> int:
         parallel = spec.ollama.num_parallel if spec.ollama and spec.ollama.num_parallel else 1

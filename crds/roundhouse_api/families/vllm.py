@@ -15,6 +15,11 @@ from .base import ContainerPlan, EngineFamily, flag, gpu_count, hf_token_env, se
 
 VERSION = "0.33.0"
 DEFAULT_CONFIG = VLLMConfig()  # built once: construction runs CEL rules
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
+# Bits per weight by quantization method: the name's 4-bit or 8-bit family decides (otherwise 8).
+QUANT_BITS = {"awq": 4.25, "gptq": 4.25, "mxfp4": 4.25, "fp4": 4.5, "int4": 4.25, "wna16": 4.25,
+              "fp8": 8.0, "int8": 8.0, "mxfp8": 8.0}  # fmt: skip
+DTYPE_BITS = {"float32": 32.0, "float": 32.0}
 
 
 class VLLM(EngineFamily):
@@ -79,6 +84,19 @@ class VLLM(EngineFamily):
 
     def context_per_request(self, spec: InferenceEngineSpec) -> int | None:
         return spec.vllm.max_model_len if spec.vllm else None
+
+    def weight_bits(self, spec: InferenceEngineSpec) -> float:
+        cfg = spec.vllm
+        if cfg and cfg.quantization:
+            return next((b for k, b in QUANT_BITS.items() if k in cfg.quantization), 8.0)
+        return DTYPE_BITS.get(cfg.dtype or "", 16.0) if cfg else 16.0
+
+    def gpu_memory_share(self, spec: InferenceEngineSpec) -> float:
+        # vLLM claims only this share of each GPU.
+        return (spec.vllm.gpu_memory_utilization if spec.vllm else None) or DEFAULT_GPU_MEMORY_UTILIZATION
+
+    def kv_cache_fp8(self, spec: InferenceEngineSpec) -> bool:
+        return bool(spec.vllm and spec.vllm.kv_cache_dtype and spec.vllm.kv_cache_dtype.startswith("fp8"))
 
     def kv_tokens(self, spec: InferenceEngineSpec) -> int:
         # vLLM needs room for at least one sequence of max-model-len.
