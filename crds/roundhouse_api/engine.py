@@ -45,6 +45,8 @@ URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
 # A name as clients send it in "model": no whitespace, bounded so CEL cost stays low.
 ServedName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^\S+$")]
 Url = Annotated[str, Field(min_length=1, max_length=2048, pattern=URL_PATTERN)]
+# Bounded so the CEL rule over extraArgs stays within the API server's cost budget.
+ExtraArg = Annotated[str, Field(max_length=512)]
 FREE_FORM: JsonDict = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 IntOrString: JsonDict = {"x-kubernetes-int-or-string": True}
 
@@ -172,7 +174,7 @@ class VLLMConfig(ApiModel):
         max_length=64,
         description="Size of the in-memory /dev/shm given to multi-GPU engines.",
     )
-    extra_args: list[str] = Field(default_factory=list, max_length=64, description="Appended to the command.")
+    extra_args: list[ExtraArg] = Field(default_factory=list, max_length=64, description="Appended to the command.")
 
     cel_rules: ClassVar[list[CelRule]] = [
         CelRule(
@@ -234,7 +236,7 @@ class LlamaCppConfig(ApiModel):
     )
     numa: Literal["distribute", "isolate", "numactl"] | None = Field(default=None, description="--numa.")
     port: int = Field(default=8080, ge=1, le=65535, description="--port (always passed explicitly).")
-    extra_args: list[str] = Field(default_factory=list, max_length=64, description="Appended to the command.")
+    extra_args: list[ExtraArg] = Field(default_factory=list, max_length=64, description="Appended to the command.")
 
     cel_rules: ClassVar[list[CelRule]] = [
         CelRule(
