@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from roundhouse_api import Family, Mode, runs
 
-from . import metrics, ui
+from . import metrics, shapes, ui
 from .catalog import Catalog, Engine, switch_finished
 from .health import Health, probe_ok, probe_path
 from .routing import Candidate, Decision, Features, route
@@ -163,11 +163,24 @@ class Gateway:
         if scope["type"] != "http":
             return
         rid = _header(scope, b"x-request-id") or next_request_id()
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.dispatch(scope, receive, send, rid)
+            await self.dispatch(scope, receive, tracked, rid)
         except ClientError as err:
             await respond(send, err.status, error_body(err.message, err.type, err.code, err.param),
                           {"X-Request-Id": rid, **err.headers})  # fmt: skip
+        except Exception:
+            # A bug of ours, never the client's: logged once with the request id, answered in OpenAI's shape.
+            log.exception("unexpected error", extra={"request_id": rid, "path": scope.get("path")})
+            if not started:
+                body = error_body(f"internal error (request id {rid})", "server_error", "internal_error")
+                await respond(send, 500, body, {"X-Request-Id": rid})
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -583,34 +596,19 @@ async def respond_json(send: Send, status: int, obj: Any) -> None:
 def parse_request(raw: bytes, kind: str, scope: Scope) -> tuple[dict[str, Any], Features, bool]:
     """Parse the body once; return it, the routing features, and whether it must be re-serialized."""
     try:
-        body = json.loads(raw)
-    except ValueError as err:
-        raise ClientError(400, f"request body is not valid JSON: {err}", "invalid_json") from None
-    if not isinstance(body, dict):
-        raise ClientError(400, "request body must be a JSON object", "invalid_json")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ClientError(400, "you must provide a model parameter", "missing_model", "model")
-    if kind == "chat" and not isinstance(body.get("messages"), list):
-        raise ClientError(400, "messages must be a list of messages", "invalid_messages", "messages")
-    if kind == "completions" and "prompt" not in body:
-        raise ClientError(400, "prompt is required", "missing_prompt", "prompt")
-    if kind == "embeddings" and "input" not in body:
-        raise ClientError(400, "input is required", "missing_input", "input")
+        body = shapes.check(shapes.load(raw), kind)
+    except shapes.ShapeError as err:
+        raise ClientError(400, err.message, err.code, err.param) from None
     stream = body.get("stream") is True
-    if stream and kind == "embeddings":
-        raise ClientError(400, "embeddings do not stream", "invalid_stream", "stream")
     override = body.pop("engine", None)
     rewritten = override is not None
     override = _header(scope, b"x-roundhouse-engine") or override
     if override is not None and not isinstance(override, str):
         raise ClientError(400, "engine must be a string naming an engine or a family", "invalid_engine", "engine")
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 0
-    if not isinstance(max_tokens, int) or max_tokens < 0:
-        raise ClientError(400, "max_tokens must be a non-negative integer", "invalid_max_tokens", "max_tokens")
     fmt = body.get("response_format") or {}
     features = Features(
-        model=model, kind=kind, stream=stream, tools=bool(body.get("tools")),
+        model=body["model"], kind=kind, stream=stream, tools=bool(body.get("tools")),
         json_schema=isinstance(fmt, dict) and fmt.get("type") == "json_schema",
         prompt_tokens=_estimate_tokens(body, kind), max_tokens=max_tokens, override=override,
         task=_header(scope, b"x-roundhouse-task"),

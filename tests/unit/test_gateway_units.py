@@ -34,7 +34,7 @@ BAD = [
     ("no-input", {"model": "m"}, "embeddings", 400, "missing_input", "input"),
     ("embeddings-stream", {"model": "m", "input": "x", "stream": True}, "embeddings", 400, "invalid_stream", "stream"),
     ("engine-not-string", {"model": "m", "messages": MSG, "engine": 5}, "chat", 400, "invalid_engine", "engine"),
-    ("negative-max-tokens", {"model": "m", "messages": MSG, "max_tokens": -1}, "chat", 400, "invalid_max_tokens",
+    ("negative-max-tokens", {"model": "m", "messages": MSG, "max_tokens": -1}, "chat", 400, "invalid_value",
      "max_tokens"),
 ]  # fmt: skip
 
