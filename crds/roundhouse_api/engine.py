@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic.config import JsonDict
 
 from . import managed_flags
@@ -42,6 +43,9 @@ class Capability(StrEnum):
 
 
 URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
+# A Kubernetes resource quantity (k8s.io/apimachinery's grammar): 500m, 2, 1.5, 16Gi, 1e3.
+# No backslashes: the same text is a Python regex and, inside a CEL string literal, an RE2 one.
+QUANTITY_PATTERN = r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]+))?$"
 # A name as clients send it in "model": no whitespace, bounded so CEL cost stays low.
 ServedName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^\S+$")]
 Url = Annotated[str, Field(min_length=1, max_length=2048, pattern=URL_PATTERN)]
@@ -102,7 +106,12 @@ class ModelCache(ApiModel):
         CelRule(
             "!(has(self.size) && has(self.existingClaim))",
             "spec.cache: set either size (a new claim) or existingClaim, not both",
-        )
+        ),
+        CelRule(
+            f"!has(self.size) || type(self.size) == int || string(self.size).matches('{QUANTITY_PATTERN}')",
+            "spec.cache.size must be a Kubernetes quantity (e.g. 200Gi)",
+            ".size",
+        ),
     ]
 
 
@@ -389,6 +398,20 @@ class InferenceEngineSpec(ApiModel):
     ollama: OllamaConfig | None = Field(default=None, description="Ollama settings (engine: ollama only).")
     external: ExternalConfig | None = Field(default=None, description="External API (engine: external only).")
     routing: Routing | None = Field(default=None, description="Routing hints for the gateway.")
+
+    @field_validator("resources")
+    @classmethod
+    def _quantities(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # The API server answers a bad quantity with a 500 ("unable to convert"), naming no field: say it here.
+        for section in ("requests", "limits"):
+            for name, qty in ((value or {}).get(section) or {}).items():
+                number = isinstance(qty, int | float) and not isinstance(qty, bool)
+                ok = number or (isinstance(qty, str) and re.match(QUANTITY_PATTERN, qty))
+                if not ok:
+                    raise ValueError(
+                        f"spec.resources.{section}.{name}: {qty!r} is not a Kubernetes quantity (e.g. 500m, 2, 16Gi)"
+                    )
+        return value
 
     cel_rules: ClassVar[list[CelRule]] = [
         *(

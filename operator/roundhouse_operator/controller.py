@@ -11,6 +11,7 @@ operator's CPU; the plan stays namespace-wide because a switch depends on every 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -41,6 +42,24 @@ PROBE_TIMEOUT = 5.0
 MAX_PARALLEL_APPLIES = 16
 # Conditions whose turn to False a user should see in `kubectl describe`, with the Event reason.
 TRANSITION_EVENTS = {"ConfigValid": "InvalidSpec", "Scheduled": "Unschedulable"}
+# API server answers that mean the rendered object itself is refused (not a passing failure).
+REFUSED_STATUSES = {400, 403, 422}
+
+
+class ApplyRefused(Exception):
+    """The API server refused an object rendered for an engine: its kind and the server's own message."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind, self.message = kind, message
+
+
+def api_message(err: ApiException) -> str:
+    """The API server's own message (it names the field), else the HTTP reason."""
+    try:
+        return str(json.loads(err.body or "{}").get("message") or err.reason)
+    except (ValueError, AttributeError):
+        return str(err.reason)
 
 
 def config_error(raw: dict[str, Any]) -> tuple[InferenceEngine | None, str | None]:
@@ -105,6 +124,7 @@ class Controller:
         self.probes: dict[tuple[str, str], tuple[bool, str]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.failures: dict[str, int] = {}
+        self.apply_failures: dict[tuple[str, str], int] = {}
         self.phases: dict[tuple[str, str], str] = {}
         self._phase_counts: Counter[str] = Counter()
         for p in Phase:
@@ -282,8 +302,14 @@ class Controller:
         ep = p.engines[name]
         if raw["metadata"].get("deletionTimestamp"):
             return  # being deleted: the garbage collector takes its objects away
+        apply_error = None
         if error is None:
-            await self._apply_changed(namespace, self.render(engine, ep.replicas))
+            try:
+                await self._apply_changed(namespace, self.render(engine, ep.replicas))
+                self.apply_failures.pop(key, None)
+            except ApplyRefused as refused:
+                apply_error = (refused.kind, refused.message)
+                self._refused(key, refused)
         if not runs_workload(engine) and (namespace, name) not in self.probes:
             await self.probe(engine)
         observed = Observed(
@@ -296,6 +322,7 @@ class Controller:
             probe_ok=self.probes.get((namespace, name), (None, ""))[0],
             probe_message=self.probes.get((namespace, name), (None, ""))[1],
             mode_name=mode.metadata.name if mode else None,
+            apply_error=apply_error,
         )
         status = engine_status(observed, previous, now)
         self.count_phase(namespace, name, status.phase.value if status.phase else "")
@@ -350,6 +377,15 @@ class Controller:
         except ValidationError:
             return None
 
+    def _refused(self, key: tuple[str, str], refused: ApplyRefused) -> None:
+        """One structured line (no traceback) and a retry with exponential backoff."""
+        failures = self.apply_failures[key] = self.apply_failures.get(key, 0) + 1
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
+        log.warning("apply refused", extra={"engine": f"{key[0]}/{key[1]}", "kind": refused.kind,
+                                            "error": refused.message, "retryIn": delay})  # fmt: skip
+        metrics.RECONCILES.labels(result="refused").inc()
+        self.mark_later(key[0], delay)
+
     async def _apply_changed(self, namespace: str, objects: list[dict[str, Any]]) -> None:
         for obj in objects:
             current = self.store.get(obj["kind"], namespace, obj["metadata"]["name"])
@@ -357,7 +393,12 @@ class Controller:
             if current is not None and current_hash == obj["metadata"]["annotations"][HASH_ANNOTATION]:
                 continue
             async with self._apply_slots:
-                stored = await asyncio.to_thread(self.kube.apply, obj)
+                try:
+                    stored = await asyncio.to_thread(self.kube.apply, obj)
+                except ApiException as err:
+                    if err.status in REFUSED_STATUSES and "NamespaceTerminating" not in str(err.body):
+                        raise ApplyRefused(obj["kind"], api_message(err)) from None
+                    raise
             self.store.put(obj["kind"], stored)
             metrics.APPLIES.labels(kind=obj["kind"]).inc()
 
@@ -378,10 +419,14 @@ class Controller:
             metrics.PHASE_CHANGES.labels(phase=status.phase.value if status.phase else "").inc()
             log.info("engine phase", extra={"engine": f"{meta['namespace']}/{meta['name']}",
                                             "phase": status.phase, "reason": status.message})  # fmt: skip
-        old = {c.type: c.status for c in (previous.conditions if previous else [])}
+        old = {c.type: (c.status, c.message) for c in (previous.conditions if previous else [])}
         for cond in status.conditions:
-            reason = TRANSITION_EVENTS.get(cond.type)
-            if reason and cond.status == "False" and old.get(cond.type) != "False":
+            if cond.status != "False":
+                continue
+            if cond.type == "Applied" and old.get(cond.type) != ("False", cond.message):
+                # Once per distinct refusal: a new message is news, a retry of the same one is not.
+                await asyncio.to_thread(self.kube.event, raw, "Warning", cond.reason, cond.message)
+            elif (reason := TRANSITION_EVENTS.get(cond.type)) and old.get(cond.type, ("",))[0] != "False":
                 await asyncio.to_thread(self.kube.event, raw, "Warning", reason, cond.message)
 
     async def _write_invalid(

@@ -14,7 +14,8 @@ from .plan import EnginePlan
 from .render import endpoint_url, runs_workload, selector
 
 FAILING_WAIT_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
-                        "InvalidImageName"}  # fmt: skip
+                        "InvalidImageName", "ErrImageNeverPull", "CreateContainerError",
+                        "RunContainerError"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Observed:
     probe_ok: bool | None = None  # engines that run elsewhere: the last probe
     probe_message: str = ""
     mode_name: str | None = None
+    apply_error: tuple[str, str] | None = None  # (kind, the API server's message) of an object it refused
 
 
 def _pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -55,13 +57,27 @@ def failing(pods: list[dict[str, Any]]) -> str | None:
         for cs in pod.get("status", {}).get("containerStatuses", []) or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in FAILING_WAIT_REASONS:
-                return f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}".strip()
+                text = f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}".strip()
+                return text + last_termination(cs)
     return None
+
+
+def last_termination(container_status: dict[str, Any]) -> str:
+    """How the container last ended (exit code, reason, its last message), for crash loops."""
+    ended = ((container_status.get("lastState") or {}).get("terminated")) or {}
+    if not ended:
+        return ""
+    message = (ended.get("message") or "").strip()
+    said = f": {message[-500:]}" if message else ""
+    return f"; last exit code {ended.get('exitCode')} ({ended.get('reason', 'Error')}){said}"
 
 
 def _phase(o: Observed, ready: int) -> tuple[Phase, str]:
     if o.config_error:
         return Phase.FAILED, o.config_error
+    if o.apply_error:
+        kind, why = o.apply_error
+        return Phase.FAILED, f"the API server refused the engine's {kind}: {why}"
     if not o.plan.active:
         mode = f"engine mode {o.mode_name!r}" if o.mode_name else "the engine mode"
         stopping = f"; {len(o.pods)} pod(s) stopping" if o.pods else ""
@@ -90,6 +106,16 @@ def condition(kind: str, ok: bool | None, reason: str, message: str, generation:
     status = "Unknown" if ok is None else ("True" if ok else "False")
     return Condition(type=kind, status=status, reason=reason, message=message, last_transition_time=now,
                      observed_generation=generation)  # fmt: skip
+
+
+def applied_condition(o: Observed, workload: bool, gen: int, now: datetime) -> Condition:
+    """Applied: whether the API server took the objects rendered for the engine (its message if not)."""
+    if o.apply_error:
+        kind, why = o.apply_error
+        return condition("Applied", False, f"Refused{kind}", why, gen, now)
+    if not workload:
+        return condition("Applied", True, "NoWorkload", "runs outside this cluster", gen, now)
+    return condition("Applied", True, "Applied", "the rendered objects are applied", gen, now)
 
 
 def keep_transition_times(new: list[Condition], old: list[Condition]) -> list[Condition]:
@@ -123,6 +149,7 @@ def engine_status(o: Observed, previous: EngineStatus | None, now: datetime) -> 
     conditions = [
         condition("ConfigValid", o.config_error is None, "InvalidSpec" if o.config_error else "Valid",
               o.config_error or "spec is valid", gen, now),
+        applied_condition(o, workload, gen, now),
         scheduled,
         condition("ModelFits", o.fit.fits, o.fit.reason, o.fit.message, gen, now),
         condition("Ready", phase == Phase.READY, phase.value, message, gen, now),

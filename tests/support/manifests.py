@@ -187,6 +187,11 @@ INVALID: list[Invalid] = [
         "spec.llamacpp.splitMode",
     ),
     Invalid(
+        "cache-size-not-a-quantity",
+        _with(_llama, lambda d: d["spec"]["cache"].update(size="lots")),
+        "spec.cache.size",
+    ),
+    Invalid(
         "mode-hold-too-long",
         _with(_mode, lambda d: d["spec"]["switchPolicy"].update(maxHoldSeconds=100000)),
         "spec.switchPolicy.maxHoldSeconds",

@@ -66,7 +66,7 @@ def test_phase_and_ready_column(observed: Observed, phase: Phase, ready: str) ->
     assert st.phase == phase
     assert st.ready == ready
     conds = {c.type: c for c in st.conditions}
-    assert set(conds) == {"ConfigValid", "Scheduled", "ModelFits", "Ready"}
+    assert set(conds) == {"ConfigValid", "Applied", "Scheduled", "ModelFits", "Ready"}
     assert conds["Ready"].status == ("True" if phase == Phase.READY else "False")
     assert all(c.observed_generation == 3 for c in st.conditions)
     assert st.observed_generation == 3
@@ -135,3 +135,25 @@ def test_unknowns_are_said_not_guessed() -> None:
     declared = ie(model={"source": "a/B-7B", "servedName": "m"}, gpuMemoryMiB=24576).spec
     assert estimate(declared, None).fits is True
     assert estimate(ie(gpus=0).spec, 81559).fits is None
+
+
+def test_an_object_the_api_server_refused_fails_the_engine_with_its_message() -> None:
+    why = 'Deployment.apps "e" is invalid: spec.template.spec.containers[0].resources.requests[cpu]: Invalid value'
+    st = engine_status(observe(1, 0, [], apply_error=("Deployment", why)), None, NOW)
+    conds = {c.type: c for c in st.conditions}
+    assert st.phase == Phase.FAILED and why in (st.message or "")
+    assert (conds["Applied"].status, conds["Applied"].reason, conds["Applied"].message) == (
+        "False", "RefusedDeployment", why)  # fmt: skip
+    assert conds["ConfigValid"].status == "True"  # the spec passed the schema; the rendered object did not
+    ok = engine_status(observe(1, 1, [pod()]), None, NOW)
+    assert {c.type: c.status for c in ok.conditions}["Applied"] == "True"
+
+
+def test_a_crash_loop_says_how_the_container_last_ended() -> None:
+    crashing = pod(waiting="CrashLoopBackOff")
+    crashing["status"]["containerStatuses"][0]["lastState"] = {
+        "terminated": {"exitCode": 1, "reason": "Error", "message": "error: invalid argument: --mlock"}}  # fmt: skip
+    st = engine_status(observe(1, 0, [crashing]), None, NOW)
+    assert st.phase == Phase.FAILED
+    message = st.message or ""
+    assert "CrashLoopBackOff" in message and "last exit code 1 (Error): error: invalid argument: --mlock" in message

@@ -1,0 +1,80 @@
+"""Specs the CRD admits but whose rendered objects the real API server refuses: each engine says so
+in its status (Applied=False, reason Refused<Kind>, the server's own message naming the field),
+phase Failed, one Warning event per distinct message, and the operator logs one line, no traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.integration.test_operator import small
+from tests.support.cluster import Cluster, wait_until
+from tests.support.processes import Process
+
+pytestmark = pytest.mark.integration
+
+CASES: dict[str, tuple[dict[str, Any], str, str]] = {
+    # name: (spec overrides, refused kind, text the API server's message must contain)
+    "toleration-operator": ({"tolerations": [{"key": "k", "operator": "Sometimes", "effect": "NoSchedule"}]},
+                            "Deployment", "tolerations[1].operator"),
+    "memory-negative": ({"resources": {"limits": {"memory": "-1Gi"}}}, "Deployment", "memory"),
+    "node-selector-key": ({"nodeSelector": {"not a key!": "x"}}, "Deployment", "nodeSelector"),
+    "env-value-from-no-name": ({"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"key": "k"}}}]}, "Deployment",
+                               "secretKeyRef.name"),
+    "env-value-and-value-from": ({"env": [{"name": "X", "value": "a",
+                                           "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+                                 "Deployment", "env[1].valueFrom"),
+    "affinity-operator": ({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "Maybe", "values": ["v"]}]}]}}}},
+        "Deployment", "operator"),
+}  # fmt: skip
+
+
+def condition(st: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in st.get("conditions", []) if c["type"] == kind)
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_refused_object_is_reported_on_the_engine(case: str, operator: Process, cluster: Cluster,
+                                                  namespace: str) -> None:  # fmt: skip
+    overrides, kind, field = CASES[case]
+    log_start = operator.log_path.stat().st_size
+    cluster.apply(small(case, "vllm", **overrides), namespace)
+
+    def failed() -> dict[str, Any] | None:
+        st = cluster.get("ie", case, namespace).get("status") or {}
+        return st if st.get("phase") == "Failed" else None
+
+    st = wait_until(failed, 10, f"{case} Failed")
+    applied = condition(st, "Applied")
+    assert applied["status"] == "False" and applied["reason"] == f"Refused{kind}"
+    assert field in applied["message"] and "invalid" in applied["message"].lower(), applied["message"]
+    assert field in st["message"]
+    events = wait_until(lambda: [e for e in cluster.list("events", namespace) if e["reason"] == f"Refused{kind}"],
+                        10, "the Warning event")  # fmt: skip
+    assert len(events) == 1 and events[0]["type"] == "Warning" and field in events[0]["message"]
+    log = operator.log_path.read_bytes()[log_start:].decode(errors="replace")
+    assert "Traceback" not in log
+    assert '"apply refused"' in log or "apply refused" in log
+
+
+def test_a_quantity_that_is_not_one_is_named_in_config_valid(operator: Process, cluster: Cluster,
+                                                             namespace: str) -> None:  # fmt: skip
+    """The API server answers a bad quantity with a 500 that names no field; the operator names it."""
+    cluster.apply(small("lots", "vllm", resources={"requests": {"cpu": "lots"}}), namespace)
+    st = wait_until(lambda: (s := cluster.get("ie", "lots", namespace).get("status") or {}).get("phase") == "Failed"
+                    and s, 10, "Failed")  # fmt: skip
+    cond = condition(st, "ConfigValid")
+    assert cond["status"] == "False" and "spec.resources.requests.cpu: 'lots' is not a Kubernetes quantity" in cond[
+        "message"]  # fmt: skip
+
+
+def test_fixing_the_spec_clears_the_refusal(operator: Process, cluster: Cluster, namespace: str) -> None:
+    cluster.apply(small("fixme", "vllm", resources={"limits": {"memory": "-1Gi"}}), namespace)
+    wait_until(lambda: (cluster.get("ie", "fixme", namespace).get("status") or {}).get("phase") == "Failed", 10,
+               "refused")  # fmt: skip
+    cluster.apply(small("fixme", "vllm", resources={"limits": {"memory": "1Gi"}}), namespace)
+    st = wait_until(lambda: (s := cluster.get("ie", "fixme", namespace).get("status") or {}).get("phase") == "Ready"
+                    and s, 60, "Ready after the fix")  # fmt: skip
+    assert condition(st, "Applied")["status"] == "True"
