@@ -98,7 +98,8 @@ def engine_from_resource(ie: InferenceEngine, endpoints: list[str] | None = None
         context = family.context_per_request(spec)
     t = routing.timeouts if routing and routing.timeouts else None
     status = ie.status
-    ready = True if status is None or status.phase is None else status.phase == Phase.READY
+    # Degraded means some replicas are ready: those still serve (the endpoints say which).
+    ready = True if status is None or status.phase is None else status.phase in (Phase.READY, Phase.DEGRADED)
     return Engine(
         name=ie.metadata.name,
         family=spec.engine,

@@ -109,3 +109,19 @@ def test_hostile_model_strings_stay_single_arguments() -> None:
     for c in [*pod["containers"], *pod.get("initContainers", [])]:
         assert c["command"][0] not in ("/bin/sh", "sh", "bash", "/bin/bash")
     assert pod["containers"][1]["command"][-1] == tag
+
+
+@pytest.mark.parametrize(("phase", "routable"), [("Ready", True), ("Degraded", True), ("Starting", False),
+                                                 ("Failed", False), ("Standby", False), (None, True)])  # fmt: skip
+def test_the_gateway_routes_to_engines_with_some_ready_replicas(phase: str | None, routable: bool) -> None:
+    """A Degraded engine (1 of 2 replicas ready) still serves from its ready endpoints; found when a pod
+    killed under load on the real node made the gateway answer 503 no_healthy_engine."""
+    from roundhouse_gateway.catalog import engine_from_resource
+
+    doc: dict[str, Any] = {
+        "metadata": {"name": "e"},
+        "spec": {"engine": "vllm", "model": {"source": "a", "servedName": "m"}},
+    }
+    if phase:
+        doc["status"] = {"phase": phase}
+    assert engine_from_resource(InferenceEngine.model_validate(doc), endpoints=["http://x"]).ready is routable
