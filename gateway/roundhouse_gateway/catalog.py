@@ -130,7 +130,9 @@ def mode_from_resource(em: EngineMode | None) -> ModeState:
     phase = status.phase.value if status and status.phase else None
     previous = status.previous_mode if status else None
     if status and status.active_mode is not None and status.active_mode != em.spec.mode and not switching:
-        # Patched, and the operator has not taken it up yet: a switch is on its way all the same.
+        # Patched, and the operator has not taken it up yet: a switch is on its way all the same, and
+        # requests for the incoming family are held by the policy from now on, not refused.
+        switching = True
         phase, previous, started = ModePhase.SWITCHING.value, status.active_mode, None
     return ModeState(
         mode=em.spec.mode,
