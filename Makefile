@@ -81,11 +81,16 @@ chart-check: ## helm lint, helm template, and install.yaml drift check (helm is 
 	hack/render-install.sh --check
 
 .PHONY: test-e2e
-test-e2e: venv ## end-to-end on kind (needs Docker and kind; skipped with the reason otherwise)
-	$(PY) -m pytest tests/e2e -q -rs $(PYTEST_ARGS)
+test-e2e: venv control-plane engines images node-deps ## end to end on a real node (kubelet + containerd here; root): the chart, real engine pods
+	ROUNDHOUSE_CLUSTER_DIR=$(E2E_CLUSTER_DIR) ROUNDHOUSE_REAL_NODES=1 ROUNDHOUSE_GPU_NODES=0 ROUNDHOUSE_CPU_NODES=0 \
+	  $(PY) -m pytest tests/e2e -q -rs --ignore=tests/e2e/test_kind.py $(PYTEST_ARGS)
+
+.PHONY: test-e2e-kind
+test-e2e-kind: venv ## end to end on kind (needs Docker and kind; skipped with the reason otherwise)
+	$(PY) -m pytest tests/e2e/test_kind.py -q -rs $(PYTEST_ARGS)
 
 .PHONY: test
-test: lint crds-check chart-check test-unit test-contract test-integration ## everything CI runs
+test: lint crds-check chart-check test-unit test-contract test-integration test-e2e ## everything CI runs
 
 .PHONY: demo
 demo: venv engines ## the demo: local cluster, operator, gateway, engines, a live mode switch (Ctrl-C stops it)
@@ -94,3 +99,21 @@ demo: venv engines ## the demo: local cluster, operator, gateway, engines, a liv
 .PHONY: golden
 golden: venv ## regenerate the operator's golden manifests (tests/unit/golden) after reviewing a render change
 	UPDATE_GOLDEN=1 $(PY) -m pytest tests/unit/test_render.py -q
+
+# --- real nodes: kubelet + containerd on this machine, images built without Docker ----------------
+E2E_CLUSTER_DIR ?= $(CURDIR)/.local-cluster-e2e
+
+.PHONY: node-deps
+node-deps: ## Debian's containerd, runc, CNI plugins, iptables and conntrack for real nodes (apt-get, once)
+	@missing=$$(for p in containerd runc containernetworking-plugins iptables conntrack; do \
+	  dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); [ -z "$$missing" ] || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get install -y -q $$missing || { $$sudo apt-get update -q && $$sudo apt-get install -y -q $$missing; }; }
+
+.PHONY: images
+images: engines ## build (cached by content) the OCI images: pause, llama-server, ollama, roundhouse, vLLM stand-in
+	hack/build-images.py
+
+.PHONY: cluster-up-real
+cluster-up-real: control-plane images node-deps ## the local cluster plus one real node (root; kubelet, containerd, CNI bridge, kube-proxy)
+	hack/local-cluster up --real-nodes 1

@@ -1,0 +1,8 @@
+"""The e2e tier: a local cluster with one real node (kubelet + containerd on this machine, images
+built by hack/build-images.py), started for the session in its own state directory and stopped at
+the end. `make test-e2e` sets ROUNDHOUSE_CLUSTER_DIR, ROUNDHOUSE_REAL_NODES=1 and no simulated nodes,
+so every pod runs for real."""
+
+from __future__ import annotations
+
+from tests.integration.conftest import cluster, crds, namespace  # noqa: F401 - the same fixtures, real node
