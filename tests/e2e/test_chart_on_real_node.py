@@ -1,0 +1,236 @@
+"""The Helm chart on a real node: the operator and the gateway as pods (their ServiceAccounts, RBAC),
+a llama.cpp and an Ollama engine serving the tiny GGUF as real pods through their rendered probes,
+real tokens through the gateway's Service, an EngineMode switch that stops the llama-server process
+before the Ollama pod exists while held requests are answered, failover when an engine pod dies
+under load, and an image that cannot be had reported on the engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import engines, tinygguf
+from tests.support.cluster import REPO, Cluster, wait_until
+
+pytestmark = pytest.mark.e2e
+NS = "rh-e2e"
+KEY, ADMIN = "sk-e2e", "admin-e2e"
+ARTIFACTS = REPO / "artifacts" / "e2e"
+
+
+def helm(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    binary = next(Path(d) / "helm" for d in cluster.bin_dirs if (Path(d) / "helm").exists())
+    return subprocess.run([str(binary), "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True,
+                          text=True, check=True, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A host directory the engine pods mount (hostPath volume): the tiny GGUF, and an Ollama model
+    directory made from it by the real Ollama (`ollama create`), so no pod needs a registry."""
+    root = tmp_path_factory.mktemp("e2e-models")
+    root.chmod(0o755)
+    gguf = tinygguf.write(root / "tiny.gguf", context_length=4096)
+    server = engines.ollama(engines.ollama_container(), root / "ollama", ARTIFACTS, name="ollama-seed").start()
+    try:
+        engines.ollama_create(server, "tiny:latest", gguf)
+    finally:
+        server.stop()
+    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+    return root
+
+
+def ie(name: str, family: str, source: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine", "metadata": {"name": name},
+            "spec": {"engine": family, "model": {"source": source, "servedName": "tiny"},
+                     "cache": {"existingClaim": "e2e-models"}, **spec}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def release(crds: Cluster, models: Path) -> Iterator[Cluster]:
+    c = crds
+    c.kubectl("create", "namespace", NS, check=False)
+    for name, key in (("e2e-api-keys", KEY), ("e2e-admin-keys", ADMIN)):
+        c.kubectl("create", "secret", "generic", name, f"--from-literal=keys={key}", namespace=NS, check=False)
+    volume = [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "e2e-models"},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                  "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(models)},
+                  "claimRef": {"namespace": NS, "name": "e2e-models"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "e2e-models", "namespace": NS},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": "e2e-models",
+                  "resources": {"requests": {"storage": "1Gi"}}}},
+    ]  # fmt: skip
+    c.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": volume}))
+    # The one node is a GPU node (tainted nvidia.com/gpu): the operator and the gateway tolerate it here.
+    gpu = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    gateway = {"replicas": 1, "tolerations": gpu, "apiKeys": {"existingSecret": "e2e-api-keys"},
+               "admin": {"existingSecret": "e2e-admin-keys"}, "podDisruptionBudget": {"enabled": False}}  # fmt: skip
+    values = {"operator": {"tolerations": gpu}, "gateway": gateway}
+    values_file = models / "values.json"
+    values_file.write_text(json.dumps(values))
+    helm(c, "install", "rh", str(REPO / "charts" / "roundhouse"), "-n", NS, "--skip-crds", "-f", str(values_file))
+    try:
+        c.kubectl("rollout", "status", "deployment/rh-roundhouse-operator", "--timeout=120s", namespace=NS)
+        c.kubectl("rollout", "status", "deployment/rh-roundhouse-gateway", "--timeout=120s", namespace=NS)
+        yield c
+    finally:
+        dump(c)
+        c.kubectl("delete", "ie,em", "--all", namespace=NS, check=False)
+        helm(c, "uninstall", "rh", "-n", NS)
+        c.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+        c.kubectl("delete", "pv", "e2e-models", "--wait=false", check=False)
+
+
+def dump(c: Cluster) -> None:
+    """What the cluster looked like, for a failed run's artifacts."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for what in ("pods -o wide", "ie,em -o yaml", "events"):
+        out = c.kubectl("get", *what.split(), namespace=NS, check=False)
+        (ARTIFACTS / f"{what.split()[0].replace(',', '-')}.txt").write_text(out.stdout + out.stderr)
+    for dep in ("rh-roundhouse-operator", "rh-roundhouse-gateway"):
+        out = c.kubectl("logs", f"deployment/{dep}", "--tail=400", namespace=NS, check=False)
+        (ARTIFACTS / f"{dep}.log").write_text(out.stdout + out.stderr)
+
+
+def gateway_url(c: Cluster) -> str:
+    svc = c.get("service", "rh-roundhouse-gateway", NS)
+    return f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+
+
+def chat(url: str, stream: bool = False, timeout: float = 60) -> httpx.Response:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6, "stream": stream}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=timeout)  # fmt: skip
+
+
+def phase(c: Cluster, name: str) -> str:
+    return str((c.get("ie", name, NS).get("status") or {}).get("phase", ""))
+
+
+def engine_pods(c: Cluster, name: str) -> list[dict[str, Any]]:
+    return c.list("pods", NS, selector=f"roundhouse.dev/engine={name}")
+
+
+def processes(pattern: str) -> list[str]:
+    """Host processes matching `pattern`: a real node's containers are processes of this machine."""
+    out = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+@pytest.fixture(scope="module")
+def engines_up(release: Cluster) -> Cluster:
+    c = release
+    mode = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode", "metadata": {"name": "default"},
+            "spec": {"mode": "llamacpp", "switchPolicy": {"duringSwitch": "hold", "maxHoldSeconds": 120,
+                                                          "drainSeconds": 2}}}  # fmt: skip
+    c.apply([mode, ie("tiny-llama", "llamacpp", "/models/tiny.gguf", replicas=2, llamacpp={"contextSize": 2048}),
+             ie("tiny-ollama", "ollama", "tiny:latest")], NS)  # fmt: skip
+    wait_until(lambda: phase(c, "tiny-llama") == "Ready", 180, "tiny-llama Ready (its pods through their probes)")
+    wait_until(lambda: phase(c, "tiny-ollama") == "Standby", 30, "tiny-ollama Standby")
+    url = gateway_url(c)
+    wait_until(lambda: chat(url, timeout=10).status_code == 200, 60, "the gateway pod to route")
+    return c
+
+
+def test_engines_run_as_real_pods_ready_through_their_probes(engines_up: Cluster) -> None:
+    c = engines_up
+    pods = engine_pods(c, "tiny-llama")
+    assert len(pods) == 2
+    for p in pods:
+        assert p["status"]["phase"] == "Running" and p["spec"]["nodeName"].startswith("real-node")
+        assert all(cs["ready"] for cs in p["status"]["containerStatuses"])
+        assert p["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert len(processes("/app/llama-server")) == 2  # two real llama-server processes on this machine
+    line = c.kubectl("get", "ie", "tiny-llama", namespace=NS).stdout.splitlines()[1].split()
+    assert line[1:5] == ["llamacpp", "tiny", "2/2", "Ready"]
+    assert (c.get("ie", "tiny-llama", NS)["status"]).get("contextPerRequest") == 2048
+
+
+def test_the_gateway_pod_routes_real_tokens_through_its_service(engines_up: Cluster) -> None:
+    url = gateway_url(engines_up)
+    r = chat(url)
+    assert r.status_code == 200 and r.headers["x-roundhouse-engine"] == "tiny-llama"
+    assert r.json()["usage"]["completion_tokens"] == 6
+    with httpx.stream("POST", f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                      json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                            "stream": True}) as s:  # fmt: skip
+        lines = [line for line in s.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and len(lines) >= 3
+
+
+def test_killing_an_engine_pod_under_load_fails_over(engines_up: Cluster) -> None:
+    c, url = engines_up, gateway_url(engines_up)
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                results.append(chat(url, timeout=30).status_code)
+            except httpx.HTTPError:
+                results.append(-1)
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(2)
+    victim = engine_pods(c, "tiny-llama")[0]["metadata"]["name"]
+    c.kubectl("delete", "pod", victim, "--grace-period=0", "--force", namespace=NS, check=False)
+    time.sleep(6)
+    stop.set()
+    for w in workers:
+        w.join()
+    assert len(results) > 20 and set(results) == {200}, f"{len(results)} requests: {sorted(set(results))}"
+    wait_until(lambda: phase(c, "tiny-llama") == "Ready", 120, "the Deployment to replace the pod")
+
+
+def test_mode_switch_stops_llama_server_before_ollama_starts_and_held_requests_are_answered(
+    engines_up: Cluster,
+) -> None:
+    c, url = engines_up, gateway_url(engines_up)
+    held: list[tuple[int, str]] = []
+
+    def ask() -> None:
+        r = chat(url, timeout=180)
+        held.append((r.status_code, r.headers.get("x-roundhouse-engine", "")))
+
+    c.kubectl("patch", "enginemode", "default", "--type", "merge", "-p", '{"spec":{"mode":"ollama"}}', namespace=NS)
+    askers = [threading.Thread(target=ask) for _ in range(3)]
+    for a in askers:
+        a.start()
+    deadline, ollama_seen_while = time.monotonic() + 240, None
+    while time.monotonic() < deadline:
+        if engine_pods(c, "tiny-ollama"):
+            ollama_seen_while = processes("/app/llama-server")
+            break
+        time.sleep(0.2)
+    assert ollama_seen_while == [], f"llama-server still running when the Ollama pod appeared: {ollama_seen_while}"
+    wait_until(lambda: phase(c, "tiny-ollama") == "Ready", 180, "tiny-ollama Ready")
+    for a in askers:
+        a.join(200)
+    assert held == [(200, "tiny-ollama")] * 3
+    mode = c.get("em", "default", NS)["status"]
+    assert mode["activeMode"] == "ollama" and mode["phase"] == "Ready"
+    sidecar = c.kubectl("logs", "deployment/tiny-ollama", "-c", "model-puller", namespace=NS).stdout
+    assert '"event": "present"' in sidecar and "pulling" not in sidecar  # on the volume: no registry needed
+
+
+def test_an_image_that_cannot_be_had_is_reported_on_the_engine(engines_up: Cluster) -> None:
+    c = engines_up
+    # A registry on a closed loopback port: the pull fails at once and no traffic leaves the machine.
+    bad = ie("bad-image", "ollama", "tiny:latest", image="127.0.0.1:9/missing/ollama:0")
+    c.apply(bad, NS)
+    st = wait_until(lambda: (s := c.get("ie", "bad-image", NS).get("status") or {}).get("phase") == "Failed" and s,
+                    120, "bad-image Failed")  # fmt: skip
+    assert "ImagePull" in st["message"] and "127.0.0.1:9/missing/ollama:0" in st["message"], st["message"]
+    ready = next(cond for cond in st["conditions"] if cond["type"] == "Ready")
+    assert ready["status"] == "False"
