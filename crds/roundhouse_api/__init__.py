@@ -23,7 +23,17 @@ from .engine import (
     Routing,
     VLLMConfig,
 )
-from .mode import AutoRules, EngineMode, EngineModeSpec, EngineModeStatus, Mode, ModePhase, SwitchPolicy, runs
+from .mode import (
+    AutoRules,
+    EngineMode,
+    EngineModeSpec,
+    EngineModeStatus,
+    Mode,
+    ModePhase,
+    SwitchPolicy,
+    governs,
+    runs,
+)
 
 __all__ = [
     "API_VERSION",
@@ -54,6 +64,7 @@ __all__ = [
     "SecretKeyRef",
     "SwitchPolicy",
     "VLLMConfig",
+    "governs",
     "parse_resource",
     "runs",
 ]

@@ -27,6 +27,14 @@ def runs(mode: Mode | None, family: Family) -> bool:
     return family.value == mode.value
 
 
+def governs(mode: EngineMode | None, labels: dict[str, str]) -> bool:
+    """Whether `mode` governs an engine with these labels (its selector's matchLabels; none: all)."""
+    if mode is None:
+        return True
+    selector = mode.spec.selector.match_labels if mode.spec.selector else {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
 class ModePhase(StrEnum):
     SWITCHING = "Switching"
     READY = "Ready"

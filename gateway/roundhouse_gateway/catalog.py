@@ -82,8 +82,11 @@ class Catalog:
         return sorted({n for e in self.engines if self.mode.active(e) for n in e.served})
 
 
-def engine_from_resource(ie: InferenceEngine, endpoints: list[str] | None = None, api_key: str | None = None) -> Engine:
-    """An Engine from an InferenceEngine; `endpoints` (base URLs) override spec.endpoints/status."""
+def engine_from_resource(
+    ie: InferenceEngine, endpoints: list[str] | None = None, api_key: str | None = None, governed: bool = True
+) -> Engine:
+    """An Engine from an InferenceEngine; `endpoints` (base URLs) override spec.endpoints/status;
+    `governed`: whether the EngineMode's selector picks it (an ungoverned engine always runs)."""
     spec = ie.spec
     routing = spec.routing
     family = FAMILIES[spec.engine]
@@ -107,6 +110,7 @@ def engine_from_resource(ie: InferenceEngine, endpoints: list[str] | None = None
         endpoints=tuple(urls),
         upstream_model=upstream,
         ready=ready,
+        governed=governed,
         priority=routing.priority if routing else 0,
         weight=routing.weight if routing else 100,
         max_concurrency=routing.max_concurrency if routing else None,

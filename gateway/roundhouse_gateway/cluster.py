@@ -19,7 +19,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from roundhouse_api import GROUP, VERSION, EngineMode, Family, InferenceEngine, Mode
+from roundhouse_api import GROUP, VERSION, EngineMode, Family, InferenceEngine, Mode, governs
 
 from .catalog import Catalog, Engine, engine_from_resource, mode_from_resource
 
@@ -147,6 +147,7 @@ class ClusterSource:
             svc = (s["metadata"].get("labels") or {}).get(SERVICE_LABEL)
             if svc:
                 slices_by_service.setdefault(svc, []).append(s)
+        mode = modes[0] if modes else None
         engines: list[Engine] = []
         for raw in self.objects["engines"].values():
             try:
@@ -158,8 +159,9 @@ class ClusterSource:
                 endpoints = [self.endpoint_map[ie.metadata.name]]
             elif ie.spec.engine != Family.EXTERNAL and not ie.spec.endpoints:
                 endpoints = slice_endpoints(slices_by_service.get(ie.metadata.name, []))
-            engines.append(engine_from_resource(ie, endpoints, self.api_key(ie)))
-        return Catalog(tuple(engines), mode_from_resource(modes[0] if modes else None))
+            governed = governs(mode, ie.metadata.labels)
+            engines.append(engine_from_resource(ie, endpoints, self.api_key(ie), governed))
+        return Catalog(tuple(engines), mode_from_resource(mode))
 
     def api_key(self, ie: InferenceEngine) -> str | None:
         """An external API's key from its Secret (one get per Secret, cached)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from roundhouse_api import EngineMode, InferenceEngine, parse_resource
+from roundhouse_api import EngineMode, InferenceEngine, governs, parse_resource
 
 from .catalog import Catalog, engine_from_resource, mode_from_resource
 
@@ -24,7 +24,8 @@ def load_catalog(path: Path) -> Catalog:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: {err}") from None
-    engines, modes = [], []
+    engines: list[InferenceEngine] = []
+    modes: list[EngineMode] = []
     for i, doc in enumerate(docs):
         where = f"{path} document {i + 1} ({(doc.get('metadata') or {}).get('name', '?')})"
         try:
@@ -36,12 +37,17 @@ def load_catalog(path: Path) -> Catalog:
             continue
         if res.spec.engine.value != "external" and not res.spec.endpoints:
             raise ConfigError(f"{where}: spec.endpoints is required when the gateway runs without Kubernetes")
-        engines.append(engine_from_resource(res, api_key=_api_key(res)))
+        engines.append(res)
     if len(modes) > 1:
         raise ConfigError(f"{path}: at most one EngineMode, found {len(modes)}")
+    governing = modes[0] if modes else None
+    built = tuple(
+        engine_from_resource(ie, api_key=_api_key(ie), governed=governs(governing, ie.metadata.labels))
+        for ie in engines
+    )
     mode = mode_from_resource(modes[0] if modes else None)
     # Standalone, the file's mode is in force from the start: nothing to wait for.
-    return Catalog(tuple(engines), dataclasses.replace(mode, phase="Ready", switching=False, source=str(path)))
+    return Catalog(built, dataclasses.replace(mode, phase="Ready", switching=False, source=str(path)))
 
 
 def _api_key(ie: InferenceEngine) -> str | None:

@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from roundhouse_api import CEL_CONTEXT_KEY, EngineMode, EngineStatus, Family, InferenceEngine, Phase
+from roundhouse_api import governs as api_governs
 from roundhouse_api.families import DEFAULT_HELPER_IMAGE, FAMILIES
 
 from . import metrics
@@ -83,9 +84,7 @@ def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, A
 
 
 def governs(mode: EngineMode, raw_engine: dict[str, Any]) -> bool:
-    selector = mode.spec.selector.match_labels if mode.spec.selector else {}
-    labels = raw_engine["metadata"].get("labels") or {}
-    return all(labels.get(k) == v for k, v in selector.items())
+    return api_governs(mode, raw_engine["metadata"].get("labels") or {})
 
 
 def gpu_memory_mib(nodes: list[dict[str, Any]], engine: InferenceEngine) -> int | None:

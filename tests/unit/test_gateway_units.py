@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from roundhouse_api import Family
 from roundhouse_gateway.app import ClientError, _last_usage_event, error_body, parse_request
@@ -132,3 +134,25 @@ def test_endpointslices_give_one_url_per_ready_address() -> None:
         {"ports": [], "endpoints": [{"addresses": ["10.1.0.9"]}]},
     ]  # fmt: skip
     assert slice_endpoints(slices) == ["http://10.1.0.5:8000", "http://10.1.0.7:8000", "http://[fd00::1]:8000"]
+
+
+def test_an_engine_the_mode_selector_does_not_pick_always_runs(tmp_path: Path) -> None:
+    """EngineMode spec.selector: engines without its labels are not switched off (the operator agreed;
+    the gateway did not, and refused them as switched off)."""
+    from roundhouse_gateway.config import load_catalog
+
+    docs = [{"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode", "metadata": {"name": "default"},
+             "spec": {"mode": "vllm", "selector": {"matchLabels": {"switch": "yes"}}}},
+            {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine",
+             "metadata": {"name": "l", "labels": {}},
+             "spec": {"engine": "llamacpp", "model": {"source": "/m.gguf", "servedName": "t"}, "endpoints": ["http://x"]}},
+            {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine",
+             "metadata": {"name": "o", "labels": {"switch": "yes"}},
+             "spec": {"engine": "ollama", "model": {"source": "q", "servedName": "q"},
+                      "endpoints": ["http://y"]}}]  # fmt: skip
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    catalog = load_catalog(path)
+    assert catalog.mode.active(catalog.by_name("l"))  # type: ignore[arg-type]
+    assert not catalog.mode.active(catalog.by_name("o"))  # type: ignore[arg-type]
+    assert catalog.models() == ["t"]
