@@ -175,21 +175,29 @@ class Controller:
             metrics.RECONCILES.labels(result="ok").inc()
             self.failures.pop(namespace, None)
         except ApiException as err:
-            if err.status == 403 and "NamespaceTerminating" in str(err.body):
+            gone = err.status == 404 and '"kind":"namespaces"' in str(err.body).replace(" ", "")
+            if gone or (err.status == 403 and "NamespaceTerminating" in str(err.body)):
                 log.info("namespace is being deleted", extra={"namespace": namespace})
                 return
-            self._failed(namespace, err)
+            self._failed(namespace, err, api_message(err))
         except Exception as err:  # one bad namespace must not stop the others; retry with backoff
             self._failed(namespace, err)
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
-    def _failed(self, namespace: str, err: Exception) -> None:
-        """Count the failure and retry the namespace later, backing off exponentially."""
+    def _failed(self, namespace: str, err: Exception, api_error: str | None = None) -> None:
+        """Count the failure and retry the namespace later, backing off exponentially. An API server's
+        answer is one line with its message; anything else is a bug of ours and keeps its traceback."""
         metrics.RECONCILES.labels(result="error").inc()
         failures = self.failures[namespace] = self.failures.get(namespace, 0) + 1
         delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
-        log.error("reconcile failed", exc_info=err, extra={"namespace": namespace, "error": str(err), "retryIn": delay})
+        if api_error is not None:
+            status = getattr(err, "status", None)
+            log.error("reconcile failed", extra={"namespace": namespace, "status": status, "error": api_error,
+                                                 "retryIn": delay})  # fmt: skip
+        else:
+            log.error("reconcile failed", exc_info=err,
+                      extra={"namespace": namespace, "error": str(err), "retryIn": delay})  # fmt: skip
         self.mark_later(namespace, delay)
 
     async def probe_all(self) -> None:
