@@ -6,7 +6,6 @@ under load, and an image that cannot be had reported on the engine."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import time
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import engines, tinygguf
+from tests.support import chart
 from tests.support.cluster import REPO, Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -26,26 +25,9 @@ KEY, ADMIN = "sk-e2e", "admin-e2e"
 ARTIFACTS = REPO / "artifacts" / "e2e"
 
 
-def helm(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    binary = next(Path(d) / "helm" for d in cluster.bin_dirs if (Path(d) / "helm").exists())
-    return subprocess.run([str(binary), "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True,
-                          text=True, check=True, timeout=300)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A host directory the engine pods mount (hostPath volume): the tiny GGUF, and an Ollama model
-    directory made from it by the real Ollama (`ollama create`), so no pod needs a registry."""
-    root = tmp_path_factory.mktemp("e2e-models")
-    root.chmod(0o755)
-    gguf = tinygguf.write(root / "tiny.gguf", context_length=4096)
-    server = engines.ollama(engines.ollama_container(), root / "ollama", ARTIFACTS, name="ollama-seed").start()
-    try:
-        engines.ollama_create(server, "tiny:latest", gguf)
-    finally:
-        server.stop()
-    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
-    return root
+    return chart.write_models(tmp_path_factory.mktemp("e2e-models"), ["tiny:latest"], ARTIFACTS)
 
 
 def ie(name: str, family: str, source: str, **spec: Any) -> dict[str, Any]:
@@ -55,39 +37,14 @@ def ie(name: str, family: str, source: str, **spec: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def release(crds: Cluster, models: Path) -> Iterator[Cluster]:
-    c = crds
-    c.kubectl("create", "namespace", NS, check=False)
-    for name, key in (("e2e-api-keys", KEY), ("e2e-admin-keys", ADMIN)):
-        c.kubectl("create", "secret", "generic", name, f"--from-literal=keys={key}", namespace=NS, check=False)
-    volume = [
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "e2e-models"},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                  "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(models)},
-                  "claimRef": {"namespace": NS, "name": "e2e-models"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "e2e-models", "namespace": NS},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": "e2e-models",
-                  "resources": {"requests": {"storage": "1Gi"}}}},
-    ]  # fmt: skip
-    c.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": volume}))
-    # The one node is a GPU node (tainted nvidia.com/gpu): the operator and the gateway tolerate it here.
-    gpu = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    gateway = {"replicas": 1, "tolerations": gpu, "apiKeys": {"existingSecret": "e2e-api-keys"},
-               "admin": {"existingSecret": "e2e-admin-keys"}, "podDisruptionBudget": {"enabled": False}}  # fmt: skip
-    values = {"operator": {"tolerations": gpu}, "gateway": gateway}
-    values_file = models / "values.json"
-    values_file.write_text(json.dumps(values))
-    helm(c, "install", "rh", str(REPO / "charts" / "roundhouse"), "-n", NS, "--skip-crds", "-f", str(values_file))
+def release(crds: Cluster, models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    chart.models_volume(crds, NS, "e2e-models", models)
     try:
-        c.kubectl("rollout", "status", "deployment/rh-roundhouse-operator", "--timeout=120s", namespace=NS)
-        c.kubectl("rollout", "status", "deployment/rh-roundhouse-gateway", "--timeout=120s", namespace=NS)
-        yield c
+        chart.install(crds, "rh", NS, KEY, ADMIN, tmp_path_factory.mktemp("release"))
+        yield crds
     finally:
-        dump(c)
-        c.kubectl("delete", "ie,em", "--all", namespace=NS, check=False)
-        helm(c, "uninstall", "rh", "-n", NS)
-        c.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-        c.kubectl("delete", "pv", "e2e-models", "--wait=false", check=False)
+        dump(crds)
+        chart.uninstall(crds, "rh", NS)
 
 
 def dump(c: Cluster) -> None:
@@ -102,8 +59,7 @@ def dump(c: Cluster) -> None:
 
 
 def gateway_url(c: Cluster) -> str:
-    svc = c.get("service", "rh-roundhouse-gateway", NS)
-    return f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    return chart.gateway_url(c, "rh", NS)
 
 
 def chat(url: str, stream: bool = False, timeout: float = 60) -> httpx.Response:
