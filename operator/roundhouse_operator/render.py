@@ -154,6 +154,9 @@ def deployment(engine: InferenceEngine, replicas: int, helper_image: str = DEFAU
         "image": spec.image or family.image,
         "resources": _resources(engine),
         **_probes(engine, plan),
+        # An engine that exits on a bad flag says why in its log: Kubernetes copies the log's tail into
+        # the container status, and the operator shows it on the engine.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy

@@ -190,3 +190,19 @@ def test_an_image_that_cannot_be_had_is_reported_on_the_engine(engines_up: Clust
     assert "ImagePull" in st["message"] and "127.0.0.1:9/missing/ollama:0" in st["message"], st["message"]
     ready = next(cond for cond in st["conditions"] if cond["type"] == "Ready")
     assert ready["status"] == "False"
+
+
+def test_a_flag_vllm_refuses_crash_loops_the_pod_and_the_engine_says_why(engines_up: Cluster) -> None:
+    """The vLLM stand-in runs vLLM's own parser first: a flag vLLM does not know fails the pod, and the
+    parser's message reaches the engine's status (the container's last words)."""
+    c = engines_up
+    # auto runs every governed engine that fits, vLLM's among them.
+    c.kubectl("patch", "enginemode", "default", "--type", "merge", "-p", '{"spec":{"mode":"auto"}}', namespace=NS)
+    bad = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine", "metadata": {"name": "bad-flag"},
+           "spec": {"engine": "vllm", "model": {"source": "org/tiny", "servedName": "bad-flag"},
+                    "vllm": {"extraArgs": ["--no-such-flag"]}}}  # fmt: skip
+    c.apply(bad, NS)
+    st = wait_until(lambda: (s := c.get("ie", "bad-flag", NS).get("status") or {}).get("phase") == "Failed" and s,
+                    120, "bad-flag Failed")  # fmt: skip
+    assert "unrecognized arguments: --no-such-flag" in st["message"], st["message"]
+    assert "last exit code 2" in st["message"]
