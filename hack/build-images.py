@@ -117,15 +117,43 @@ def shim_script(engine: str) -> str:
     return f'#!/bin/sh\nexec python {ENGINESIM_PATH} --shim {engine} "$@"\n'
 
 
-def vllm_standin_files() -> dict[str, tuple[bytes, int]]:
-    """What the vLLM stand-in adds on top of the Roundhouse image: {path in image: (content, mode)}.
+VLLM_PARSER_DIR = "/opt/vllm-parser"
+VLLM_SHIM = f"""#!/bin/sh
+# The vLLM stand-in: vLLM's own `vllm serve` parser and GPU-free start-up checks (the pinned version,
+# {VLLM_PARSER_DIR}) judge the command line first and refuse it as vLLM would; then the engine
+# simulator serves vLLM's protocol in its place (vLLM itself needs a GPU).
+if [ "$1" = serve ]; then
+  shift
+  VLLM_PARSER_SITE={VLLM_PARSER_DIR}/site-packages python {VLLM_PARSER_DIR}/vllm_check.py --argv "$@" || exit 2
+  exec python {ENGINESIM_PATH} --shim vllm serve "$@"
+fi
+exec python {ENGINESIM_PATH} --shim vllm "$@"
+"""
 
-    Hook: today the engine simulator behind a `vllm` shim. To put vLLM's own argument parser in front
-    of it (so a bad rendered flag fails the pod as real vLLM would), add its files here and point
-    the shim at it; the image's cache key follows the content returned.
-    """
+
+def vllm_standin_files() -> dict[str, tuple[bytes, int]]:
+    """What the vLLM stand-in adds on top of the Roundhouse image: {path in image: (content, mode)}:
+    the engine simulator and vLLM's checker behind a `vllm` shim (the parser's packages: vllm_parser_site)."""
     sim = (REPO / "tests" / "support" / "enginesim.py").read_bytes()
-    return {ENGINESIM_PATH: (sim, 0o644), ENGINESIM_SHIMS["vllm"]: (shim_script("vllm").encode(), 0o755)}
+    check = (REPO / "tests" / "support" / "vllm_check.py").read_bytes()
+    return {ENGINESIM_PATH: (sim, 0o644), ENGINESIM_SHIMS["vllm"]: (VLLM_SHIM.encode(), 0o755),
+            f"{VLLM_PARSER_DIR}/vllm_check.py": (check, 0o644)}  # fmt: skip
+
+
+def vllm_parser_site() -> Path:
+    """site-packages of the venv hack/build-vllm-parser.sh made (vLLM without its GPU dependencies)."""
+    python = run(str(REPO / "hack" / "build-vllm-parser.sh"), "path").stdout.strip()
+    found = sorted(Path(python).parent.parent.glob("lib/python3*/site-packages"))
+    if not found or not (Path(python).parent.parent / ".roundhouse-complete").exists():
+        raise SystemExit("vLLM's parser is not built: run hack/build-vllm-parser.sh (make engines)")
+    return found[0]
+
+
+def vllm_parser_wanted(rel: Path) -> bool:
+    """Leave out what the parser never loads: vLLM's compiled CUDA kernels (about 760 MiB) and caches."""
+    if "__pycache__" in rel.parts or rel.suffix in (".pyc", ".pyo"):
+        return False
+    return not (rel.parts[0] == "vllm" and rel.suffix == ".so")
 
 
 # --- hashing, layers and OCI layouts ---------------------------------------------------------------
@@ -677,22 +705,50 @@ def pip_wheel() -> Path:
     return found[0]
 
 
+def roundhouse_roots() -> list[Path]:
+    """The Roundhouse image's lower root filesystems (dependencies, base): python and the simulator's needs."""
+    return [deps_layer()[0], base_rootfs()[0]]
+
+
 def vllm_key(k: Key) -> None:
     roundhouse_key(k)
     for path, (data, mode) in sorted(vllm_standin_files().items()):
         k.text(f"file {path} {oct(mode)}", hashlib.sha256(data).hexdigest())
+    # The parser venv is built from pinned versions: its marker names them.
+    site = vllm_parser_site()
+    k.text("vllm-parser", (site.parent.parent.parent / ".roundhouse-complete").read_text())
 
 
 def vllm_build(work: Path) -> Built:
     base = oci_layers(build_one("roundhouse"))
+    parser = Rootfs(work / "parser")
+    site = vllm_parser_site()
+    for src in tree_files(site):
+        rel = src.relative_to(site)
+        if vllm_parser_wanted(rel):
+            parser.copy(src, f"{VLLM_PARSER_DIR}/site-packages/{rel}", src.stat().st_mode & 0o755 | 0o644)
+    parser_layer = work / "vllm-parser.tar"
+    write_layer(parser.root, parser_layer)
     fs = Rootfs(work / "rootfs")
     for path, (data, mode) in vllm_standin_files().items():
         fs.write(path, data, mode)
     layer = work / "enginesim.tar"
     write_layer(fs.root, layer)
+    # Smoke test: the shim refuses a command line vLLM refuses, in the assembled image, as uid 10001.
+    base_roots = [work / "parser", work / "rootfs"]
+    with overlay([*base_roots, *roundhouse_roots()]) as merged:
+        env = {"PATH": PATH_ENV, "HOME": "/nonexistent", **ROUNDHOUSE_ENV}
+        user = ["chroot", "--userspec", f"{ROUNDHOUSE_UID}:{ROUNDHOUSE_UID}", str(merged)]
+        ok = subprocess.run([*user, "/bin/sh", "-c", f"VLLM_PARSER_SITE={VLLM_PARSER_DIR}/site-packages python"
+                             f" {VLLM_PARSER_DIR}/vllm_check.py --argv org/m --port 8000"], env=env,
+                            capture_output=True, text=True)  # fmt: skip
+        bad = subprocess.run([*user, ENGINESIM_SHIMS["vllm"], "serve", "org/m", "--quantization", "marlin"], env=env,
+                             capture_output=True, text=True)  # fmt: skip
+        if ok.returncode != 0 or bad.returncode != 2 or "Unknown quantization method" not in bad.stderr:
+            raise SystemExit(f"vLLM stand-in smoke test failed:\n{ok.stderr[-2000:]}\n{bad.stderr[-2000:]}")
     config = json.loads(json.dumps(base[1]))
     config["Cmd"] = ["python", ENGINESIM_PATH, "--help"]
-    return Built([*base[0], layer], config)
+    return Built([*base[0], parser_layer, layer], config)
 
 
 def oci_layers(archive: Path) -> tuple[list[Path], dict[str, object]]:

@@ -57,6 +57,14 @@ import types
 
 # Keep stdout for our JSON lines, and keep vLLM and its libraries quiet,
 # offline and from compiling anything.
+# In the vLLM stand-in image the parser's packages sit in a directory of their own, ahead of the
+# image's (its .pth files processed too).
+if os.environ.get("VLLM_PARSER_SITE"):
+    import site
+
+    sys.path.insert(0, os.environ["VLLM_PARSER_SITE"])
+    site.addsitedir(os.environ["VLLM_PARSER_SITE"])
+
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -500,6 +508,13 @@ class Checker:
 
 def main() -> int:
     checker = Checker()
+    if sys.argv[1:2] == ["--argv"]:
+        # One command line as a process gets it (the vLLM stand-in's entrypoint): refuse it as vllm would.
+        res = checker.check(sys.argv[2:])
+        print(json.dumps(res), file=sys.stderr, flush=True)
+        if not res["ok"]:
+            print(f"vllm: error: {res['stage']}: {res['error']}", file=sys.stderr, flush=True)
+        return 0 if res["ok"] else 2
     inputs = sys.argv[1:] if len(sys.argv) > 1 else [ln for ln in sys.stdin if ln.strip()]
     for raw in inputs:
         try:

@@ -79,7 +79,13 @@ def test_vllm_standin_uses_the_enginesim_stages_shim() -> None:
     assert fmt
     assert fmt.group(1).replace("\\n", "\n") % "vllm" == bi.shim_script("vllm")
     files = bi.vllm_standin_files()
-    assert files[bi.ENGINESIM_SHIMS["vllm"]] == (bi.shim_script("vllm").encode(), 0o755)
+    shim, mode = files[bi.ENGINESIM_SHIMS["vllm"]]
+    # The stand-in adds vLLM's own parser in front of the Dockerfile stage's shim, and then runs exactly it.
+    assert mode == 0o755 and shim.decode().endswith(bi.shim_script("vllm").split("\n", 1)[1])
+    assert f"python {bi.VLLM_PARSER_DIR}/vllm_check.py --argv" in shim.decode()
+    assert (
+        files[f"{bi.VLLM_PARSER_DIR}/vllm_check.py"][0] == (REPO / "tests" / "support" / "vllm_check.py").read_bytes()
+    )
     assert files[bi.ENGINESIM_PATH][0] == (REPO / "tests" / "support" / "enginesim.py").read_bytes()
 
 
