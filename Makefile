@@ -43,6 +43,10 @@ control-plane: ## build (once, cached in ~/.cache/roundhouse) kube-apiserver, et
 engines: ## build (once, cached in ~/.cache/roundhouse) llama-server, ollama and vLLM's argument parser
 	hack/build-engines.sh
 
+.PHONY: vllm-parser
+vllm-parser: ## only vLLM's own argument parser, in a cached venv (vLLM without its GPU dependencies)
+	hack/build-vllm-parser.sh
+
 .PHONY: cluster-up
 cluster-up: control-plane ## start the local control plane with simulated GPU nodes
 	hack/local-cluster up

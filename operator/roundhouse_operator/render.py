@@ -158,6 +158,8 @@ def deployment(engine: InferenceEngine, replicas: int, helper_image: str = DEFAU
         # the container status, and the operator shows it on the engine.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if family.stop_delay_seconds:
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": family.stop_delay_seconds}}}
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
     container["env"] = [*container.get("env", []), *copy.deepcopy(spec.env)]
@@ -177,6 +179,8 @@ def deployment(engine: InferenceEngine, replicas: int, helper_image: str = DEFAU
     tolerations += copy.deepcopy(spec.tolerations)
     pod: dict[str, Any] = {
         "containers": [container, *sidecars],
+        # The grace period covers the preStop delay and the engine's own shutdown.
+        "terminationGracePeriodSeconds": 30 + family.stop_delay_seconds,
         "volumes": [cache_volume, *plan.extra_volumes],
         "enableServiceLinks": False,
     }

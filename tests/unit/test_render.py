@@ -147,6 +147,9 @@ def test_ollama_serves_as_pid_1_and_a_sidecar_pulls_before_ready() -> None:
     assert puller["image"] == DEFAULT_HELPER_IMAGE
     assert puller["volumeMounts"] == c["volumeMounts"]
     assert c["readinessProbe"]["exec"]["command"] == ["ollama", "show", "llama3.1:8b"]
+    # Ollama drops running requests at SIGTERM: the pod keeps serving 15 s after endpoints drop it.
+    assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 15}}}
+    assert pod["terminationGracePeriodSeconds"] == 45
     assert c["livenessProbe"]["httpGet"]["path"] == "/api/version"
 
 

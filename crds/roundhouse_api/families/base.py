@@ -101,6 +101,9 @@ class EngineFamily:
     # Flags the operator renders itself: repeating them in extraArgs would break probes or routing.
     managed_flags: ClassVar[frozenset[str]] = frozenset()
     caches_prompts: ClassVar[bool] = False
+    # Seconds a stopping pod keeps serving before the engine gets SIGTERM (a preStop sleep), for engines
+    # that cut running requests off at SIGTERM: endpoints drop the pod first, running requests finish.
+    stop_delay_seconds: ClassVar[int] = 0
 
     def runs_workload(self, spec: InferenceEngineSpec) -> bool:
         """Whether the operator runs pods for it (not for an external API or given endpoints)."""

@@ -36,6 +36,8 @@ class Ollama(EngineFamily):
         {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
     )
     managed_flags: ClassVar[frozenset[str]] = frozenset()
+    # Ollama 0.17.4 closes its listener and every open connection at SIGTERM (server/routes.go).
+    stop_delay_seconds: ClassVar[int] = 15
     managed_env: ClassVar[frozenset[str]] = frozenset({"OLLAMA_HOST", "OLLAMA_MODELS"})
 
     def container(self, spec: InferenceEngineSpec, cache_path: str, helper_image: str) -> ContainerPlan:
