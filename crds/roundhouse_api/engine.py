@@ -49,6 +49,20 @@ QUANTITY_PATTERN = r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)(([KMGTPE]i)|[numkMGTPE
 # A name as clients send it in "model": no whitespace, bounded so CEL cost stays low.
 ServedName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^\S+$")]
 Url = Annotated[str, Field(min_length=1, max_length=2048, pattern=URL_PATTERN)]
+# What reaches an engine's command line or a helper's arguments: never shell text, but refused at
+# apply all the same (whitespace, quotes, backticks, $, ;, |, &, <, >, parentheses, braces, backslash).
+NO_SHELL_PATTERN = r"^[^\s\"'`$;|&<>(){}\\]+$"
+# A container image reference: [host[:port]/]path[:tag][@sha256:digest], lower-case path components.
+IMAGE_PATTERN = (
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+# The engine's name is its Service's name and a label value: a DNS-1035 label of at most 63 characters.
+NAME_RULE = CelRule(
+    "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+    "metadata.name must be at most 63 lower-case letters, digits and '-', start with a letter and end with a"
+    " letter or digit: it names the engine's Service and labels",
+)
 # Bounded so the CEL rule over extraArgs stays within the API server's cost budget.
 ExtraArg = Annotated[str, Field(max_length=512)]
 FREE_FORM: JsonDict = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
@@ -61,6 +75,7 @@ class ModelSource(ApiModel):
     source: str = Field(
         min_length=1,
         max_length=2048,
+        pattern=NO_SHELL_PATTERN,
         description=(
             "The weights: a Hugging Face repo id (vLLM), a GGUF file path or URL — for a split GGUF the"
             " first shard, *-00001-of-0000N.gguf — (llama.cpp), an Ollama tag (Ollama), or a path on the"
@@ -381,7 +396,9 @@ class InferenceEngineSpec(ApiModel):
             "items": {"type": "object", "required": ["name"], "x-kubernetes-preserve-unknown-fields": True}
         },
     )
-    image: str | None = Field(default=None, max_length=1024, description="Override the family's pinned image.")
+    image: str | None = Field(
+        default=None, max_length=1024, pattern=IMAGE_PATTERN, description="Override the family's pinned image."
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Pull policy for the engine image."
     )
@@ -445,6 +462,12 @@ class InferenceEngineSpec(ApiModel):
             ".gpus",
         ),
         CelRule(
+            "self.engine != 'ollama' || self.model.source.matches('^[A-Za-z0-9][A-Za-z0-9._:/+-]*$')",
+            "spec.model.source must be an Ollama model name (e.g. llama3.1:8b or host/namespace/model:tag)"
+            " when spec.engine is 'ollama'",
+            ".model.source",
+        ),
+        CelRule(
             "self.engine != 'llamacpp' || has(self.endpoints) || self.model.source.matches('(?i)\\\\.gguf$')",
             "spec.model.source must be a GGUF file, URL or first shard (*.gguf) when spec.engine is 'llamacpp'",
             ".model.source",
@@ -496,3 +519,5 @@ class InferenceEngine(ApiModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: InferenceEngineSpec
     status: EngineStatus | None = None
+
+    cel_rules: ClassVar[list[CelRule]] = [NAME_RULE]

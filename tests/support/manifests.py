@@ -43,6 +43,10 @@ def _llama() -> dict[str, Any]:
     return _example("gemma-3-12b")
 
 
+def _ollama() -> dict[str, Any]:
+    return _example("llama3-1-8b-ollama")
+
+
 def _external() -> dict[str, Any]:
     return _example("qwen-external")
 
@@ -59,9 +63,11 @@ class Invalid:
     build: Callable[[], dict[str, Any]]
     field: str
 
+    name: str | None = None  # the object's own name, when the name is what is wrong
+
     def manifest(self, name: str | None = None) -> dict[str, Any]:
         doc = self.build()
-        doc["metadata"]["name"] = name or f"bad-{self.id}"
+        doc["metadata"]["name"] = name or self.name or f"bad-{self.id}"
         return doc
 
 
@@ -191,6 +197,38 @@ INVALID: list[Invalid] = [
         _with(_llama, lambda d: d["spec"]["cache"].update(size="lots")),
         "spec.cache.size",
     ),
+    # Names and strings that cannot work where they end up (Service names, labels, helpers' arguments).
+    Invalid("name-too-long-for-a-label", _vllm, "metadata.name", name="e" * 64),
+    Invalid("name-with-a-dot", _vllm, "metadata.name", name="qwen2.5"),
+    Invalid("name-starting-with-a-digit", _vllm, "metadata.name", name="7b-engine"),
+    Invalid(
+        "ollama-tag-command-substitution",
+        _with(_ollama, lambda d: d["spec"]["model"].update(source="x$(id)")),
+        "spec.model.source",
+    ),
+    Invalid(
+        "ollama-tag-quote",
+        _with(_ollama, lambda d: d["spec"]["model"].update(source='llama3"; rm -rf /')),
+        "spec.model.source",
+    ),
+    Invalid(
+        "ollama-tag-not-a-name",
+        _with(_ollama, lambda d: d["spec"]["model"].update(source="-x:latest")),
+        "spec.model.source",
+    ),
+    Invalid(
+        "gguf-url-backtick",
+        _with(_llama, lambda d: d["spec"]["model"].update(source="https://h/`id`.gguf")),
+        "spec.model.source",
+    ),
+    Invalid(
+        "vllm-source-semicolon",
+        _with(_vllm, lambda d: d["spec"]["model"].update(source="org/m;reboot")),
+        "spec.model.source",
+    ),
+    Invalid("image-upper-case", _with(_vllm, lambda d: d["spec"].update(image="Vllm/Vllm-OpenAI:v1")), "spec.image"),
+    Invalid("image-two-tags", _with(_vllm, lambda d: d["spec"].update(image="vllm/vllm:a:b")), "spec.image"),
+    Invalid("image-with-space", _with(_vllm, lambda d: d["spec"].update(image="vllm/vllm openai")), "spec.image"),
     Invalid(
         "mode-hold-too-long",
         _with(_mode, lambda d: d["spec"]["switchPolicy"].update(maxHoldSeconds=100000)),
