@@ -42,7 +42,7 @@ BACKOFF_BASE, BACKOFF_MAX = 0.5, 60.0
 PROBE_TIMEOUT = 5.0
 MAX_PARALLEL_APPLIES = 16
 # Conditions whose turn to False a user should see in `kubectl describe`, with the Event reason.
-TRANSITION_EVENTS = {"ConfigValid": "InvalidSpec", "Scheduled": "Unschedulable"}
+TRANSITION_EVENTS = {"ConfigValid": "InvalidSpec", "Scheduled": "Unschedulable", "References": "MissingFallback"}
 # API server answers that mean the rendered object itself is refused (not a passing failure).
 REFUSED_STATUSES = {400, 403, 422}
 
@@ -330,6 +330,7 @@ class Controller:
             probe_message=self.probes.get((namespace, name), (None, ""))[1],
             mode_name=mode.metadata.name if mode else None,
             apply_error=apply_error,
+            missing_fallbacks=self.missing_fallbacks(namespace, engine),
         )
         status = engine_status(observed, previous, now)
         self.count_phase(namespace, name, status.phase.value if status.phase else "")
@@ -383,6 +384,21 @@ class Controller:
             return EngineStatus.model_validate(raw.get("status") or {})
         except ValidationError:
             return None
+
+    def referencing(self, namespace: str, name: str) -> list[str]:
+        """Engines of the namespace whose spec.routing.fallback names `name`."""
+        out = []
+        for raw in self.store.all("InferenceEngine", namespace):
+            fallback = ((raw.get("spec") or {}).get("routing") or {}).get("fallback") or []
+            if name in fallback:
+                out.append(raw["metadata"]["name"])
+        return out
+
+    def missing_fallbacks(self, namespace: str, engine: InferenceEngine) -> list[str]:
+        """The engines spec.routing.fallback names that do not exist in the namespace."""
+        wanted = engine.spec.routing.fallback if engine.spec.routing else []
+        present = {raw["metadata"]["name"] for raw in self.store.all("InferenceEngine", namespace)}
+        return [n for n in wanted if n not in present]
 
     def _refused(self, key: tuple[str, str], refused: ApplyRefused) -> None:
         """One structured line (no traceback) and a retry with exponential backoff."""

@@ -147,6 +147,10 @@ def _on_event(kind: str, event: kopf.RawEvent) -> None:
     # An engine's own objects make only that engine dirty; a mode concerns every engine it governs.
     if kind == "InferenceEngine":
         controller.mark(namespace, meta["name"])
+        if event.get("type") in ("ADDED", "DELETED"):
+            # Engines whose fallback names this one re-check their references now.
+            for name in controller.referencing(namespace, meta["name"]):
+                controller.mark(namespace, name)
     elif kind == "EngineMode":
         controller.mark(namespace)
     else:

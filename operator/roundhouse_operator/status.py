@@ -32,6 +32,7 @@ class Observed:
     probe_message: str = ""
     mode_name: str | None = None
     apply_error: tuple[str, str] | None = None  # (kind, the API server's message) of an object it refused
+    missing_fallbacks: tuple[str, ...] | list[str] = ()  # spec.routing.fallback names with no engine
 
 
 def _pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -108,6 +109,16 @@ def condition(kind: str, ok: bool | None, reason: str, message: str, generation:
                      observed_generation=generation)  # fmt: skip
 
 
+def references_condition(o: Observed, gen: int, now: datetime) -> Condition:
+    """References: whether the engines spec.routing.fallback names exist (re-checked as they come and go)."""
+    if o.missing_fallbacks:
+        message = (
+            f"spec.routing.fallback names engines that do not exist in this namespace: {', '.join(o.missing_fallbacks)}"
+        )
+        return condition("References", False, "MissingFallback", message, gen, now)
+    return condition("References", True, "Resolved", "every engine it names exists", gen, now)
+
+
 def applied_condition(o: Observed, workload: bool, gen: int, now: datetime) -> Condition:
     """Applied: whether the API server took the objects rendered for the engine (its message if not)."""
     if o.apply_error:
@@ -150,6 +161,7 @@ def engine_status(o: Observed, previous: EngineStatus | None, now: datetime) -> 
         condition("ConfigValid", o.config_error is None, "InvalidSpec" if o.config_error else "Valid",
               o.config_error or "spec is valid", gen, now),
         applied_condition(o, workload, gen, now),
+        references_condition(o, gen, now),
         scheduled,
         condition("ModelFits", o.fit.fits, o.fit.reason, o.fit.message, gen, now),
         condition("Ready", phase == Phase.READY, phase.value, message, gen, now),

@@ -78,3 +78,21 @@ def test_fixing_the_spec_clears_the_refusal(operator: Process, cluster: Cluster,
     st = wait_until(lambda: (s := cluster.get("ie", "fixme", namespace).get("status") or {}).get("phase") == "Ready"
                     and s, 60, "Ready after the fix")  # fmt: skip
     assert condition(st, "Applied")["status"] == "True"
+
+
+def test_a_fallback_that_does_not_exist_is_named_until_it_appears(operator: Process, cluster: Cluster,
+                                                                  namespace: str) -> None:  # fmt: skip
+    cluster.apply(small("primary", "vllm", routing={"fallback": ["spare", "other"]}), namespace)
+
+    def references() -> dict[str, Any] | None:
+        st = cluster.get("ie", "primary", namespace).get("status") or {}
+        return next((c for c in st.get("conditions", []) if c["type"] == "References"), None)
+
+    cond = wait_until(lambda: (c := references()) and c["status"] == "False" and c, 10, "References=False")
+    assert cond["reason"] == "MissingFallback" and cond["message"].endswith(": spare, other")
+    events = [e for e in cluster.list("events", namespace) if e["reason"] == "MissingFallback"]
+    assert len(events) == 1 and "spare, other" in events[0]["message"]
+    cluster.apply(small("spare", "vllm"), namespace)
+    wait_until(lambda: (c := references()) and c["message"].endswith(": other"), 10, "only other missing")
+    cluster.apply(small("other", "vllm"), namespace)
+    wait_until(lambda: (c := references()) and c["status"] == "True", 10, "References=True once both exist")

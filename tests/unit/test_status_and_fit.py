@@ -66,7 +66,7 @@ def test_phase_and_ready_column(observed: Observed, phase: Phase, ready: str) ->
     assert st.phase == phase
     assert st.ready == ready
     conds = {c.type: c for c in st.conditions}
-    assert set(conds) == {"ConfigValid", "Applied", "Scheduled", "ModelFits", "Ready"}
+    assert set(conds) == {"ConfigValid", "Applied", "References", "Scheduled", "ModelFits", "Ready"}
     assert conds["Ready"].status == ("True" if phase == Phase.READY else "False")
     assert all(c.observed_generation == 3 for c in st.conditions)
     assert st.observed_generation == 3
