@@ -4,7 +4,6 @@ the CRD generator and the contract tests. Pure data and pure functions: no I/O."
 from __future__ import annotations
 
 import json
-import posixpath
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -166,7 +165,3 @@ def json_names(body: bytes, key: str, field_name: str) -> set[str]:
         return {str(i.get(field_name)) for i in items if isinstance(i, dict)}
     except (ValueError, AttributeError):
         return set()
-
-
-def join(*parts: str) -> str:
-    return posixpath.join(*parts)
