@@ -520,7 +520,21 @@ def ollama_build(work: Path) -> Built:
 # The Roundhouse image: base rootfs (debootstrap) + one layer with the wheels pip installed.
 
 
+def ensure_debootstrap() -> None:
+    """Debian's debootstrap, installed once (apt-get)."""
+    if shutil.which("debootstrap") is not None:
+        return
+    log("installing debootstrap (apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], capture_output=True, env=env).returncode:
+        run("apt-get", "update", "-q")
+        run("apt-get", "install", "-y", "-q", "debootstrap", env=env)
+
+
 def debootstrap_version() -> str:
+    # Installed first: a key computed before the install named no version, and the next call (after it)
+    # named one, so one build made two base roots and pruned the one the next layer was built on.
+    ensure_debootstrap()
     proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "debootstrap"], capture_output=True, text=True)
     return proc.stdout.strip() or "missing"
 
@@ -537,12 +551,7 @@ def base_rootfs() -> tuple[Path, Path]:
     rootfs, layer = d / "rootfs", d / "layer.tar"
     if layer.exists():
         return rootfs, layer
-    if shutil.which("debootstrap") is None:
-        log("installing debootstrap (apt-get)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        if subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], capture_output=True, env=env).returncode:
-            run("apt-get", "update", "-q")
-            run("apt-get", "install", "-y", "-q", "debootstrap", env=env)
+    ensure_debootstrap()
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     t0 = time.monotonic()
