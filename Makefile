@@ -110,7 +110,7 @@ E2E_CLUSTER_DIR ?= $(CURDIR)/.local-cluster-e2e
 .PHONY: node-deps
 node-deps: ## Debian's containerd, runc, CNI plugins, iptables and conntrack for real nodes (apt-get, once)
 	@missing=$$(for p in containerd runc containernetworking-plugins iptables conntrack; do \
-	  dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); [ -z "$$missing" ] || { \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); [ -z "$$missing" ] || { \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
 	  $$sudo apt-get install -y -q $$missing || { $$sudo apt-get update -q && $$sudo apt-get install -y -q $$missing; }; }
 

@@ -25,7 +25,11 @@ ollama_dir() { echo "$CACHE_ROOT/ollama-$OLLAMA_VERSION"; }
 
 apt_install() {
   local missing=()
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  # Installed means "install ok installed": a removed package keeps its config files, and `dpkg -s` still
+  # answers 0 for it.
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+  done
   [ ${#missing[@]} = 0 ] && return
   log "apt-get install ${missing[*]}"
   local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
