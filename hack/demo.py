@@ -63,7 +63,7 @@ class Demo:
         elif lc.is_up():
             raise lc.ClusterError("a local cluster without a real node is running: `hack/local-cluster down` first")
         else:
-            note("first run builds the control plane, the engines and their images (about 20 minutes on two cores);"
+            note("first run builds the control plane, the engines and their images (about 15 minutes on two cores);"
                  " later runs take under a minute")  # fmt: skip
             env = {**os.environ, "ROUNDHOUSE_GPU_NODES": "0", "ROUNDHOUSE_CPU_NODES": "0"}
             subprocess.run([str(lc.LOCAL_CLUSTER), "up", "--real-nodes", "1"], check=True, env=env)
