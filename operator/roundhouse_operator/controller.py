@@ -23,8 +23,7 @@ import httpx
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from roundhouse_api import CEL_CONTEXT_KEY, EngineMode, EngineStatus, Family, InferenceEngine, Phase
-from roundhouse_api import governs as api_governs
+from roundhouse_api import CEL_CONTEXT_KEY, EngineMode, EngineStatus, Family, InferenceEngine, Phase, governs
 from roundhouse_api.families import DEFAULT_HELPER_IMAGE, FAMILIES
 
 from . import metrics
@@ -81,10 +80,6 @@ def config_error(raw: dict[str, Any]) -> tuple[InferenceEngine | None, str | Non
 def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """A merge patch from `old` to `new`: fields that disappeared are nulled, not left behind."""
     return {**{k: None for k in (old or {}) if k not in new}, **new}
-
-
-def governs(mode: EngineMode, raw_engine: dict[str, Any]) -> bool:
-    return api_governs(mode, raw_engine["metadata"].get("labels") or {})
 
 
 def gpu_memory_mib(nodes: list[dict[str, Any]], engine: InferenceEngine) -> int | None:
@@ -243,7 +238,7 @@ class Controller:
         plans: dict[str, tuple[EngineMode | None, ModePlan]] = {}
         by_mode: dict[str | None, list[str]] = {}
         for name, (raw, _engine, _err) in parsed.items():
-            mode = next((m for m in modes if governs(m, raw)), None)
+            mode = next((m for m in modes if governs(m, raw["metadata"].get("labels") or {})), None)
             by_mode.setdefault(mode.metadata.name if mode else None, []).append(name)
         for mode_name, names in by_mode.items():
             mode = next((m for m in modes if m.metadata.name == mode_name), None)

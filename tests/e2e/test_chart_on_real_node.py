@@ -53,7 +53,7 @@ def dump(c: Cluster) -> None:
     for what in ("pods -o wide", "ie,em -o yaml", "events"):
         out = c.kubectl("get", *what.split(), namespace=NS, check=False)
         (ARTIFACTS / f"{what.split()[0].replace(',', '-')}.txt").write_text(out.stdout + out.stderr)
-    for dep in ("rh-roundhouse-operator", "rh-roundhouse-gateway"):
+    for dep in (f"{chart.fullname('rh')}-operator", f"{chart.fullname('rh')}-gateway"):
         out = c.kubectl("logs", f"deployment/{dep}", "--tail=400", namespace=NS, check=False)
         (ARTIFACTS / f"{dep}.log").write_text(out.stdout + out.stderr)
 

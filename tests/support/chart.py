@@ -14,10 +14,10 @@ from tests.support.cluster import REPO, Cluster
 GPU_TOLERATION = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def helm(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     binary = next(Path(d) / "helm" for d in cluster.bin_dirs if (Path(d) / "helm").exists())
     return subprocess.run([str(binary), "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True,
-                          text=True, check=True, timeout=300)  # fmt: skip
+                          text=True, check=check, timeout=300)  # fmt: skip
 
 
 def write_models(root: Path, ollama_tags: list[str], log_dir: Path) -> Path:
@@ -84,9 +84,7 @@ def gateway_url(cluster: Cluster, release: str, namespace: str) -> str:
 
 def uninstall(cluster: Cluster, release: str, namespace: str) -> None:
     cluster.kubectl("delete", "ie,em", "--all", namespace=namespace, check=False)
-    subprocess.run([str(next(Path(d) / "helm" for d in cluster.bin_dirs if (Path(d) / "helm").exists())),
-                    "--kubeconfig", str(cluster.kubeconfig), "uninstall", release, "-n", namespace],
-                   capture_output=True, timeout=120)  # fmt: skip
+    helm(cluster, "uninstall", release, "-n", namespace, check=False)
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     for pv in cluster.list("pv", namespace=""):
         if pv["metadata"]["name"].startswith(f"{namespace}-"):
