@@ -39,9 +39,11 @@ log = logging.getLogger("roundhouse.operator")
 RESYNC_SECONDS = 15.0
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 60.0
 PROBE_TIMEOUT = 5.0
+SECRET_RECHECK_SECONDS = 3.0
 MAX_PARALLEL_APPLIES = 16
 # Conditions whose turn to False a user should see in `kubectl describe`, with the Event reason.
-TRANSITION_EVENTS = {"ConfigValid": "InvalidSpec", "Scheduled": "Unschedulable", "References": "MissingFallback"}
+# ("": the condition's own reason, e.g. MissingFallback or MissingSecret.)
+TRANSITION_EVENTS = {"ConfigValid": "InvalidSpec", "Scheduled": "Unschedulable", "References": ""}
 # API server answers that mean the rendered object itself is refused (not a passing failure).
 REFUSED_STATUSES = {400, 403, 422}
 
@@ -116,6 +118,8 @@ class Controller:
         self.dirty: dict[str, set[str] | None] = {}
         self.wake = asyncio.Event()
         self.probes: dict[tuple[str, str], tuple[bool, str]] = {}
+        # Secrets an engine names that cannot be had, re-checked every SECRET_RECHECK_SECONDS.
+        self.missing_secrets: dict[tuple[str, str], str] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.failures: dict[str, int] = {}
         self.apply_failures: dict[tuple[str, str], int] = {}
@@ -143,9 +147,16 @@ class Controller:
         self.wake.set()
 
     def mark_later(self, namespace: str, seconds: float) -> None:
-        if namespace in self.timers:
-            self.timers[namespace].cancel()
-        self.timers[namespace] = asyncio.get_running_loop().call_later(max(0.0, seconds), self.mark, namespace)
+        """Reconcile `namespace` in `seconds`, unless a pass is already due sooner: every pass
+        recomputes what is pending (drains, backoffs, re-checks) and asks again."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(0.0, seconds)
+        timer = self.timers.get(namespace)
+        if timer is not None and not timer.cancelled() and loop.time() <= timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self.timers[namespace] = loop.call_at(when, self.mark, namespace)
 
     async def run(self) -> None:
         """Reconcile dirty namespaces forever; every RESYNC_SECONDS everything is dirty (probes, drift)."""
@@ -211,10 +222,14 @@ class Controller:
         headers = {}
         ref = engine.spec.external.api_key_secret_ref if engine.spec.external else None
         if ref is not None:
-            api_key = await asyncio.to_thread(self.kube.secret_value, engine.metadata.namespace, ref.name, ref.key)
+            api_key, problem = await asyncio.to_thread(
+                self.kube.secret_value, engine.metadata.namespace, ref.name, ref.key
+            )
             if api_key is None:
-                self.probes[key] = (False, f"API key Secret {ref.name}/{ref.key} not readable")
+                self.missing_secrets[key] = f"spec.external.apiKeySecretRef: {problem}"
+                self.probes[key] = (False, self.missing_secrets[key])
                 return
+            self.missing_secrets.pop(key, None)
             headers["Authorization"] = f"Bearer {api_key}"
         try:
             resp = await self.http.get(url, headers=headers)
@@ -312,8 +327,10 @@ class Controller:
             except ApplyRefused as refused:
                 apply_error = (refused.kind, refused.message)
                 self._refused(key, refused)
-        if not runs_workload(engine) and (namespace, name) not in self.probes:
+        if not runs_workload(engine) and (key not in self.probes or key in self.missing_secrets):
             await self.probe(engine)
+        if key in self.missing_secrets:
+            self.mark_later(namespace, SECRET_RECHECK_SECONDS)
         observed = Observed(
             engine=engine,
             plan=ep,
@@ -326,6 +343,7 @@ class Controller:
             mode_name=mode.metadata.name if mode else None,
             apply_error=apply_error,
             missing_fallbacks=self.missing_fallbacks(namespace, engine),
+            missing_secret=self.missing_secrets.get(key),
         )
         status = engine_status(observed, previous, now)
         self.count_phase(namespace, name, status.phase.value if status.phase else "")
@@ -367,6 +385,7 @@ class Controller:
     def forget(self, namespace: str, name: str, uid: str = "") -> None:
         self.count_phase(namespace, name, None)  # a deleted engine leaves the gauge at once
         self.probes.pop((namespace, name), None)
+        self.missing_secrets.pop((namespace, name), None)
         self._plans.pop((namespace, name), None)
         self._statuses.pop((namespace, name), None)
         for key in [k for k in self._parsed if k[0] == uid]:
@@ -444,8 +463,8 @@ class Controller:
             if cond.type == "Applied" and old.get(cond.type) != ("False", cond.message):
                 # Once per distinct refusal: a new message is news, a retry of the same one is not.
                 await asyncio.to_thread(self.kube.event, raw, "Warning", cond.reason, cond.message)
-            elif (reason := TRANSITION_EVENTS.get(cond.type)) and old.get(cond.type, ("",))[0] != "False":
-                await asyncio.to_thread(self.kube.event, raw, "Warning", reason, cond.message)
+            elif (reason := TRANSITION_EVENTS.get(cond.type)) is not None and old.get(cond.type, ("",))[0] != "False":
+                await asyncio.to_thread(self.kube.event, raw, "Warning", reason or cond.reason, cond.message)
 
     async def _write_invalid(
         self, raw: dict[str, Any], error: str, previous: EngineStatus | None, now: datetime

@@ -152,16 +152,24 @@ class Kube:
         except ApiException as err:  # an Event is best effort; never fail a reconcile for it
             log.warning("could not post event", extra={"object": meta["name"], "error": str(err.reason)})
 
-    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """One key of one Secret (get only: the operator never lists Secrets); None if not readable."""
+    def secret_value(self, namespace: str, name: str, key: str) -> tuple[str | None, str | None]:
+        """One key of one Secret (get only: the operator never lists Secrets): (value, None), or
+        (None, what is wrong in words that name the Secret)."""
         metrics.API_REQUESTS.labels(verb="get_secret").inc()
         try:
             secret = self.core.read_namespaced_secret(name, namespace)
         except ApiException as err:
             log.warning("cannot read secret", extra={"secret": f"{namespace}/{name}", "error": str(err.reason)})
-            return None
+            if err.status == 404:
+                return None, f"Secret {name} does not exist in namespace {namespace}"
+            if err.status == 403:
+                return None, (f"the operator may not read Secret {name} (list it in the chart's"
+                              " gateway.externalApiKeySecrets)")  # fmt: skip
+            return None, f"Secret {name} could not be read: {err.reason}"
         data = (secret.data or {}).get(key)
-        return base64.b64decode(data).decode() if data else None
+        if not data:
+            return None, f"Secret {name} has no key {key!r}"
+        return base64.b64decode(data).decode(), None
 
     def nodes(self) -> list[dict[str, Any]]:
         """Nodes (labels and allocatable), cached briefly: only used for the ModelFits estimate."""

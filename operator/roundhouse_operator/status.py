@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,7 @@ class Observed:
     mode_name: str | None = None
     apply_error: tuple[str, str] | None = None  # (kind, the API server's message) of an object it refused
     missing_fallbacks: tuple[str, ...] | list[str] = ()  # spec.routing.fallback names with no engine
+    missing_secret: str | None = None  # a Secret the spec names that the operator could not read, in words
 
 
 def _pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -55,11 +57,37 @@ def failing(pods: list[dict[str, Any]]) -> str | None:
     for pod in pods:
         if pod.get("status", {}).get("phase") == "Failed":
             return f"pod {pod['metadata']['name']} failed: {pod['status'].get('message', '')}".strip()
-        for cs in pod.get("status", {}).get("containerStatuses", []) or []:
+        status = pod.get("status", {}) or {}
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in FAILING_WAIT_REASONS:
                 text = f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}".strip()
                 return text + last_termination(cs)
+    return None
+
+
+# How the kubelet says a container's env names a Secret (or a key of one) that is not there.
+KUBELET_MISSING_SECRET = re.compile(r'secret "(?P<name>[^"]+)" not found|couldn\'t find key (?P<key>\S+) in Secret '
+                                    r'(?P<ns>[^/\s]+)/(?P<secret>\S+)')  # fmt: skip
+
+
+def pods_missing_secret(o: Observed) -> str | None:
+    """The Secret a pod cannot start without, from the kubelet's CreateContainerConfigError, with the
+    field of the spec that names it when it is the Hugging Face token."""
+    ref = o.engine.spec.model.hf_token_secret_ref
+    for pod in o.pods:
+        status = pod.get("status", {}) or {}
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") != "CreateContainerConfigError":
+                continue
+            found = KUBELET_MISSING_SECRET.search(waiting.get("message") or "")
+            if found is None:
+                continue
+            name = found["name"] or found["secret"]
+            what = f"Secret {name} does not exist" if found["name"] else f"Secret {name} has no key {found['key']!r}"
+            field = "spec.model.hfTokenSecretRef: " if ref is not None and ref.name == name else ""
+            return f"{field}{what} (pod {pod['metadata']['name']} cannot start until it does)"
     return None
 
 
@@ -99,6 +127,8 @@ def _phase(o: Observed, ready: int) -> tuple[Phase, str]:
     if message := unschedulable(o.pods):
         return Phase.PENDING, message
     if message := failing(o.pods):
+        if secret := pods_missing_secret(o):
+            return Phase.FAILED, secret
         return Phase.FAILED, message
     return Phase.STARTING, f"0/{desired} replicas ready: loading"
 
@@ -110,13 +140,16 @@ def condition(kind: str, ok: bool | None, reason: str, message: str, generation:
 
 
 def references_condition(o: Observed, gen: int, now: datetime) -> Condition:
-    """References: whether the engines spec.routing.fallback names exist (re-checked as they come and go)."""
+    """References: whether what the spec names exists: the engines spec.routing.fallback names (re-checked
+    as they come and go) and the Secrets (the operator's own read, or the kubelet's report on the pods)."""
+    if secret := o.missing_secret or pods_missing_secret(o):
+        return condition("References", False, "MissingSecret", secret, gen, now)
     if o.missing_fallbacks:
         message = (
             f"spec.routing.fallback names engines that do not exist in this namespace: {', '.join(o.missing_fallbacks)}"
         )
         return condition("References", False, "MissingFallback", message, gen, now)
-    return condition("References", True, "Resolved", "every engine it names exists", gen, now)
+    return condition("References", True, "Resolved", "every engine and Secret it names exists", gen, now)
 
 
 def applied_condition(o: Observed, workload: bool, gen: int, now: datetime) -> Condition:

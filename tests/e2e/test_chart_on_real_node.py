@@ -206,3 +206,40 @@ def test_a_flag_vllm_refuses_crash_loops_the_pod_and_the_engine_says_why(engines
                     120, "bad-flag Failed")  # fmt: skip
     assert "unrecognized arguments: --no-such-flag" in st["message"], st["message"]
     assert "last exit code 2" in st["message"]
+
+
+def test_a_missing_hf_token_secret_is_named_until_it_exists(engines_up: Cluster) -> None:
+    """The kubelet cannot start a container whose env names a Secret that is not there: the engine says
+    which Secret and which field names it, and starts, unedited, once the Secret exists."""
+    c = engines_up
+    c.kubectl("patch", "enginemode", "default", "--type", "merge", "-p", '{"spec":{"mode":"auto"}}', namespace=NS)
+    doc = {
+        "apiVersion": "roundhouse.dev/v1alpha1",
+        "kind": "InferenceEngine",
+        "metadata": {"name": "gated"},
+        "spec": {
+            "engine": "vllm",
+            "model": {
+                "source": "org/tiny",
+                "servedName": "gated",
+                "hfTokenSecretRef": {"name": "hf-gated", "key": "token"},
+            },
+        },
+    }
+    c.apply(doc, NS)
+
+    def missing() -> dict[str, Any] | None:
+        # The kubelet's first word can be "failed to sync secret cache"; its next names the Secret.
+        st = c.get("ie", "gated", NS).get("status") or {}
+        ref = next((cond for cond in st.get("conditions", []) if cond["type"] == "References"), {})
+        return st if ref.get("status") == "False" else None
+
+    st = wait_until(missing, 120, "gated References=False")
+    ref = next(cond for cond in st["conditions"] if cond["type"] == "References")
+    assert ref["reason"] == "MissingSecret" and st["phase"] == "Failed", ref
+    assert ref["message"].startswith("spec.model.hfTokenSecretRef: Secret hf-gated does not exist"), ref["message"]
+    assert st["message"] == ref["message"]
+    c.kubectl("create", "secret", "generic", "hf-gated", "--from-literal=token=hf_x", namespace=NS)
+    st = wait_until(lambda: (s := c.get("ie", "gated", NS).get("status") or {}).get("phase") == "Ready" and s,
+                    180, "gated Ready once its Secret exists")  # fmt: skip
+    assert next(cond for cond in st["conditions"] if cond["type"] == "References")["status"] == "True"

@@ -4,13 +4,16 @@ phase Failed, one Warning event per distinct message, and the operator logs one 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.test_operator import small
 from tests.support.cluster import Cluster, wait_until
-from tests.support.processes import Process
+from tests.support.processes import Process, enginesim
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +99,53 @@ def test_a_fallback_that_does_not_exist_is_named_until_it_appears(operator: Proc
     wait_until(lambda: (c := references()) and c["message"].endswith(": other"), 10, "only other missing")
     cluster.apply(small("other", "vllm"), namespace)
     wait_until(lambda: (c := references()) and c["status"] == "True", 10, "References=True once both exist")
+
+
+@pytest.fixture
+def external_api(tmp_path: Path) -> Iterator[Process]:
+    """An OpenAI-compatible API on loopback that wants one key."""
+    sim = enginesim("openai", "ext", ["gpt-4o-mini"], tmp_path, api_key="sk-upstream")
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+def test_a_missing_api_key_secret_is_named_until_it_appears(operator: Process, cluster: Cluster, namespace: str,
+                                                            external_api: Process) -> None:  # fmt: skip
+    """The operator probes an external API with the key from its Secret: while the Secret is missing the
+    engine says which one (References=False, MissingSecret, one event, phase Failed); once it exists the
+    probe authenticates and the engine turns Ready, with no edit to the engine."""
+    base = f"{external_api.url}/v1"  # type: ignore[attr-defined]
+    assert httpx.get(f"{base}/models").status_code == 401  # the key matters
+    doc = {
+        "apiVersion": "roundhouse.dev/v1alpha1",
+        "kind": "InferenceEngine",
+        "metadata": {"name": "ext-keyed"},
+        "spec": {
+            "engine": "external",
+            "model": {"source": "gpt-4o-mini", "servedName": "gpt-4o-mini"},
+            "external": {"baseURL": base, "apiKeySecretRef": {"name": "upstream-key", "key": "key"}},
+        },
+    }
+    cluster.apply(doc, namespace)
+
+    def status() -> dict[str, Any]:
+        return cluster.get("ie", "ext-keyed", namespace).get("status") or {}
+
+    st = wait_until(lambda: (s := status()).get("phase") == "Failed" and s, 10, "ext-keyed Failed")
+    ref = condition(st, "References")
+    want = f"spec.external.apiKeySecretRef: Secret upstream-key does not exist in namespace {namespace}"
+    assert (ref["status"], ref["reason"], ref["message"]) == ("False", "MissingSecret", want)
+    assert st["message"] == want
+    events = wait_until(lambda: [e for e in cluster.list("events", namespace) if e["reason"] == "MissingSecret"], 10,
+                        "the MissingSecret event")  # fmt: skip
+    assert len(events) == 1 and "upstream-key" in events[0]["message"]
+    cluster.kubectl("create", "secret", "generic", "upstream-key", "--from-literal=key=sk-wrong", namespace=namespace)
+    # A key that exists but is refused upstream: the Secret is found, the probe says HTTP 401.
+    st = wait_until(lambda: (s := status()) and "HTTP 401" in s.get("message", "") and s, 15, "probe answered 401")
+    assert condition(st, "References")["status"] == "True" and st["phase"] == "Failed"
+    cluster.kubectl("delete", "secret", "upstream-key", namespace=namespace)
+    cluster.kubectl("create", "secret", "generic", "upstream-key", "--from-literal=key=sk-upstream",
+                    namespace=namespace)  # fmt: skip
+    st = wait_until(lambda: (s := status()).get("phase") == "Ready" and s, 30, "Ready with the right key")
+    assert condition(st, "References")["status"] == "True"

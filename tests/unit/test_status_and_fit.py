@@ -157,3 +157,44 @@ def test_a_crash_loop_says_how_the_container_last_ended() -> None:
     assert st.phase == Phase.FAILED
     message = st.message or ""
     assert "CrashLoopBackOff" in message and "last exit code 1 (Error): error: invalid argument: --mlock" in message
+
+
+def config_error_pod(message: str, init: bool = False) -> dict[str, Any]:
+    waiting = {"state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}}}
+    return {"metadata": {"name": "e-0"}, "status": {"phase": "Pending",
+            "initContainerStatuses" if init else "containerStatuses": [waiting]}}  # fmt: skip
+
+
+def references(st: Any) -> Any:
+    return next(c for c in st.conditions if c.type == "References")
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["engine", "init-container"])
+def test_a_missing_hf_token_secret_is_named_with_its_field(init: bool) -> None:
+    e = ie(model={"source": "org/m", "servedName": "m", "hfTokenSecretRef": {"name": "hf", "key": "token"}})
+    st = engine_status(observe(1, 0, [config_error_pod('secret "hf" not found', init)], e=e), None, NOW)
+    ref = references(st)
+    assert (st.phase, ref.status, ref.reason) == (Phase.FAILED, "False", "MissingSecret")
+    assert ref.message.startswith("spec.model.hfTokenSecretRef: Secret hf does not exist")
+    assert st.message == ref.message
+
+
+def test_a_missing_key_of_a_secret_named_by_env_is_reported() -> None:
+    msg = "couldn't find key password in Secret ns/db"
+    st = engine_status(observe(1, 0, [config_error_pod(msg)]), None, NOW)
+    ref = references(st)
+    assert ref.reason == "MissingSecret" and ref.message.startswith("Secret db has no key 'password'")
+
+
+def test_an_unreadable_external_api_key_is_a_missing_secret_and_fails_the_engine() -> None:
+    e = ie(engine="external", external={"baseURL": "https://x/v1", "apiKeySecretRef": {"name": "k", "key": "key"}})
+    why = "spec.external.apiKeySecretRef: Secret k does not exist in namespace ns"
+    st = engine_status(observe(0, 0, e=e, probe_ok=False, probe_message=why, missing_secret=why), None, NOW)
+    assert (st.phase, st.message) == (Phase.FAILED, why)
+    assert (references(st).reason, references(st).message) == ("MissingSecret", why)
+
+
+def test_other_config_errors_are_not_taken_for_a_missing_secret() -> None:
+    st = engine_status(observe(1, 0, [config_error_pod("container has runAsNonRoot and image will run as root")]),
+                       None, NOW)  # fmt: skip
+    assert references(st).status == "True" and st.phase == Phase.FAILED
