@@ -33,6 +33,7 @@ class Phase(StrEnum):
     DEGRADED = "Degraded"
     FAILED = "Failed"
     STANDBY = "Standby"
+    DRAINING = "Draining"  # onDemand: being stopped to free GPUs; in-flight requests finish, no new ones
 
 
 class Capability(StrEnum):

@@ -17,12 +17,14 @@ class Mode(StrEnum):
     OLLAMA = "ollama"
     LLAMACPP = "llamacpp"
     AUTO = "auto"
+    ON_DEMAND = "onDemand"
 
 
 def runs(mode: Mode | None, family: Family) -> bool:
-    """Whether `mode` lets engines of `family` run. No mode (or auto) runs everything; external
-    APIs use no GPUs and are never switched off."""
-    if mode is None or mode == Mode.AUTO or family == Family.EXTERNAL:
+    """Whether `mode` lets engines of `family` run. No mode (or auto) runs everything; onDemand lets
+    every family run and the on-demand planner decides which engines hold the GPUs; external APIs use
+    no GPUs and are never switched off."""
+    if mode is None or mode in (Mode.AUTO, Mode.ON_DEMAND) or family == Family.EXTERNAL:
         return True
     return family.value == mode.value
 
@@ -78,17 +80,58 @@ class AutoRules(ApiModel):
     )
 
 
+class OnDemandPolicy(ApiModel):
+    """How engines are started by the requests that need them (mode onDemand), within a GPU budget."""
+
+    gpu_budget: int | None = Field(
+        default=None, ge=0, le=4096,
+        description="GPUs the governed engines may hold at once; default all GPUs of the nodes they can use.",
+    )  # fmt: skip
+    min_active_seconds: int = Field(
+        default=60, ge=0, le=86400, description="An engine started on demand runs at least this long (no thrashing)."
+    )
+    idle_seconds: int = Field(
+        default=0, ge=0, le=604800, description="An engine with no request for this long is scaled to zero; 0: never."
+    )
+    drain_seconds: int = Field(
+        default=30, ge=0, le=3600,
+        description="How long requests running on an engine being stopped may finish (it gets no new ones).",
+    )  # fmt: skip
+    max_wait_seconds: int = Field(
+        default=300, ge=1, le=3600, description="How long a request may wait for its engine to start."
+    )
+
+    cel_rules: ClassVar[list[CelRule]] = [
+        CelRule(
+            "!has(self.idleSeconds) || self.idleSeconds == 0 || !has(self.minActiveSeconds) ||"
+            " self.idleSeconds >= self.minActiveSeconds",
+            "spec.onDemand.idleSeconds must be 0 (never) or at least spec.onDemand.minActiveSeconds",
+            ".idleSeconds",
+        ),
+    ]
+
+
 class EngineModeSpec(ApiModel):
     """Desired engine family."""
 
-    mode: Mode = Field(description="vllm, ollama, llamacpp or auto (every governed engine that fits).")
+    mode: Mode = Field(
+        description="vllm, ollama, llamacpp, auto (every governed engine that fits) or onDemand (engines start"
+        " when requests need them, within spec.onDemand.gpuBudget)."
+    )
     selector: LabelSelector | None = Field(
         default=None, description="Engines governed; default every engine in the namespace."
     )
     switch_policy: SwitchPolicy | None = Field(default=None, description="Request handling during a switch.")
     auto_rules: AutoRules | None = Field(default=None, description="Routing rules for auto mode.")
+    on_demand: OnDemandPolicy | None = Field(default=None, description="Budget and timings of mode onDemand.")
 
-    cel_rules: ClassVar[list[CelRule]] = []
+    cel_rules: ClassVar[list[CelRule]] = [
+        CelRule(
+            "!has(self.onDemand) || self.mode == 'onDemand'",
+            "spec.onDemand applies only to spec.mode onDemand",
+            ".onDemand",
+        ),
+    ]
 
 
 class GovernedEngine(ApiModel):
@@ -99,6 +142,13 @@ class GovernedEngine(ApiModel):
     active: bool = Field(description="Whether the mode lets it run.")
     phase: Phase | None = Field(default=None, description="Its phase.")
     message: str | None = Field(default=None, description="Why, when it is not where the mode wants it.")
+    state: Literal["active", "standby", "waiting", "starting", "draining", "stopping"] | None = Field(
+        default=None, description="onDemand: where the engine is in its activation."
+    )
+    demanded_at: datetime | None = Field(default=None, description="onDemand: the oldest request waiting for it.")
+    activated_at: datetime | None = Field(default=None, description="onDemand: when it was last started.")
+    draining_since: datetime | None = Field(default=None, description="onDemand: when its drain began.")
+    last_request_at: datetime | None = Field(default=None, description="onDemand: its latest request, as reported.")
 
 
 class EngineModeStatus(ApiModel):
@@ -111,6 +161,9 @@ class EngineModeStatus(ApiModel):
     switch_completed_at: datetime | None = Field(default=None, description="When the last switch finished.")
     last_switch_seconds: float | None = Field(default=None, ge=0, description="Duration of the last switch.")
     engines: list[GovernedEngine] = Field(default_factory=list, description="Per-engine state.")
+    gpu_budget: int | None = Field(default=None, ge=0, description="onDemand: the GPU budget in force.")
+    gpus_held: int | None = Field(default=None, ge=0, description="onDemand: GPUs the governed engines hold now.")
+    activations: int | None = Field(default=None, ge=0, description="onDemand: engines started on demand so far.")
     observed_generation: int | None = Field(default=None, ge=0, description="Last generation acted on.")
     message: str | None = Field(default=None, description="Why the mode is in this phase.")
     conditions: list[Condition] = Field(

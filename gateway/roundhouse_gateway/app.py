@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import itertools
 import json
@@ -25,9 +26,11 @@ from roundhouse_api import Family, Mode, runs
 
 from . import metrics, shapes, ui
 from .catalog import Catalog, Engine, switch_finished
+from .demand import Demand, Waiter
 from .health import Health, probe_ok, probe_path
 from .routing import Candidate, Decision, Features, route
 from .upstream import Response, Upstream, UpstreamError
+from .waiting import Prelude
 
 log = logging.getLogger("roundhouse.gateway")
 Scope = dict[str, Any]
@@ -94,12 +97,14 @@ class Gateway:
         self.standalone = True
         self.turn = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self.demand = Demand()  # mode onDemand: cluster mode gives it a writer
 
     # --- catalog updates (from the config file or the cluster watchers) -----------------------
     def update(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.synced = True
         self.health.forget_except({ep for e in catalog.engines for ep in e.endpoints})
+        self.demand.catalog_changed(catalog)
         self.notify()
 
     def notify(self) -> None:
@@ -110,6 +115,7 @@ class Gateway:
     # --- lifespan ---------------------------------------------------------------------------
     async def startup(self) -> None:
         self._tasks.append(asyncio.create_task(self.probe_forever(), name="probes"))
+        self._tasks.append(asyncio.create_task(self.demand.run(), name="demand-reports"))
         for hook in self.on_startup:
             hook()
 
@@ -246,20 +252,6 @@ class Gateway:
         started = time.perf_counter()
         raw = await read_body(receive, self.settings.max_body_bytes)
         body, features, rewritten = parse_request(raw, kind, scope)
-        decision = await self.decide(features)
-        if decision.error:
-            status, code, message = decision.error
-            headers = {"X-Request-Id": rid, "X-Roundhouse-Route-Reason": decision.reason or code}
-            if status == 503:
-                headers["Retry-After"] = str(self.settings.retry_after_seconds)
-            # An unknown model is the client's string: it must not become a new metric series per typo.
-            model_label = "" if code == "model_not_found" else features.model
-            metrics.child(metrics.REQUESTS, model_label, "", "", str(status)).inc()
-            log.info("request", extra={"request_id": rid, "model": features.model, "status": status, "reason": code})
-            raise ClientError(status, message, code, "model" if code == "model_not_found" else None,
-                              "invalid_request_error" if status < 500 else "service_unavailable", headers)  # fmt: skip
-        for part in decision.reason.split(","):
-            metrics.child(metrics.DECISIONS, part.split(":", 1)[0]).inc()
         # One watcher task cancels this one if the client leaves, which stops the upstream request
         # too (a second task for the proxying and asyncio.wait cost ~10 us a request).
         handler = asyncio.current_task()
@@ -267,8 +259,7 @@ class Gateway:
         left = asyncio.Event()
         watcher = asyncio.create_task(cancel_on_disconnect(receive, handler, left))
         try:
-            await self.forward(send, rid, body, raw if not rewritten else None, features, decision, scope["path"],
-                               started)  # fmt: skip
+            await self.answer(send, rid, body, raw if not rewritten else None, features, scope["path"], started)
         except asyncio.CancelledError:
             if not left.is_set():
                 raise
@@ -277,30 +268,76 @@ class Gateway:
         finally:
             watcher.cancel()
 
-    async def decide(self, f: Features) -> Decision:
-        """Route; hold while the mode switches (bounded), queue briefly when every endpoint is at its cap."""
+    async def answer(self, send: Send, rid: str, body: dict[str, Any], raw: bytes | None, features: Features,
+                     path: str, started: float) -> None:  # fmt: skip
+        """Route (waiting for an engine to start if need be), then forward, or answer the error."""
+        prelude = Prelude(send, {"X-Request-Id": rid}) if features.stream else None
+        decision = await self.decide(features, prelude.waiting if prelude else None)
+        if decision.error:
+            status, code, message = decision.error
+            headers = {"X-Request-Id": rid, "X-Roundhouse-Route-Reason": decision.reason or code}
+            if status == 503:
+                headers["Retry-After"] = str(decision.retry_after or self.settings.retry_after_seconds)
+            # An unknown model is the client's string: it must not become a new metric series per typo.
+            model_label = "" if code == "model_not_found" else features.model
+            metrics.child(metrics.REQUESTS, model_label, "", "", str(status)).inc()
+            log.info("request", extra={"request_id": rid, "model": features.model, "status": status, "reason": code})
+            if prelude is not None and prelude.started:
+                await prelude.fail(message, "service_unavailable", code)
+                return
+            raise ClientError(status, message, code, "model" if code == "model_not_found" else None,
+                              "invalid_request_error" if status < 500 else "service_unavailable", headers)  # fmt: skip
+        for part in decision.reason.split(","):
+            metrics.child(metrics.DECISIONS, part.split(":", 1)[0]).inc()
+        await self.forward(prelude.send if prelude else send, rid, body, raw, features, decision, path, started)
+
+    async def decide(self, f: Features, waiting: Callable[[str], Awaitable[None]] | None = None) -> Decision:
+        """Route; wait for an engine started on demand (bounded, `waiting` called meanwhile), hold while
+        the mode switches (bounded), queue briefly when every endpoint is at its cap."""
         policy = self.catalog.mode.policy
         hold_deadline = time.monotonic() + policy.max_hold_seconds
         queue_deadline = time.monotonic() + self.catalog.mode.rules.queue_timeout_seconds
-        while True:
-            self.turn += 1
-            d = route(f, self.catalog, self.health.healthy, self.outstanding.__getitem__, self.turn)
-            if d.hold_for is not None:
-                if time.monotonic() >= hold_deadline:
-                    return Decision(error=(503, "engine_switching",
-                                           f"the {d.hold_for.value} engines are still starting after a mode switch"),
-                                    reason="hold:timeout")  # fmt: skip
-                await self.wait_change(hold_deadline)
-                continue
-            if d.candidates and all(self.at_cap(c) for c in d.candidates):
-                if time.monotonic() >= queue_deadline:
-                    return Decision(error=(503, "engine_overloaded", "every engine for this model is at its"
-                                           " concurrency limit"), reason="concurrency-cap")  # fmt: skip
-                self.slot_freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.slot_freed.wait(), max(0.0, queue_deadline - time.monotonic()))
-                continue
-            return d
+        waiter: Waiter | None = None
+        outcome = "gave-up"
+        try:
+            while True:
+                self.turn += 1
+                d = route(f, self.catalog, self.health.healthy, self.outstanding.__getitem__, self.turn)
+                if d.activate is not None:
+                    if waiter is None or waiter.engine != d.activate:
+                        if waiter is not None:
+                            waiter.end("rerouted")
+                        waiter = Waiter(self.demand, d.activate, self.catalog.mode.on_demand.max_wait_seconds)
+                    if waiter.expired():
+                        outcome = "timeout"
+                        return waiter.timed_out(d.reason)
+                    if waiting is not None:
+                        await waiting(d.activate)
+                    await self.wait_change(waiter.deadline)
+                    continue
+                outcome = "served" if d.candidates else "error"
+                if waiter is not None and d.candidates:
+                    # Say that this request waited for its engine to start (and how long).
+                    waited = time.time() - waiter.started
+                    d = dataclasses.replace(d, reason=f"{d.reason},activated:{waiter.engine}:{waited:.2f}s")
+                if d.hold_for is not None:
+                    if time.monotonic() >= hold_deadline:
+                        why = f"the {d.hold_for.value} engines are still starting after a mode switch"
+                        return Decision(error=(503, "engine_switching", why), reason="hold:timeout")
+                    await self.wait_change(hold_deadline)
+                    continue
+                if d.candidates and all(self.at_cap(c) for c in d.candidates):
+                    if time.monotonic() >= queue_deadline:
+                        return Decision(error=(503, "engine_overloaded", "every engine for this model is at its"
+                                               " concurrency limit"), reason="concurrency-cap")  # fmt: skip
+                    self.slot_freed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.slot_freed.wait(), max(0.0, queue_deadline - time.monotonic()))
+                    continue
+                return d
+        finally:
+            if waiter is not None:
+                waiter.end(outcome)
 
     async def wait_change(self, deadline: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -324,9 +361,11 @@ class Gateway:
             self.health.attempt(cand.endpoint)
             self.outstanding[cand.endpoint] += 1
             metrics.child(metrics.IN_FLIGHT, engine.name).inc()
+            self.demand.request_begin(engine.name)
             try:
                 sent = await self.try_one(send, rid, cand, payload, headers, f, path, started, reason)
             finally:
+                self.demand.request_end(engine.name)
                 self.outstanding[cand.endpoint] -= 1
                 metrics.child(metrics.IN_FLIGHT, engine.name).dec()
                 self.slot_freed.set()

@@ -13,6 +13,7 @@ from roundhouse_api import (
     InferenceEngine,
     Mode,
     ModePhase,
+    OnDemandPolicy,
     Phase,
     SwitchPolicy,
     runs,
@@ -56,6 +57,7 @@ class ModeState:
     switching: bool = False
     policy: SwitchPolicy = field(default_factory=SwitchPolicy)
     rules: AutoRules = field(default_factory=AutoRules)
+    on_demand: OnDemandPolicy = field(default_factory=OnDemandPolicy)
     # What the EngineMode's status says (or, standalone, what the gateway itself observed); shown
     # by the admin API and the web page, never used for routing.
     phase: str | None = None
@@ -143,6 +145,7 @@ def mode_from_resource(em: EngineMode | None) -> ModeState:
         switching=switching,
         policy=em.spec.switch_policy or SwitchPolicy(),
         rules=em.spec.auto_rules or AutoRules(),
+        on_demand=em.spec.on_demand or OnDemandPolicy(),
         phase=phase,
         previous=previous,
         switch_started_at=started.timestamp() if started else None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from roundhouse_api import GROUP, VERSION, EngineMode, Family, InferenceEngine, Mode, governs
+from roundhouse_api.demand import GatewayReport, report_key
 
 from .catalog import Catalog, Engine, engine_from_resource, mode_from_resource
 
@@ -71,6 +74,8 @@ class ClusterSource:
         self.listed: set[str] = set()
         self.secrets: dict[tuple[str, str], str | None] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Names this gateway's report: the pod's name in a cluster, else host and process.
+        self.gateway_id = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = threading.Event()
 
     # --- watching (threads) ---------------------------------------------------------------------
@@ -177,6 +182,18 @@ class ClusterSource:
                 log.warning("cannot read API key secret", extra={"secret": ref.name, "status": err.status})
                 self.secrets[key] = None
         return self.secrets[key]
+
+    # --- mode onDemand: this gateway's report on the EngineMode -------------------------------------
+    async def write_report(self, report: GatewayReport) -> None:
+        """Merge-patch this gateway's own annotation on the governing EngineMode (no other key is touched)."""
+        names = sorted(self.objects["modes"], key=lambda n: (n != "default", n))
+        if not names:
+            return
+        body = {"metadata": {"annotations": {report_key(self.gateway_id): report.wire()}}}
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, "enginemodes", names[0], body,
+            _content_type="application/merge-patch+json",
+        )  # fmt: skip
 
     # --- admin: switch the mode -------------------------------------------------------------------
     async def set_mode(self, mode: Mode) -> dict[str, Any]:

@@ -93,6 +93,7 @@ def cluster_gateway(
     gateway = Gateway(settings)
     source = ClusterSource(namespace, gateway.update, kubeconfig, endpoint_map)
     gateway.set_mode = source.set_mode
+    gateway.demand.write = source.write_report
     gateway.standalone = False
     gateway.on_startup.append(lambda: source.start(asyncio.get_running_loop()))
     return gateway

@@ -38,3 +38,13 @@ def child(metric: M, *values: str) -> M:
     """metric.labels(*values), remembered: labels() takes a lock and checks every value (about 1 us),
     and the hot path calls it nine times a request. Label values here come from the catalog only."""
     return metric.labels(*values)
+
+
+WAITING = Gauge("roundhouse_gateway_requests_waiting", "Mode onDemand: requests waiting for their engine to start.",
+                ["engine"], registry=REGISTRY)  # fmt: skip
+ACTIVATIONS = Counter("roundhouse_gateway_activations_total",
+                      "Mode onDemand: activations this gateway asked for, by reason.", ["engine", "reason"],
+                      registry=REGISTRY)  # fmt: skip
+WAIT_SECONDS = Histogram("roundhouse_gateway_activation_wait_seconds",
+                         "Mode onDemand: how long a request waited for its engine, by outcome.", ["outcome"],
+                         buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=REGISTRY)  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from roundhouse_api import Family
+from roundhouse_api import Family, Mode
 
 from .catalog import CAPABILITY_JSON_SCHEMA, CAPABILITY_TOOLS, Catalog, Engine
 
@@ -46,6 +46,9 @@ class Decision:
     error: tuple[int, str, str] | None = None
     # The mode is switching and the family that would serve is not ready yet: wait for it.
     hold_for: Family | None = None
+    # Mode onDemand: the engine to start for this request (it waits while the operator swaps).
+    activate: str | None = None
+    retry_after: int | None = None  # seconds, for a 503 whose wait can be estimated
 
 
 Healthy = Callable[[str], bool]
@@ -80,13 +83,17 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
     ready = [e for e in pool if e.ready and e.endpoints]
     if not ready and mode.switching and mode.policy.during_switch == "reject":
         return Decision(error=(503, "engine_switching", "the engine mode is switching; try again shortly"))
+    by_context = any(r.startswith("context:") for r in reasons)
+    if not ready and mode.mode == Mode.ON_DEMAND:
+        return _activate(pool, by_context, reasons)
     if not ready:
         incoming = next((e.family for e in pool if mode.switching), None)
         if incoming is not None and mode.policy.during_switch == "hold":
             return Decision(hold_for=incoming, reason="hold:switching")
         return _fallback(pool, catalog, healthy, outstanding, "no ready engine")
-    by_context = any(r.startswith("context:") for r in reasons)
     candidates = _rank(ready, healthy, outstanding, task_family, f.task, reasons, by_context, turn)
+    if not candidates and mode.mode == Mode.ON_DEMAND:
+        return _activate(ready, by_context, reasons)  # started, not yet answering its probes
     if not candidates:
         if mode.switching and mode.policy.during_switch == "hold":
             return Decision(hold_for=pool[0].family, reason="hold:switching")
@@ -95,6 +102,16 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
         reasons.append("model")
     reasons.append("least-loaded" if len(candidates) > 1 else "only-candidate")
     return Decision(candidates=candidates, reason=",".join(reasons))
+
+
+def _activate(pool: list[Engine], by_context: bool, reasons: list[str]) -> Decision:
+    """Mode onDemand: the engine to start. For a long prompt the smallest context that fits (the pool is
+    in that order), else the highest priority; an engine being drained only when nothing else serves."""
+    order = sorted(range(len(pool)), key=lambda i: (pool[i].phase == "Draining", 0 if by_context else -pool[i].priority,
+                                                    i))  # fmt: skip
+    target = pool[order[0]]
+    reasons.append(f"activate:{target.name}")
+    return Decision(hold_for=target.family, activate=target.name, reason=",".join(reasons))
 
 
 def _override(value: str, serving: list[Engine]) -> tuple[list[Engine], str]:

@@ -23,12 +23,15 @@ import httpx
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from roundhouse_api import CEL_CONTEXT_KEY, EngineMode, EngineStatus, Family, InferenceEngine, Phase, governs
+from roundhouse_api import CEL_CONTEXT_KEY, EngineMode, EngineStatus, Family, InferenceEngine, Mode, Phase, governs
+from roundhouse_api.demand import fold
 from roundhouse_api.families import DEFAULT_HELPER_IMAGE, FAMILIES
 
 from . import metrics
 from .fit import estimate
 from .kube import Kube
+from .ondemand import Budget, DemandPlan, DemandView, plan_on_demand
+from .ondemand_status import Seen, budget_of, on_demand_status, views
 from .plan import EnginePlan, EngineView, ModePlan, plan
 from .render import HASH_ANNOTATION, render, runs_workload
 from .status import Observed, condition, engine_status, keep_transition_times
@@ -255,8 +258,14 @@ class Controller:
         for name, (raw, _engine, _err) in parsed.items():
             mode = next((m for m in modes if governs(m, raw["metadata"].get("labels") or {})), None)
             by_mode.setdefault(mode.metadata.name if mode else None, []).append(name)
+        on_demand: dict[str, tuple[DemandPlan, Budget, list[DemandView]]] = {}
         for mode_name, names in by_mode.items():
             mode = next((m for m in modes if m.metadata.name == mode_name), None)
+            if mode is not None and mode.spec.mode == Mode.ON_DEMAND:
+                p, on_demand[mode.metadata.name] = await self._plan_on_demand(namespace, mode, names, parsed, now)
+                for n in names:
+                    plans[n] = (mode, p)
+                continue
             views = [self._view(namespace, parsed[n][0], parsed[n][1], mode is not None) for n in names]
             deadline = drain_deadline(mode, now) if mode else None
             draining = deadline is not None and now < deadline
@@ -279,7 +288,37 @@ class Controller:
         for mode in modes:
             name = mode.metadata.name
             mode_plan = next((p for (m, p) in plans.values() if m is not None and m.metadata.name == name), ModePlan())
-            await self._write_mode_status(mode, mode_plan, statuses.get(mode.metadata.name, {}), now)
+            await self._write_mode_status(mode, mode_plan, statuses.get(mode.metadata.name, {}), now,
+                                          on_demand.get(name), parsed)  # fmt: skip
+
+    async def _plan_on_demand(
+        self, namespace: str, mode: EngineMode, names: list[str],
+        parsed: dict[str, tuple[dict[str, Any], InferenceEngine | None, str | None]], now: datetime,
+    ) -> tuple[ModePlan, tuple[DemandPlan, Budget, list[DemandView]]]:  # fmt: skip
+        """Mode onDemand: who holds the GPUs, from the gateways' reports and what the last pass recorded."""
+        seen, result = [], ModePlan()
+        for n in names:
+            _raw, engine, error = parsed[n]
+            if engine is None or error is not None or not runs_workload(engine):
+                result.engines[n] = EnginePlan(replicas=engine.spec.replicas if engine else 0, active=True, held=False)
+                continue
+            deployment = self.store.get("Deployment", namespace, n)
+            seen.append(Seen(n, engine, deployment, len(self.store.owned("Pod", namespace, n))))
+        demand, reports = fold(mode.metadata.annotations, now.timestamp())
+        nodes = (
+            await asyncio.to_thread(self.kube.nodes)
+            if not (mode.spec.on_demand and mode.spec.on_demand.gpu_budget is not None)
+            else []
+        )
+        budget = budget_of(mode, nodes)
+        dviews = views(mode, seen, demand, reports)
+        dplan = plan_on_demand(dviews, budget, now.timestamp())
+        for n, d in dplan.engines.items():
+            result.engines[n] = EnginePlan(replicas=d.replicas, active=True, held=d.state == "waiting", state=d.state,
+                                           note=d.note)  # fmt: skip
+        if dplan.wake_in is not None:
+            self.mark_later(namespace, dplan.wake_in + 0.05)
+        return result, (dplan, budget, dviews)
 
     def _view(self, namespace: str, raw: dict[str, Any], engine: InferenceEngine | None, governed: bool) -> EngineView:
         name = raw["metadata"]["name"]
@@ -478,9 +517,21 @@ class Controller:
         await self._write_engine_status(raw, status, previous)
 
     async def _write_mode_status(
-        self, mode: EngineMode, p: ModePlan, engines: dict[str, tuple[Family, EngineStatus, bool]], now: datetime
-    ) -> None:
-        status, events = mode_status(mode, p, engines, now)
+        self, mode: EngineMode, p: ModePlan, engines: dict[str, tuple[Family, EngineStatus, bool]], now: datetime,
+        on_demand: tuple[DemandPlan, Budget, list[DemandView]] | None = None,
+        parsed: dict[str, tuple[dict[str, Any], InferenceEngine | None, str | None]] | None = None,
+    ) -> None:  # fmt: skip
+        if on_demand is not None:
+            status, events = on_demand_status(mode, *on_demand, engines, now)
+            for e in on_demand[0].events:  # each step on the engine too, with its timings
+                metrics.ON_DEMAND_STEPS.labels(step=e.reason).inc()
+                if parsed and e.engine in parsed:
+                    await asyncio.to_thread(self.kube.event, parsed[e.engine][0], "Normal", e.reason, e.message)
+            for event in events:
+                if event.reason == "Activated" and event.seconds is not None:
+                    metrics.ACTIVATION_SECONDS.observe(event.seconds)
+        else:
+            status, events = mode_status(mode, p, engines, now)
         old = mode.status.wire() if mode.status else None
         new = status.wire()
         if old == new:

@@ -22,3 +22,11 @@ ENGINES = Gauge("roundhouse_operator_engines", "InferenceEngines by phase, as la
 API_REQUESTS = Counter(
     "roundhouse_operator_api_requests_total", "Requests the operator sent to the API server (watches aside).", ["verb"]
 )
+ON_DEMAND_STEPS = Counter(
+    "roundhouse_operator_on_demand_steps_total",
+    "Mode onDemand steps taken, by step (Activating, Draining, Stopped).", ["step"],
+)  # fmt: skip
+ACTIVATION_SECONDS = Histogram(
+    "roundhouse_operator_activation_duration_seconds", "Mode onDemand: from an engine's start to its readiness.",
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+)  # fmt: skip

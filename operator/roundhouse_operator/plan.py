@@ -31,6 +31,8 @@ class EnginePlan:
     replicas: int
     active: bool
     held: bool  # wanted, but waiting for the outgoing family's pods to go
+    state: str | None = None  # mode onDemand: the planner's state for it (ondemand.State)
+    note: str = ""  # mode onDemand: why, in words
 
 
 @dataclass

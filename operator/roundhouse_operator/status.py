@@ -111,6 +111,8 @@ def _phase(o: Observed, ready: int) -> tuple[Phase, str]:
         mode = f"engine mode {o.mode_name!r}" if o.mode_name else "the engine mode"
         stopping = f"; {len(o.pods)} pod(s) stopping" if o.pods else ""
         return Phase.STANDBY, f"{mode} has switched the {o.engine.spec.engine.value} family off{stopping}"
+    if o.plan.state is not None and (on_demand := _on_demand_phase(o)) is not None:
+        return on_demand
     if not runs_workload(o.engine):
         if o.probe_ok is None:
             return Phase.PENDING, "waiting for the first probe"
@@ -131,6 +133,16 @@ def _phase(o: Observed, ready: int) -> tuple[Phase, str]:
             return Phase.FAILED, secret
         return Phase.FAILED, message
     return Phase.STARTING, f"0/{desired} replicas ready: loading"
+
+
+def _on_demand_phase(o: Observed) -> tuple[Phase, str] | None:
+    """Mode onDemand: draining, standby and waiting engines say so; starting ones are observed as usual."""
+    if o.plan.state == "draining":
+        return Phase.DRAINING, o.plan.note
+    if o.plan.state in ("standby", "waiting", "stopping") and o.plan.replicas == 0:
+        stopping = f"; {len(o.pods)} pod(s) stopping" if o.pods and o.plan.state != "stopping" else ""
+        return Phase.STANDBY, o.plan.note + stopping
+    return None
 
 
 def condition(kind: str, ok: bool | None, reason: str, message: str, generation: int, now: datetime) -> Condition:

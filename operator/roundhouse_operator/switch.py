@@ -17,6 +17,7 @@ class ModeEvent:
     type: str
     reason: str
     message: str
+    seconds: float | None = None  # how long the step took, for the metrics
 
 
 def drain_deadline(mode: EngineMode, now: datetime) -> datetime | None:

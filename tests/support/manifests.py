@@ -234,6 +234,28 @@ INVALID: list[Invalid] = [
         _with(_mode, lambda d: d["spec"]["switchPolicy"].update(maxHoldSeconds=100000)),
         "spec.switchPolicy.maxHoldSeconds",
     ),
+    Invalid(
+        "on-demand-policy-with-another-mode",
+        _with(_mode, lambda d: d["spec"].update(onDemand={"gpuBudget": 8})),
+        "spec.onDemand",
+    ),
+    Invalid(
+        "on-demand-idle-below-min-active",
+        _with(
+            _mode, lambda d: d["spec"].update(mode="onDemand", onDemand={"minActiveSeconds": 120, "idleSeconds": 60})
+        ),
+        "spec.onDemand.idleSeconds",
+    ),
+    Invalid(
+        "on-demand-negative-budget",
+        _with(_mode, lambda d: d["spec"].update(mode="onDemand", onDemand={"gpuBudget": -1})),
+        "spec.onDemand.gpuBudget",
+    ),
+    Invalid(
+        "on-demand-max-wait-zero",
+        _with(_mode, lambda d: d["spec"].update(mode="onDemand", onDemand={"maxWaitSeconds": 0})),
+        "spec.onDemand.maxWaitSeconds",
+    ),
 ]
 
 

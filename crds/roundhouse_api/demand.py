@@ -1,0 +1,83 @@
+"""What each gateway tells the operator in mode onDemand: one annotation per gateway on the EngineMode.
+
+A gateway writes its report when what it waits for changes (a request for a standby engine arrives:
+one write per activation, however many requests wait), when it has seen an engine start to drain
+and when its last request on that engine ends, and every REPORT_INTERVAL while it has requests in
+flight or waiting (the report carries the last request time per engine, for idleSeconds and
+least-recently-used eviction). Each gateway owns its own annotation key, so replicas never
+overwrite each other, and a report older than REPORT_TTL is ignored (its gateway is gone).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+REPORT_PREFIX = "gateways.roundhouse.dev/"
+REPORT_INTERVAL = 10.0
+REPORT_TTL = 3 * REPORT_INTERVAL
+
+
+class GatewayReport(BaseModel):
+    """One gateway's report (epoch seconds; engine names as keys)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    at: float = Field(description="When the gateway wrote it.")
+    waiting: dict[str, float] = Field(default_factory=dict, description="Engine -> oldest request waiting for it.")
+    in_flight: dict[str, int] = Field(default_factory=dict, alias="inFlight", description="Engine -> requests on it.")
+    last_request: dict[str, float] = Field(default_factory=dict, alias="lastRequest",
+                                           description="Engine -> its latest request.")  # fmt: skip
+
+    def wire(self) -> str:
+        return json.dumps(self.model_dump(by_alias=True), separators=(",", ":"), sort_keys=True)
+
+
+def report_key(gateway_id: str) -> str:
+    """The annotation key for one gateway: a DNS label after the prefix (at most 63 characters)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", gateway_id.lower()).strip("-")[:63].strip("-")
+    return REPORT_PREFIX + (name or "gateway")
+
+
+@dataclass(frozen=True)
+class EngineDemand:
+    """Every fresh report, folded for one engine."""
+
+    demanded_at: float | None = None
+    last_request_at: float | None = None
+    in_flight: int = 0
+
+
+def fold(annotations: dict[str, str], now: float) -> tuple[dict[str, EngineDemand], list[GatewayReport]]:
+    """Per engine: the oldest waiting request, the latest request and the requests in flight, from the
+    reports written within REPORT_TTL; and those reports (unreadable ones are skipped)."""
+    reports = []
+    for key, value in annotations.items():
+        if not key.startswith(REPORT_PREFIX):
+            continue
+        try:
+            report = GatewayReport.model_validate_json(value)
+        except ValidationError:
+            continue
+        if now - report.at <= REPORT_TTL:
+            reports.append(report)
+    names = {n for r in reports for n in (*r.waiting, *r.in_flight, *r.last_request)}
+    out = {}
+    for n in names:
+        waits = [r.waiting[n] for r in reports if n in r.waiting]
+        lasts = [r.last_request[n] for r in reports if n in r.last_request]
+        out[n] = EngineDemand(
+            demanded_at=min(waits) if waits else None,
+            last_request_at=max(lasts) if lasts else None,
+            in_flight=sum(r.in_flight.get(n, 0) for r in reports),
+        )
+    return out, reports
+
+
+def drained(reports: list[GatewayReport], engine: str, since: float) -> bool:
+    """Whether a drain that began at `since` is over: some gateway wrote after it began, and no fresh
+    report has a request in flight on the engine."""
+    return any(r.at >= since for r in reports) and not any(r.in_flight.get(engine, 0) for r in reports)

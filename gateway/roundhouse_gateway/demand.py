@@ -1,0 +1,136 @@
+"""Mode onDemand, the gateway's side: what its requests wait for and run on, reported to the operator.
+
+The report (roundhouse_api.demand) is written when what the gateway waits for changes, when it has
+seen an engine start to drain or its last request there ends, and every REPORT_INTERVAL while it
+has requests waiting or in flight: a bounded number of writes, whatever the request rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from roundhouse_api.demand import REPORT_INTERVAL, GatewayReport
+
+from . import metrics
+from .catalog import Catalog
+from .routing import Decision
+
+log = logging.getLogger("roundhouse.gateway.demand")
+Writer = Callable[[GatewayReport], Awaitable[None]]
+
+
+class Demand:
+    """Requests waiting for and running on each engine; writes the report through `write`."""
+
+    def __init__(self, write: Writer | None = None, interval: float = REPORT_INTERVAL) -> None:
+        self.write = write
+        self.interval = interval
+        self.waiting: dict[str, list[float]] = {}  # engine -> start times of the requests waiting for it
+        self.in_flight: Counter[str] = Counter()
+        self.last_request: dict[str, float] = {}
+        self.acked: set[str] = set()  # draining engines this gateway has reported on
+        self.dirty = asyncio.Event()
+        self.written_at = 0.0
+        self.writes = 0
+        self.reported_busy: set[str] = set()  # engines with requests in flight in the last report
+        self.started_in: dict[str, float] = {}  # engine -> how long its last activation took, as waited here
+
+    # --- what the requests do (event loop, no I/O) -------------------------------------------------
+    def wait_begin(self, engine: str) -> float:
+        started = time.time()
+        waits = self.waiting.setdefault(engine, [])
+        if not waits:
+            metrics.child(metrics.ACTIVATIONS, engine, "demand").inc()
+            self.dirty.set()  # a new engine is wanted: say so now (once per activation)
+        waits.append(started)
+        metrics.child(metrics.WAITING, engine).inc()
+        return started
+
+    def wait_end(self, engine: str, started: float, outcome: str) -> None:
+        waits = self.waiting.get(engine, [])
+        if started in waits:
+            waits.remove(started)
+        if not waits:
+            self.waiting.pop(engine, None)
+            self.dirty.set()  # nobody waits any more: the demand is withdrawn
+        metrics.child(metrics.WAITING, engine).dec()
+        metrics.child(metrics.WAIT_SECONDS, outcome).observe(time.time() - started)
+
+    def request_begin(self, engine: str) -> None:
+        self.in_flight[engine] += 1
+        self.last_request[engine] = time.time()
+
+    def request_end(self, engine: str) -> None:
+        self.in_flight[engine] -= 1
+        if self.in_flight[engine] <= 0:
+            del self.in_flight[engine]
+            if engine in self.acked or engine in self.reported_busy:
+                # The last request on an engine the last report called busy (or draining) ended: say so,
+                # or it would look busy (not idle, not drained) until the report expires.
+                self.dirty.set()
+
+    def catalog_changed(self, catalog: Catalog) -> None:
+        """Acknowledge each engine that started to drain (with what is in flight on it)."""
+        draining = {e.name for e in catalog.engines if e.phase == "Draining"}
+        if draining - self.acked:
+            self.dirty.set()
+        self.acked = draining
+
+    # --- reporting -----------------------------------------------------------------------------------
+    def report(self) -> GatewayReport:
+        return GatewayReport(at=time.time(), waiting={e: min(t) for e, t in self.waiting.items() if t},
+                             inFlight=dict(self.in_flight), lastRequest=dict(self.last_request))  # fmt: skip
+
+    def busy(self) -> bool:
+        return bool(self.waiting or self.in_flight)
+
+    async def run(self) -> None:
+        """Write when something changed, and every interval while busy (last request times, freshness)."""
+        if self.write is None:
+            return
+        while True:
+            try:
+                await asyncio.wait_for(self.dirty.wait(), self.interval)
+            except TimeoutError:
+                if not self.busy():
+                    continue  # the operator keeps the last request times it was told
+            self.dirty.clear()
+            report = self.report()
+            self.reported_busy = set(report.in_flight)
+            try:
+                await self.write(report)
+                self.written_at, self.writes = report.at, self.writes + 1
+            except Exception as err:  # the API server may be away: the next change or interval retries
+                log.warning("demand report not written", extra={"error": repr(err)})
+                await asyncio.sleep(1.0)
+                self.dirty.set()
+
+
+class Waiter:
+    """One request waiting for `engine` to start, for at most `max_wait` seconds."""
+
+    def __init__(self, demand: Demand, engine: str, max_wait: float) -> None:
+        self.demand, self.engine, self.max_wait = demand, engine, max_wait
+        self.started = demand.wait_begin(engine)
+        self.deadline = time.monotonic() + max_wait
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def timed_out(self, reason: str) -> Decision:
+        """A 503 whose Retry-After is how long this engine took to start last time (if this gateway saw it)."""
+        expected = self.demand.started_in.get(self.engine)
+        message = (f"engine {self.engine} did not become ready within maxWaitSeconds ({self.max_wait:g}s);"
+                   " it is still being started, try again")  # fmt: skip
+        return Decision(error=(503, "engine_starting", message), reason=f"{reason},wait:timeout",
+                        retry_after=max(1, math.ceil(expected)) if expected else None)  # fmt: skip
+
+    def end(self, outcome: str) -> None:
+        if outcome == "served":
+            self.demand.started_in[self.engine] = time.time() - self.started
+        self.demand.wait_end(self.engine, self.started, outcome)

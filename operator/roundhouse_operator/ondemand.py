@@ -1,0 +1,223 @@
+"""plan_on_demand(engines, policy, now) -> which governed engines hold the GPUs in mode onDemand. Pure.
+
+Requests start the engines they need (the gateways report what their held requests wait for); the
+planner keeps the engines within the GPU budget: an engine that is needed starts once enough GPUs
+are free, and others make room: idle ones first (nothing in flight), then the least recently used,
+then the lowest routing priority. An engine being stopped first drains: it gets no new requests
+and those running finish, until every gateway says none is left or drainSeconds pass; then it is
+scaled to zero, and its GPUs count as free only once its pods are gone. An engine started on
+demand runs at least minActiveSeconds (no thrashing), and one with no request for idleSeconds is
+scaled to zero. Everything the planner remembers (activation and drain times) is in the
+EngineMode's status, so an operator restarted in the middle of a swap finishes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from roundhouse_api.demand import REPORT_INTERVAL
+
+State = Literal["active", "standby", "waiting", "starting", "draining", "stopping"]
+
+
+@dataclass(frozen=True)
+class DemandView:
+    """One governed engine as the on-demand planner sees it (times in epoch seconds)."""
+
+    name: str
+    gpus: int  # GPUs it holds when running at its spec's replicas
+    spec_replicas: int
+    deployed: int  # its Deployment's replicas now
+    pods: int  # its pods that exist now, terminating ones included
+    ready: bool = False
+    priority: int = 0
+    activated_at: float | None = None  # when it last started (or was first seen running)
+    draining_since: float | None = None
+    demanded_at: float | None = None  # the oldest request a gateway holds for it
+    last_request_at: float | None = None
+    in_flight: int = 0  # requests on it, as the fresh gateway reports say
+    drained: bool = False  # every gateway that has seen the drain reports nothing in flight
+
+
+@dataclass(frozen=True)
+class Budget:
+    gpus: int
+    min_active: float = 60
+    idle: float = 0  # 0: never scale an idle engine to zero
+    drain: float = 30
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    state: State
+    note: str
+    activated_at: float | None = None
+    draining_since: float | None = None
+
+
+@dataclass(frozen=True)
+class PlanEvent:
+    engine: str
+    reason: str  # Activating, Draining, Stopped, OverBudget, WaitingForGPUs
+    message: str
+
+
+@dataclass
+class DemandPlan:
+    engines: dict[str, Decision] = field(default_factory=dict)
+    events: list[PlanEvent] = field(default_factory=list)
+    wake_in: float | None = None  # seconds until a deadline passes that this plan depends on
+    gpus_held: int = 0
+
+    def wake(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.wake_in = seconds if self.wake_in is None else min(self.wake_in, seconds)
+
+
+def holds(e: DemandView) -> int:
+    """GPUs the engine holds now: until its last pod is gone."""
+    return e.gpus if e.deployed > 0 or e.pods > 0 else 0
+
+
+def plan_on_demand(engines: list[DemandView], budget: Budget, now: float) -> DemandPlan:
+    """Desired replicas and state for every governed engine; events for what changes."""
+    out = DemandPlan(gpus_held=sum(holds(e) for e in engines))
+    running = {e.name: e for e in engines if e.deployed > 0 and e.draining_since is None}
+    for e in engines:
+        if e.draining_since is not None:
+            _drain(e, budget, now, out)
+    for e in list(running.values()):
+        if (why := _idle(e, budget, now, out)) is not None:
+            del running[e.name]
+            _start_drain(e, now, why, out)
+    free = budget.gpus - out.gpus_held  # may be negative while over budget
+    freeing = sum(holds(e) for e in engines if e.name not in running)  # drains and stopping pods
+    for e in sorted((e for e in engines if e.demanded_at is not None and e.name not in running
+                     and e.name not in out.engines), key=lambda e: (e.demanded_at, e.name)):  # fmt: skip
+        if e.gpus > budget.gpus:
+            out.engines[e.name] = Decision(0, "waiting", f"needs {e.gpus} GPUs, more than the budget of {budget.gpus}")
+            continue
+        if e.gpus <= free:
+            free -= e.gpus
+            waited = now - (e.demanded_at or now)
+            out.engines[e.name] = Decision(e.spec_replicas, "starting", "started by a request", activated_at=now)
+            out.events.append(
+                PlanEvent(
+                    e.name,
+                    "Activating",
+                    f"a request waits for {e.name}: starting it"
+                    f" ({e.gpus} of {budget.gpus} GPUs; demanded {waited:.1f}s ago)",
+                )
+            )
+            continue
+        shortfall = e.gpus - max(free, 0) - freeing
+        if shortfall > 0:
+            victims, blocked = _victims(list(running.values()), shortfall, budget, now)
+            if not victims:
+                if blocked:
+                    out.wake(min(_min_active_left(b, budget, now) for b in blocked))
+                why = (f"{', '.join(b.name for b in blocked)} started less than minActiveSeconds ago" if blocked
+                       else "the engines holding them are in use by other waiting requests")  # fmt: skip
+                out.engines[e.name] = Decision(0, "waiting", f"waiting for GPUs: needs {e.gpus},"
+                                               f" {max(free, 0)} free; {why}")  # fmt: skip
+                continue
+            for v in victims:
+                del running[v.name]
+                freeing += v.gpus
+                _start_drain(v, now, f"making room for {e.name}", out)
+        # The GPUs being freed are this engine's: it starts once the outgoing pods are gone.
+        from_freeing = e.gpus - max(free, 0)
+        free, freeing = min(free, 0), freeing - from_freeing
+        others = sorted(x.name for x in engines if x.name not in running and holds(x) and x.name != e.name)
+        what = ", ".join(others) if others else "its own old pods"
+        out.engines[e.name] = Decision(0, "waiting", f"waiting for {what} to stop (GPUs to free up)")
+    _over_budget(running, budget, now, out)
+    for e in engines:
+        if e.name in out.engines:
+            continue
+        if e.name in running:
+            activated = e.activated_at if e.activated_at is not None else now  # adopted as it runs
+            state: State = "active" if e.ready else "starting"
+            out.engines[e.name] = Decision(e.spec_replicas, state, "serving" if e.ready else "starting",
+                                           activated_at=activated)  # fmt: skip
+            continue
+        if e.pods:
+            out.engines[e.name] = Decision(0, "stopping", f"{e.pods} pod(s) stopping")
+        else:
+            out.engines[e.name] = Decision(0, "standby", "on demand: starts when a request needs it")
+    return out
+
+
+def _drain(e: DemandView, budget: Budget, now: float, out: DemandPlan) -> None:
+    deadline = e.draining_since + budget.drain if e.draining_since is not None else now
+    if e.drained or now >= deadline:
+        why = "nothing left in flight" if e.drained else f"drainSeconds ({budget.drain:g}s) passed"
+        took = now - (e.draining_since or now)
+        out.engines[e.name] = Decision(0, "stopping" if e.pods else "standby", f"stopped: {why}")
+        out.events.append(PlanEvent(e.name, "Stopped", f"scaled {e.name} to zero after draining {took:.1f}s: {why}"))
+        return
+    out.wake(deadline - now)
+    out.engines[e.name] = Decision(
+        e.deployed,
+        "draining",
+        f"draining: {e.in_flight} request(s) in flight, stopped after {budget.drain:g}s at most",
+        draining_since=e.draining_since,
+    )
+
+
+def _start_drain(e: DemandView, now: float, why: str, out: DemandPlan) -> None:
+    out.engines[e.name] = Decision(e.deployed, "draining", f"draining: {why}", draining_since=now)
+    out.events.append(PlanEvent(e.name, "Draining", f"draining {e.name} ({why}): no new requests,"
+                                f" {e.in_flight} in flight may finish"))  # fmt: skip
+    out.wake(0.05)
+
+
+def _idle(e: DemandView, budget: Budget, now: float, out: DemandPlan) -> str | None:
+    """Why a running engine is scaled to zero for idleness now (None: not yet; the wake-up is set)."""
+    if not budget.idle or e.demanded_at is not None:
+        return None
+    if e.in_flight:
+        out.wake(REPORT_INTERVAL)  # busy now; look again when the next report is due
+        return None
+    since = max((t for t in (e.last_request_at, e.activated_at) if t is not None), default=now)
+    due = max(since + budget.idle, (e.activated_at or now) + budget.min_active)
+    if now < due:
+        out.wake(due - now)
+        return None
+    return f"no request for {now - since:.0f}s (idleSeconds {budget.idle:g})"
+
+
+def _min_active_left(e: DemandView, budget: Budget, now: float) -> float:
+    return (e.activated_at or now) + budget.min_active - now
+
+
+def _victims(running: list[DemandView], shortfall: int, budget: Budget,
+             now: float) -> tuple[list[DemandView], list[DemandView]]:  # fmt: skip
+    """Engines to stop to free `shortfall` GPUs: idle first, least recently used, lowest priority.
+    Returns ([], the engines minActiveSeconds protects) when not enough may stop now."""
+    eligible = [e for e in running if e.demanded_at is None and _min_active_left(e, budget, now) <= 0]
+    blocked = [e for e in running if e.demanded_at is None and _min_active_left(e, budget, now) > 0]
+    eligible.sort(key=lambda e: (e.in_flight > 0, e.last_request_at or 0.0, e.priority, e.name))
+    picked, freed = [], 0
+    for e in eligible:
+        if freed >= shortfall:
+            break
+        if e.gpus:
+            picked.append(e)
+            freed += e.gpus
+    return (picked, blocked) if freed >= shortfall else ([], blocked)
+
+
+def _over_budget(running: dict[str, DemandView], budget: Budget, now: float, out: DemandPlan) -> None:
+    """Engines already running beyond the budget (it was lowered, or the mode just became onDemand)."""
+    total = sum(e.gpus for e in running.values())
+    if total <= budget.gpus:
+        return
+    victims, blocked = _victims(list(running.values()), total - budget.gpus, budget, now)
+    if not victims and blocked:
+        out.wake(min(_min_active_left(b, budget, now) for b in blocked))
+    for v in victims:
+        del running[v.name]
+        _start_drain(v, now, f"over the GPU budget of {budget.gpus}", out)

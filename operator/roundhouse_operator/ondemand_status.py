@@ -1,0 +1,135 @@
+"""The on-demand planner's inputs from observed objects, and its EngineMode status and events. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from roundhouse_api import EngineMode, EngineModeStatus, EngineStatus, Family, InferenceEngine, Mode, ModePhase
+from roundhouse_api.demand import EngineDemand, GatewayReport, drained
+from roundhouse_api.families.base import gpu_count
+from roundhouse_api.mode import GovernedEngine
+
+from .ondemand import Budget, DemandPlan, DemandView
+from .status import condition, keep_transition_times
+from .switch import ModeEvent
+
+STEADY = ("active", "standby")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One governed engine's objects, as the operator's store holds them."""
+
+    name: str
+    engine: InferenceEngine
+    deployment: dict[str, Any] | None
+    pods: int
+
+
+def epoch(t: datetime | None) -> float | None:
+    return t.timestamp() if t is not None else None
+
+
+def when(t: float | None) -> datetime | None:
+    return datetime.fromtimestamp(t, UTC) if t is not None else None
+
+
+def budget_of(mode: EngineMode, nodes: list[dict[str, Any]]) -> Budget:
+    """spec.onDemand, with the GPU budget defaulting to every GPU the nodes advertise."""
+    policy = mode.spec.on_demand
+    gpus = policy.gpu_budget if policy and policy.gpu_budget is not None else None
+    if gpus is None:
+        gpus = sum(_int((n.get("allocatable") or {}).get("nvidia.com/gpu")) for n in nodes)
+    if policy is None:
+        return Budget(gpus=gpus)
+    return Budget(gpus=gpus, min_active=policy.min_active_seconds, idle=policy.idle_seconds,
+                  drain=policy.drain_seconds)  # fmt: skip
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def views(mode: EngineMode, seen: list[Seen], demand: dict[str, EngineDemand],
+          reports: list[GatewayReport]) -> list[DemandView]:  # fmt: skip
+    """Planner inputs: observed replicas and pods, the gateways' demand, and what the last pass recorded."""
+    previous = {e.name: e for e in (mode.status.engines if mode.status else [])}
+    out = []
+    for s in seen:
+        spec = s.engine.spec
+        dstatus = (s.deployment or {}).get("status") or {}
+        deployed = int(((s.deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
+        prev = previous.get(s.name)
+        d = demand.get(s.name, EngineDemand())
+        draining_since = epoch(prev.draining_since) if prev else None
+        lasts = [t for t in (d.last_request_at, epoch(prev.last_request_at) if prev else None) if t is not None]
+        out.append(DemandView(
+            name=s.name, gpus=spec.replicas * gpu_count(spec), spec_replicas=spec.replicas, deployed=deployed,
+            pods=s.pods, ready=deployed > 0 and int(dstatus.get("readyReplicas", 0) or 0) >= spec.replicas,
+            priority=spec.routing.priority if spec.routing else 0,
+            activated_at=epoch(prev.activated_at) if prev else None, draining_since=draining_since,
+            demanded_at=d.demanded_at, last_request_at=max(lasts) if lasts else None, in_flight=d.in_flight,
+            drained=draining_since is not None and drained(reports, s.name, draining_since),
+        ))  # fmt: skip
+    return out
+
+
+def on_demand_status(mode: EngineMode, p: DemandPlan, budget: Budget, seen: list[DemandView],
+                     engines: dict[str, tuple[Family, EngineStatus, bool]],
+                     now: datetime) -> tuple[EngineModeStatus, list[ModeEvent]]:  # fmt: skip
+    """The EngineMode status in mode onDemand: each engine's state and times, the budget, and events."""
+    prev = mode.status or EngineModeStatus()
+    before = {e.name: e for e in prev.engines}
+    by_name = {v.name: v for v in seen}
+    events = [ModeEvent("Normal", e.reason, e.message) for e in p.events]
+    governed: list[GovernedEngine] = []
+    busy: list[str] = []
+    stuck: list[str] = []
+    activations = prev.activations or 0
+    for name, (family, st, _workload) in sorted(engines.items()):
+        d = p.engines.get(name)
+        v = by_name.get(name)
+        if d is None or v is None:  # runs elsewhere (an external API): always on
+            governed.append(GovernedEngine(name=name, family=family, active=True, phase=st.phase, message=st.message))
+            continue
+        activations += any(e.engine == name and e.reason == "Activating" for e in p.events)
+        old = before.get(name)
+        if old is not None and old.state == "starting" and d.state == "active" and old.activated_at is not None:
+            took = (now - old.activated_at).total_seconds()
+            events.append(ModeEvent("Normal", "Activated", f"{name} is ready {took:.1f}s after it was started", took))
+        if d.state == "waiting" and (old is None or old.state != "waiting"):
+            events.append(ModeEvent("Normal" if "to stop" in d.note else "Warning", "Waiting", f"{name}: {d.note}"))
+        if d.state not in STEADY:
+            (stuck if "more than the budget" in d.note else busy).append(f"{name}: {d.note}")
+        governed.append(GovernedEngine(
+            name=name, family=family, active=d.replicas > 0, phase=st.phase, message=d.note, state=d.state,
+            demanded_at=when(v.demanded_at), activated_at=when(d.activated_at), draining_since=when(d.draining_since),
+            last_request_at=when(v.last_request_at),
+        ))  # fmt: skip
+    status = EngineModeStatus(
+        active_mode=Mode.ON_DEMAND, previous_mode=prev.previous_mode if prev.active_mode == Mode.ON_DEMAND
+        else prev.active_mode, switch_started_at=prev.switch_started_at, switch_completed_at=prev.switch_completed_at,
+        last_switch_seconds=prev.last_switch_seconds, engines=governed, observed_generation=mode.metadata.generation,
+        gpu_budget=budget.gpus, gpus_held=p.gpus_held, activations=activations,
+    )  # fmt: skip
+    if stuck:
+        status.phase, status.message = ModePhase.DEGRADED, "; ".join(stuck + busy)
+    elif busy:
+        status.phase, status.message = ModePhase.SWITCHING, "; ".join(busy)
+    else:
+        status.phase = ModePhase.READY
+        status.message = f"onDemand: {p.gpus_held} of {budget.gpus} GPUs held; every engine is active or on standby"
+    gen = mode.metadata.generation
+    switching = status.phase == ModePhase.SWITCHING
+    conditions = [
+        condition("Ready", status.phase == ModePhase.READY, status.phase.value, status.message, gen, now),
+        condition("Switching", switching, "Activating" if switching else "Idle",
+                  status.message if switching else "no activation under way", gen, now),
+    ]  # fmt: skip
+    status.conditions = keep_transition_times(conditions, prev.conditions)
+    return status, events
