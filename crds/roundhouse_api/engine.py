@@ -361,6 +361,17 @@ class Probes(ApiModel):
     period_seconds: int = Field(default=10, ge=1, le=300, description="Probe period after startup.")
 
 
+class LocalProcess(ApiModel):
+    """How a standalone gateway runs an engine on its own machine (mode onDemand); ignored in a cluster."""
+
+    command: list[str] = Field(
+        min_length=1, max_length=256,
+        description="The program and its arguments, run without a shell; {port} becomes the port the gateway chose.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 4096}},
+    )  # fmt: skip
+    env: dict[str, str] = Field(default_factory=dict, description="More environment variables for it.")
+
+
 class InferenceEngineSpec(ApiModel):
     """Desired state of an InferenceEngine."""
 
@@ -411,6 +422,10 @@ class InferenceEngineSpec(ApiModel):
         max_length=64,
         description="URLs of an engine of this family that already runs elsewhere: no workload is created.",
     )
+    process: LocalProcess | None = Field(
+        default=None,
+        description="Standalone gateway only: run this command line instead of the one rendered for the family.",
+    )
     vllm: VLLMConfig | None = Field(default=None, description="vLLM settings (engine: vllm only).")
     llamacpp: LlamaCppConfig | None = Field(default=None, description="llama-server settings (engine: llamacpp only).")
     ollama: OllamaConfig | None = Field(default=None, description="Ollama settings (engine: ollama only).")
@@ -448,6 +463,11 @@ class InferenceEngineSpec(ApiModel):
             "self.engine != 'external' || !has(self.gpus) || self.gpus == 0",
             "spec.gpus must be 0 or unset when spec.engine is 'external': it runs no workload",
             ".gpus",
+        ),
+        CelRule(
+            "!has(self.process) || (self.engine != 'external' && !has(self.endpoints))",
+            "spec.process runs the engine locally: not with spec.endpoints or spec.engine 'external'",
+            ".process",
         ),
         CelRule(
             "self.engine != 'external' || !has(self.endpoints)",

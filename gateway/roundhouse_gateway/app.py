@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,7 @@ class Gateway:
         self.upstream = Upstream()
         self.set_mode = set_mode
         self.on_startup: list[Callable[[], None]] = []
+        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         self.standalone = True
         self.turn = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -119,9 +120,15 @@ class Gateway:
         for hook in self.on_startup:
             hook()
 
+    def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `coro` until the gateway shuts down."""
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
     async def shutdown(self) -> None:
         for t in self._tasks:
             t.cancel()
+        for hook in self.on_shutdown:
+            await hook()
         await self.upstream.close()
 
     async def probe_forever(self) -> None:

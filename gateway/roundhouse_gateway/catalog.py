@@ -49,6 +49,7 @@ class Engine:
     timeouts: Timeouts = Timeouts()
     api_key: str | None = None  # external APIs: sent upstream as Bearer
     phase: str | None = None  # as the operator reports it (None standalone)
+    message: str | None = None  # why it is in that phase, in words
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def engine_from_resource(
         timeouts=Timeouts(t.connect_seconds, t.first_byte_seconds, t.idle_seconds) if t else Timeouts(),
         api_key=api_key,
         phase=status.phase.value if status and status.phase else None,
+        message=status.message if status else None,
     )
 
 

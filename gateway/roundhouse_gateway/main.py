@@ -19,8 +19,10 @@ from roundhouse_api import Mode
 from .app import Gateway, Settings
 from .catalog import Catalog, with_mode
 from .cluster import ClusterSource
-from .config import ConfigError, load_catalog, read_keys
+from .config import Config, ConfigError, load_config, read_keys
+from .local import LocalEngines
 
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roundhouse"
 RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -54,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--admin-keys-file", help="file with one admin key per line (none: admin API disabled)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument("--probe-interval", type=float, default=2.0, help="seconds between active health probes")
+    p.add_argument("--engine-log-dir", type=Path, default=CACHE / "engine-logs",
+                   help="standalone onDemand: one log file per engine the gateway runs")  # fmt: skip
+    p.add_argument("--engine-cache-dir", type=Path, default=CACHE / "models",
+                   help="standalone onDemand: where engines keep models (the pods' cache volume)")  # fmt: skip
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings(api_keys=read_keys(args.api_keys_file), admin_keys=read_keys(args.admin_keys_file),
                             max_body_bytes=args.max_body_bytes, probe_interval=args.probe_interval)  # fmt: skip
-        catalog = load_catalog(args.config) if args.config else None
+        config = load_config(args.config) if args.config else None
     except (ConfigError, OSError) as err:
         sys.exit(f"roundhouse-gateway: {err}")
     endpoint_map = {}
@@ -76,10 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not url.startswith(("http://", "https://")):
             sys.exit(f"roundhouse-gateway: --endpoint-map wants ENGINE=http(s)://host:port, got {item!r}")
         endpoint_map[name] = url.rstrip("/")
-    if catalog is None:
+    if config is None:
         gateway = cluster_gateway(settings, args.namespace, args.kubeconfig, endpoint_map)
     else:
-        gateway = standalone_gateway(settings, catalog)
+        gateway = standalone_gateway(settings, config.catalog)
+        if config.local and config.mode is not None:
+            run_locally(gateway, config, args.engine_log_dir, args.engine_cache_dir)
     # No proxy-headers middleware: the gateway never uses the client address, and it is one more
     # coroutine layer per request.
     uvicorn.run(gateway, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
@@ -112,6 +120,16 @@ def standalone_gateway(settings: Settings, catalog: Catalog) -> Gateway:
 
     gateway.set_mode = set_mode
     return gateway
+
+
+def run_locally(gateway: Gateway, config: Config, log_dir: Path, cache_dir: Path) -> None:
+    """Standalone mode onDemand: the gateway starts and stops the config's local engines itself."""
+    assert config.mode is not None
+    engines = LocalEngines(config.catalog, config.local, config.mode, gateway.demand, gateway.update, log_dir,
+                           cache_dir)  # fmt: skip
+
+    gateway.on_startup.append(lambda: gateway.background(engines.run(), "local-engines"))
+    gateway.on_shutdown.append(engines.close)
 
 
 if __name__ == "__main__":

@@ -107,9 +107,12 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
 def _activate(pool: list[Engine], by_context: bool, reasons: list[str]) -> Decision:
     """Mode onDemand: the engine to start. For a long prompt the smallest context that fits (the pool is
     in that order), else the highest priority; an engine being drained only when nothing else serves."""
-    order = sorted(range(len(pool)), key=lambda i: (pool[i].phase == "Draining", 0 if by_context else -pool[i].priority,
-                                                    i))  # fmt: skip
+    order = sorted(range(len(pool)), key=lambda i: (pool[i].phase == "Failed", pool[i].phase == "Draining",
+                                                    0 if by_context else -pool[i].priority, i))  # fmt: skip
     target = pool[order[0]]
+    if target.phase == "Failed":  # waiting would not help: say why now
+        why = f"engine {target.name} failed: {target.message or 'see its status'}"
+        return Decision(error=(503, "engine_failed", why), reason=",".join([*reasons, f"failed:{target.name}"]))
     reasons.append(f"activate:{target.name}")
     return Decision(hold_for=target.family, activate=target.name, reason=",".join(reasons))
 

@@ -26,11 +26,11 @@ from pydantic import ValidationError
 from roundhouse_api import CEL_CONTEXT_KEY, EngineMode, EngineStatus, Family, InferenceEngine, Mode, Phase, governs
 from roundhouse_api.demand import fold
 from roundhouse_api.families import DEFAULT_HELPER_IMAGE, FAMILIES
+from roundhouse_api.ondemand import Budget, DemandPlan, DemandView, plan_on_demand
 
 from . import metrics
 from .fit import estimate
 from .kube import Kube
-from .ondemand import Budget, DemandPlan, DemandView, plan_on_demand
 from .ondemand_status import Seen, budget_of, on_demand_status, views
 from .plan import EnginePlan, EngineView, ModePlan, plan
 from .render import HASH_ANNOTATION, render, runs_workload

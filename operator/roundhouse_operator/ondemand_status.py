@@ -10,8 +10,8 @@ from roundhouse_api import EngineMode, EngineModeStatus, EngineStatus, Family, I
 from roundhouse_api.demand import EngineDemand, GatewayReport, drained
 from roundhouse_api.families.base import gpu_count
 from roundhouse_api.mode import GovernedEngine
+from roundhouse_api.ondemand import Budget, DemandPlan, DemandView
 
-from .ondemand import Budget, DemandPlan, DemandView
 from .status import condition, keep_transition_times
 from .switch import ModeEvent
 

@@ -235,6 +235,16 @@ INVALID: list[Invalid] = [
         "spec.switchPolicy.maxHoldSeconds",
     ),
     Invalid(
+        "process-with-endpoints",
+        _with(_vllm, lambda d: d["spec"].update(process={"command": ["vllm"]}, endpoints=["http://10.0.0.5:8000"])),
+        "spec.process",
+    ),
+    Invalid(
+        "process-empty-command",
+        _with(_vllm, lambda d: d["spec"].update(process={"command": []})),
+        "spec.process.command",
+    ),
+    Invalid(
         "on-demand-policy-with-another-mode",
         _with(_mode, lambda d: d["spec"].update(onDemand={"gpuBudget": 8})),
         "spec.onDemand",

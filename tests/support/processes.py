@@ -111,9 +111,9 @@ def enginesim(flavour: str, name: str, models: list[str], log_dir: Path, host: s
 
 
 def gateway(config: Path, log_dir: Path, api_keys: list[str], admin_keys: list[str], probe_interval: float = 0.3,
-            env: dict[str, str] | None = None) -> Process:  # fmt: skip
+            env: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> Process:  # fmt: skip
     """roundhouse-gateway standalone from `config`, with key files next to it."""
-    return _gateway(["--config", str(config)], config.parent, f"gateway-{config.stem}", log_dir, api_keys,
+    return _gateway(["--config", str(config), *extra], config.parent, f"gateway-{config.stem}", log_dir, api_keys,
                     admin_keys, probe_interval, env=env)  # fmt: skip
 
 

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from roundhouse_operator.ondemand import Budget, DemandPlan, DemandView, plan_on_demand
+from roundhouse_api.ondemand import Budget, DemandPlan, DemandView, plan_on_demand
 
 T = 1_000_000.0  # "now" in the tables
 B8 = Budget(gpus=8, min_active=60, idle=0, drain=30)

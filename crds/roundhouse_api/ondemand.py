@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from roundhouse_api.demand import REPORT_INTERVAL
+from .demand import REPORT_INTERVAL
 
 State = Literal["active", "standby", "waiting", "starting", "draining", "stopping"]
 

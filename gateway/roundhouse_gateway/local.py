@@ -1,0 +1,258 @@
+"""Standalone mode onDemand: the gateway runs engines as local processes, within the config's budget.
+
+The same planner as the operator's (roundhouse_api.ondemand) decides; here a "replica" is a process.
+A start runs the engine's command line (localcmd.py) with its output in a per-engine log, then
+polls its health endpoint every 0.25 s, bounded by maxWaitSeconds; a stop drains like the operator's
+(no new requests, those running finish, up to drainSeconds), then sends SIGTERM and SIGKILL after
+STOP_TIMEOUT. Starts and stops are serialized by one lock. An engine that exits on its own is
+reported (phase Failed, its exit code and last log line) and not started again before
+CRASH_BACKOFF has passed and a request asks for it: never a restart loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from roundhouse_api import EngineMode, InferenceEngine
+from roundhouse_api.families.base import gpu_count
+from roundhouse_api.ondemand import Budget, DemandView, plan_on_demand
+
+from .catalog import Catalog
+from .demand import Demand
+from .localcmd import LOOPBACK, CommandError, local_command
+
+log = logging.getLogger("roundhouse.gateway.local")
+HEALTH_POLL = 0.25
+TICK = 0.1
+STOP_TIMEOUT = 10.0
+CRASH_BACKOFF = 30.0
+
+
+@dataclass
+class Local:
+    """One engine run by this gateway."""
+
+    ie: InferenceEngine
+    log_path: Path
+    state: str = "standby"  # standby | starting | ready | draining | stopping | failed
+    process: asyncio.subprocess.Process | None = None
+    port: int | None = None
+    activated_at: float | None = None
+    draining_since: float | None = None
+    failed_at: float | None = None
+    message: str = "on demand: starts when a request needs it"
+    starts: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return self.ie.metadata.name
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+class LocalEngines:
+    """Runs the config's local engines on demand and keeps the gateway's catalog in step."""
+
+    def __init__(self, base: Catalog, engines: list[InferenceEngine], mode: EngineMode, demand: Demand,
+                 update: Callable[[Catalog], None], log_dir: Path, cache_dir: Path) -> None:  # fmt: skip
+        self.base, self.demand, self.update = base, demand, update
+        self.mode = mode
+        policy = mode.spec.on_demand
+        budget = policy.gpu_budget if policy and policy.gpu_budget is not None else None
+        self.budget = Budget(
+            gpus=budget if budget is not None else max((gpu_count(e.spec) for e in engines), default=0),
+            min_active=policy.min_active_seconds if policy else 60, idle=policy.idle_seconds if policy else 0,
+            drain=policy.drain_seconds if policy else 30,
+        )  # fmt: skip
+        self.max_wait = policy.max_wait_seconds if policy else 300
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.engines = {e.metadata.name: Local(e, log_dir / f"{e.metadata.name}.log") for e in engines}
+        self.cache_dir = cache_dir
+        self.lock = asyncio.Lock()
+        self.http = httpx.AsyncClient(timeout=2.0)
+        self.published: tuple[tuple[str, str, int | None], ...] = ()
+
+    # --- the loop ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.publish()
+        while True:
+            try:
+                self.step(time.time())
+            except Exception:  # a bug of ours must not stop every engine's lifecycle
+                log.exception("on-demand step failed")
+            await asyncio.sleep(TICK)
+
+    def views(self, now: float) -> list[DemandView]:
+        out = []
+        for loc in self.engines.values():
+            if loc.state == "failed" and loc.failed_at is not None and now - loc.failed_at >= CRASH_BACKOFF:
+                loc.state, loc.message = "standby", f"{loc.message} (may start again on the next request)"
+            waits = self.demand.waiting.get(loc.name) or []
+            running = loc.state in ("starting", "ready", "draining")
+            in_flight = self.demand.in_flight.get(loc.name, 0)
+            out.append(DemandView(
+                name=loc.name, gpus=gpu_count(loc.ie.spec), spec_replicas=1, deployed=1 if running else 0,
+                pods=1 if loc.alive() else 0, ready=loc.state in ("ready", "draining"),
+                priority=loc.ie.spec.routing.priority if loc.ie.spec.routing else 0,
+                activated_at=loc.activated_at, draining_since=loc.draining_since,
+                demanded_at=min(waits) if waits and loc.state != "failed" else None,
+                last_request_at=self.demand.last_request.get(loc.name), in_flight=in_flight,
+                drained=loc.draining_since is not None and in_flight == 0,
+            ))  # fmt: skip
+        return out
+
+    def step(self, now: float) -> None:
+        """Plan, then start, drain or stop what the plan says."""
+        plan = plan_on_demand(self.views(now), self.budget, now)
+        for event in plan.events:
+            log.info("on-demand step", extra={"engine": event.engine, "step": event.reason, "why": event.message})
+        for name, d in plan.engines.items():
+            loc = self.engines[name]
+            if d.state == "draining" and loc.state == "ready":
+                loc.state, loc.draining_since, loc.message = "draining", d.draining_since, d.note
+            elif d.replicas > 0 and loc.state == "standby":
+                loc.activated_at = d.activated_at
+                self._spawn(loc, self.start(loc))
+            elif d.replicas == 0 and loc.state in ("starting", "ready", "draining"):
+                self._spawn(loc, self.stop(loc, d.note))
+            elif loc.state == "standby" and d.state == "waiting":
+                loc.message = d.note
+        self.publish()
+
+    def _spawn(self, loc: Local, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        loc.tasks.add(task)
+        task.add_done_callback(loc.tasks.discard)
+
+    # --- starting and stopping (one at a time) ----------------------------------------------------
+    async def start(self, loc: Local) -> None:
+        loc.state, loc.message = "starting", "starting its process"
+        async with self.lock:
+            loc.port = free_port()
+            try:
+                cmd = local_command(loc.ie, loc.port, str(self.cache_dir))
+            except CommandError as err:
+                self._failed(loc, str(err))
+                return
+            loc.starts += 1
+            with loc.log_path.open("ab") as out:
+                out.write(f"--- roundhouse: start {loc.starts}: {cmd.argv}\n".encode())
+                out.flush()
+                try:
+                    loc.process = await asyncio.create_subprocess_exec(
+                        *cmd.argv, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                        env={**_base_env(), **cmd.env}, start_new_session=True,
+                    )  # fmt: skip
+                except OSError as err:
+                    self._failed(loc, f"could not run {cmd.argv[0]}: {err}")
+                    return
+            started = time.monotonic()
+            log.info("engine process started", extra={"engine": loc.name, "pid": loc.process.pid, "port": loc.port})
+            self._spawn(loc, self.watch(loc, loc.process))
+            url = f"http://{LOOPBACK}:{loc.port}{cmd.health_path}"
+            while loc.alive() and loc.state == "starting" and time.monotonic() - started < self.max_wait:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await self.http.get(url)).status_code < 300:
+                        loc.state, loc.message = "ready", f"serving on port {loc.port}"
+                        log.info("engine ready", extra={"engine": loc.name,
+                                                        "seconds": round(time.monotonic() - started, 3)})  # fmt: skip
+                        self.publish()
+                        return
+                await asyncio.sleep(HEALTH_POLL)
+            if loc.alive() and loc.state == "starting":
+                self._failed(loc, f"{url} did not answer within maxWaitSeconds ({self.max_wait}s)")
+                await self._terminate(loc)
+
+    async def stop(self, loc: Local, why: str) -> None:
+        loc.state, loc.message = "stopping", why
+        self.publish()
+        async with self.lock:
+            await self._terminate(loc)
+            loc.state, loc.draining_since = "standby", None
+            loc.message = "on demand: starts when a request needs it"
+            self.publish()
+
+    async def _terminate(self, loc: Local) -> None:
+        proc = loc.process
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        log.info("engine process stopped", extra={"engine": loc.name, "exit": proc.returncode})
+
+    async def watch(self, loc: Local, proc: asyncio.subprocess.Process) -> None:
+        """A process that exits while it should run is a crash: reported, not restarted."""
+        code = await proc.wait()
+        if loc.process is proc and loc.state in ("starting", "ready", "draining"):
+            self._failed(loc, f"its process exited with code {code}: {_last_line(loc.log_path)}")
+
+    def _failed(self, loc: Local, why: str) -> None:
+        loc.state, loc.failed_at, loc.message = "failed", time.time(), why
+        log.error("engine failed", extra={"engine": loc.name, "error": why, "log": str(loc.log_path)})
+        self.publish()
+
+    async def close(self) -> None:
+        for loc in self.engines.values():
+            await self._terminate(loc)
+        await self.http.aclose()
+
+    # --- the catalog the router reads -------------------------------------------------------------
+    def publish(self) -> None:
+        """The base catalog with each local engine's endpoint and phase (only when something changed)."""
+        now = tuple((loc.name, loc.state, loc.port) for loc in self.engines.values())
+        if now == self.published:
+            return
+        self.published = now
+        phases = {"standby": "Standby", "starting": "Starting", "ready": "Ready", "draining": "Draining",
+                  "stopping": "Standby", "failed": "Failed"}  # fmt: skip
+        engines = []
+        for e in self.base.engines:
+            loc = self.engines.get(e.name)
+            if loc is None:
+                engines.append(e)
+                continue
+            serving = loc.state in ("ready", "draining") and loc.port is not None
+            engines.append(dataclasses.replace(
+                e, endpoints=(f"http://{LOOPBACK}:{loc.port}",) if serving else (), ready=loc.state == "ready",
+                phase=phases[loc.state], message=loc.message,
+            ))  # fmt: skip
+        self.update(dataclasses.replace(self.base, engines=tuple(engines)))
+
+
+def _base_env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_bytes()[-4096:].decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][-300:] if lines else "(no output)"

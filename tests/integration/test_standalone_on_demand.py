@@ -1,0 +1,116 @@
+"""Standalone mode onDemand with the real llama-server: the gateway runs the engines of its config as
+local processes from the command line the operator would render, one at a time within the budget,
+swapping them as requests ask (SIGTERM to the old process before the new one starts), with each
+engine's output in its own log; an engine that crashes is reported and not restarted in a loop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.support import engines, processes, tinygguf
+from tests.support.processes import Process
+
+pytestmark = pytest.mark.integration
+KEY, ADMIN = "sk-local", "admin-local"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "standalone-on-demand"
+
+
+def ie(name: str, gguf: Path, gpus: int = 1, **llamacpp: Any) -> dict[str, Any]:
+    return {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine", "metadata": {"name": name},
+            "spec": {"engine": "llamacpp", "model": {"source": str(gguf), "servedName": name}, "gpus": gpus,
+                     "llamacpp": {"contextSize": 512, **llamacpp}}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Path]]:
+    work = tmp_path_factory.mktemp("box")
+    gguf = tinygguf.write(work / "tiny.gguf")
+    mode = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode", "metadata": {"name": "box"},
+            "spec": {"mode": "onDemand", "onDemand": {"gpuBudget": 1, "minActiveSeconds": 0, "drainSeconds": 5,
+                                                      "maxWaitSeconds": 60}}}  # fmt: skip
+    docs = [mode, ie("one", gguf), ie("two", gguf), ie("broken", gguf, gpus=0, extraArgs=["--no-such-flag"])]
+    config = work / "box.yaml"
+    config.write_text(yaml.safe_dump_all(docs))
+    logs = work / "engine-logs"
+    # The family's binary is found on PATH, as on a laptop with llama.cpp installed.
+    env = {**os.environ, "PATH": f"{engines.binary('llama-server').parent}:{os.environ['PATH']}"}
+    proc = processes.gateway(
+        config,
+        ARTIFACTS,
+        [KEY],
+        [ADMIN],
+        env=env,
+        extra=("--engine-log-dir", str(logs), "--engine-cache-dir", str(work / "cache")),
+    )
+    proc.start()
+    yield proc, logs
+    proc.stop()
+    assert not ours("one") and not ours("two"), "the gateway left engine processes behind"
+
+
+def ours(alias: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", f"llama-server.*--alias {alias}( |$)"], capture_output=True, text=True)
+    return [ln for ln in out.stdout.splitlines() if "pgrep" not in ln]
+
+
+def chat(url: str, model: str, stream: bool = False) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=90,
+                      json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                            "stream": stream})  # fmt: skip
+
+
+def phases(url: str) -> dict[str, str]:
+    r = httpx.get(f"{url}/admin/engines", headers={"Authorization": f"Bearer {ADMIN}"})
+    return {e["name"]: e["phase"] for e in r.json()["engines"]}
+
+
+def test_engines_start_on_demand_and_swap_within_the_budget(box: tuple[Process, Path]) -> None:
+    gateway, logs = box
+    url = gateway.url  # type: ignore[attr-defined]
+    assert phases(url) == {"one": "Standby", "two": "Standby", "broken": "Standby"}
+    assert not ours("one") and not ours("two")
+    models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert {m["id"] for m in models["data"]} == {"one", "two", "broken"}  # standby models are listed
+
+    first = chat(url, "one")
+    assert first.status_code == 200 and first.json()["choices"][0]["message"]["content"] is not None, first.text
+    assert "activated:one:" in first.headers["x-roundhouse-route-reason"]
+    assert len(ours("one")) == 1 and not ours("two")
+    again = chat(url, "one")  # running: no swap, no wait
+    assert "activated" not in again.headers["x-roundhouse-route-reason"]
+
+    second = chat(url, "two", stream=True)
+    assert second.status_code == 200 and second.text.rstrip().endswith("data: [DONE]"), second.text[-300:]
+    assert second.text.startswith(": waiting for two\n\n")
+    assert not ours("one") and len(ours("two")) == 1  # one stopped before two started: budget 1
+    assert phases(url)["one"] == "Standby" and phases(url)["two"] == "Ready"
+
+    one_log = (logs / "one.log").read_text()
+    assert one_log.count("--- roundhouse: start") == 1 and "--alias" in one_log
+    assert "listening on http://127.0.0.1:" in one_log, one_log[-2000:]  # llama-server's own output
+    assert "cleaning up before exit" in one_log  # it stopped on SIGTERM, not SIGKILL
+    assert (logs / "two.log").exists()
+
+
+def test_a_crashed_engine_is_reported_and_not_restarted_in_a_loop(box: tuple[Process, Path]) -> None:
+    gateway, logs = box
+    url = gateway.url  # type: ignore[attr-defined]
+    r = chat(url, "broken")
+    assert r.status_code == 503, r.text
+    err = r.json()["error"]
+    assert err["code"] == "engine_failed" and "exited with code" in err["message"], err
+    assert "--no-such-flag" in err["message"] or "invalid argument" in err["message"], err["message"]
+    assert phases(url)["broken"] == "Failed"
+    time.sleep(2)
+    again = chat(url, "broken")
+    assert again.status_code == 503 and again.json()["error"]["code"] == "engine_failed"
+    assert (logs / "broken.log").read_text().count("--- roundhouse: start") == 1  # started once, not in a loop

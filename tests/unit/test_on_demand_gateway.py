@@ -1,0 +1,187 @@
+"""The gateway's side of mode onDemand: which engine a request starts, the SSE prelude of a waiting
+stream, the demand report's write triggers, and the local command lines of standalone engines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from roundhouse_api import Family, InferenceEngine, Mode
+from roundhouse_api.demand import GatewayReport, drained, fold, report_key
+from roundhouse_gateway.catalog import Catalog, Engine, ModeState
+from roundhouse_gateway.demand import Demand
+from roundhouse_gateway.localcmd import CommandError, local_command
+from roundhouse_gateway.routing import Features, route
+from roundhouse_gateway.waiting import Prelude
+from tests.support.manifests import engine as engine_doc
+
+
+def eng(name: str, model: str = "m", ready: bool = False, **kw: Any) -> Engine:
+    phase = kw.pop("phase", "Ready" if ready else "Standby")
+    return Engine(name=name, family=kw.pop("family", Family.LLAMACPP), served=frozenset([model]),
+                  endpoints=(f"http://{name}:1",) if ready else (), upstream_model=model, ready=ready, phase=phase,
+                  **kw)  # fmt: skip
+
+
+def on_demand(*engines: Engine) -> Catalog:
+    return Catalog(engines, ModeState(mode=Mode.ON_DEMAND))
+
+
+def decide(catalog: Catalog, f: Features | None = None) -> Any:
+    return route(f or Features("m"), catalog, lambda ep: True, lambda ep: 0)
+
+
+def test_a_running_engine_serves_and_nothing_is_activated() -> None:
+    d = decide(on_demand(eng("up", ready=True), eng("down")))
+    assert d.activate is None and [c.engine.name for c in d.candidates] == ["up"]
+
+
+def test_with_nothing_running_the_highest_priority_engine_is_started() -> None:
+    d = decide(on_demand(eng("low", priority=1), eng("high", priority=5)))
+    assert d.activate == "high" and d.hold_for == Family.LLAMACPP and "activate:high" in d.reason
+
+
+def test_a_long_prompt_starts_the_smallest_context_that_fits() -> None:
+    variants = on_demand(eng("c8k", context_length=8192, priority=9), eng("c32k", context_length=32768),
+                         eng("c128k", context_length=131072))  # fmt: skip
+    assert decide(variants, Features("m", prompt_tokens=20000)).activate == "c32k"
+    assert decide(variants, Features("m", prompt_tokens=100)).activate == "c8k"
+
+
+def test_an_engine_being_drained_is_started_only_when_nothing_else_serves() -> None:
+    assert decide(on_demand(eng("draining", phase="Draining", priority=9), eng("spare"))).activate == "spare"
+    assert decide(on_demand(eng("draining", phase="Draining"))).activate == "draining"
+
+
+def test_a_failed_engine_is_a_503_naming_why_not_a_wait() -> None:
+    d = decide(on_demand(eng("bad", phase="Failed", message="its process exited with code 1: boom")))
+    assert d.activate is None and d.error == (503, "engine_failed", "engine bad failed: its process exited with code"
+                                              " 1: boom")  # fmt: skip
+
+
+def test_other_modes_never_activate() -> None:
+    d = route(Features("m"), Catalog((eng("down"),), ModeState(mode=Mode.AUTO)), lambda ep: True, lambda ep: 0)
+    assert d.activate is None and d.error is not None
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body")
+
+
+def test_a_waiting_stream_starts_at_once_with_comments_then_passes_the_stream_through() -> None:
+    sink = Sink()
+    prelude = Prelude(sink, {"X-Request-Id": "r"})
+
+    async def go() -> None:
+        await prelude.waiting("beta")
+        await prelude.waiting("beta")  # within KEEPALIVE_SECONDS: nothing more
+        await prelude.send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
+        await prelude.send({"type": "http.response.body", "body": b"data: {}\n\ndata: [DONE]\n\n"})
+
+    asyncio.run(go())
+    starts = [m for m in sink.messages if m["type"] == "http.response.start"]
+    assert len(starts) == 1 and starts[0]["status"] == 200
+    assert (b"content-type", b"text/event-stream") in starts[0]["headers"]
+    assert sink.body() == b": waiting for beta\n\ndata: {}\n\ndata: [DONE]\n\n"
+
+
+def test_an_error_answer_after_the_prelude_becomes_an_error_event() -> None:
+    sink = Sink()
+    prelude = Prelude(sink, {})
+
+    async def go() -> None:
+        await prelude.waiting("beta")
+        await prelude.send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        body = json.dumps({"error": {"message": "bad", "type": "invalid_request_error", "code": "x"}}).encode()
+        await prelude.send({"type": "http.response.body", "body": body})
+
+    asyncio.run(go())
+    text = sink.body().decode()
+    assert text.endswith("data: [DONE]\n\n") and '"message": "bad"' in text and '"code": "x"' in text
+
+
+def test_demand_is_written_once_per_activation_not_per_request() -> None:
+    async def go() -> Demand:
+        d = Demand()
+        starts = [d.wait_begin("beta") for _ in range(50)]
+        assert d.dirty.is_set()
+        d.dirty.clear()
+        for s in starts[:-1]:
+            d.wait_end("beta", s, "served")
+        assert not d.dirty.is_set()  # others still wait: nothing new to say
+        d.wait_end("beta", starts[-1], "served")
+        assert d.dirty.is_set()  # nobody waits any more: the demand is withdrawn
+        return d
+
+    d = asyncio.run(go())
+    assert d.report().waiting == {}
+
+
+def test_reports_fold_per_engine_and_expire() -> None:
+    now = 1000.0
+    a = GatewayReport(at=now - 1, waiting={"e": now - 5}, inFlight={"e": 2}, lastRequest={"e": now - 1})
+    b = GatewayReport(at=now - 2, waiting={"e": now - 9}, inFlight={"e": 1}, lastRequest={"e": now - 3})
+    old = GatewayReport(at=now - 100, waiting={"e": now - 200}, inFlight={"e": 7})
+    annotations = {report_key("gw-a"): a.wire(), report_key("gw-b"): b.wire(), report_key("gone"): old.wire(),
+                   report_key("junk"): "not json", "unrelated": "x"}  # fmt: skip
+    folded, reports = fold(annotations, now)
+    assert folded["e"].demanded_at == now - 9 and folded["e"].in_flight == 3 and folded["e"].last_request_at == now - 1
+    assert len(reports) == 2
+    assert not drained(reports, "e", now - 10)
+    idle = [GatewayReport(at=now, inFlight={}), GatewayReport(at=now - 1, inFlight={"other": 1})]
+    assert drained(idle, "e", now - 0.5)  # one gateway wrote after the drain began, none has it in flight
+    assert not drained(idle[1:], "e", now - 0.5)  # nobody has written since: not known to be drained
+
+
+def test_report_keys_are_valid_annotation_names() -> None:
+    assert report_key("Roundhouse-Gateway-7d9f_x.y") == "gateways.roundhouse.dev/roundhouse-gateway-7d9f-x-y"
+    assert len(report_key("g" * 300).split("/", 1)[1]) == 63
+
+
+def ie(**spec: Any) -> InferenceEngine:
+    doc = engine_doc(**spec)
+    doc["metadata"] = {"name": "e"}
+    return InferenceEngine.model_validate(doc)
+
+
+def test_the_rendered_llama_server_command_runs_on_loopback_with_the_chosen_port() -> None:
+    e = ie(engine="llamacpp", model={"source": "/m/tiny.gguf", "servedName": "t"}, llamacpp={"contextSize": 512})
+    cmd = local_command(e, 4321, "/cache", which=lambda p: f"/usr/local/bin/{p}")
+    assert cmd.argv[0] == "/usr/local/bin/llama-server"
+    args = cmd.argv[1:]
+    assert args[args.index("--port") + 1] == "4321" and args[args.index("--host") + 1] == "127.0.0.1"
+    assert args[args.index("--model") + 1] == "/m/tiny.gguf" and cmd.health_path == "/health"
+
+
+def test_spec_process_overrides_the_command_line_without_a_shell() -> None:
+    e = ie(
+        engine="llamacpp",
+        model={"source": "/m/t.gguf", "servedName": "t"},
+        process={"command": ["/opt/llama-server", "--port", "{port}", "$(rm -rf /)"], "env": {"A": "1"}},
+    )
+    cmd = local_command(e, 99, "/cache", which=lambda p: None)
+    assert cmd.argv == ["/opt/llama-server", "--port", "99", "$(rm -rf /)"] and cmd.env == {"A": "1"}
+
+
+def test_a_binary_that_is_not_installed_is_named() -> None:
+    e = ie(engine="llamacpp", model={"source": "/m/t.gguf", "servedName": "t"})
+    with pytest.raises(CommandError, match="llama-server is not on PATH"):
+        local_command(e, 1, "/cache", which=lambda p: None)
+
+
+def test_ollama_listens_where_the_gateway_says() -> None:
+    e = ie(engine="ollama", model={"source": "qwen2.5:7b", "servedName": "q"})
+    cmd = local_command(e, 5555, "/cache", which=lambda p: "/bin/ollama")
+    assert cmd.env["OLLAMA_HOST"] == "127.0.0.1:5555" and cmd.argv[:2] == ["/bin/ollama", "serve"]
