@@ -6,6 +6,7 @@ under load, and an image that cannot be had reported on the engine."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -243,3 +244,46 @@ def test_a_missing_hf_token_secret_is_named_until_it_exists(engines_up: Cluster)
     st = wait_until(lambda: (s := c.get("ie", "gated", NS).get("status") or {}).get("phase") == "Ready" and s,
                     180, "gated Ready once its Secret exists")  # fmt: skip
     assert next(cond for cond in st["conditions"] if cond["type"] == "References")["status"] == "True"
+
+
+def test_on_demand_swaps_real_engine_pods_within_the_budget(engines_up: Cluster) -> None:
+    """Mode onDemand on real pods: a request for the engine on standby is held while the running one
+    drains and its pods go, then answered by the engine it asked for; both never hold the GPUs."""
+    c = engines_up
+    for name in ("bad-image", "bad-flag", "gated"):  # earlier tests' engines would count against the budget
+        c.kubectl("delete", "ie", name, "--ignore-not-found", "--wait=true", namespace=NS)
+    patch = {"spec": {"mode": "onDemand", "onDemand": {"gpuBudget": 2, "minActiveSeconds": 0, "drainSeconds": 2,
+                                                       "maxWaitSeconds": 150}}}  # fmt: skip
+    c.kubectl("patch", "enginemode", "default", "--type", "merge", "-p", json.dumps(patch), namespace=NS)
+
+    def settled() -> dict[str, Any] | None:
+        st = c.get("em", "default", NS).get("status") or {}
+        return st if st.get("activeMode") == "onDemand" and st.get("phase") == "Ready" else None
+
+    st = wait_until(settled, 150, "the EngineMode Ready in onDemand within the budget")
+    states = {e["name"]: e.get("state") for e in st["engines"]}
+    active = [n for n, s in states.items() if s == "active"]
+    assert len(active) == 1 and st["gpusHeld"] <= 2, st  # tiny-llama (2 GPUs) and tiny-ollama (1) do not fit both
+    old = active[0]
+    new = "tiny-ollama" if old == "tiny-llama" else "tiny-llama"
+    seen: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append((len(engine_pods(c, old)), len(engine_pods(c, new))))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6}
+    r = httpx.post(f"{gateway_url(c)}/v1/chat/completions", json=body, timeout=200,
+                   headers={"Authorization": f"Bearer {KEY}", "X-Roundhouse-Engine": new})  # fmt: skip
+    stop.set()
+    watcher.join(5)
+    assert r.status_code == 200 and r.headers["x-roundhouse-engine"] == new, r.text
+    assert f"activated:{new}:" in r.headers["x-roundhouse-route-reason"]
+    assert not any(o and n for o, n in seen), f"{old} and {new} had pods at once: {seen}"
+    assert not engine_pods(c, old) and phase(c, old) == "Standby"
+    reasons = [e["reason"] for e in c.list("events", NS) if e["involvedObject"]["kind"] == "EngineMode"]
+    assert {"Draining", "Stopped", "Activating"} <= set(reasons), reasons
