@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from roundhouse_api import Family, Mode, runs
 
-from . import metrics, shapes, ui
+from . import metrics, shapes, tokens, ui
 from .catalog import Catalog, Engine, switch_finished
 from .demand import Demand, Waiter
 from .health import Health, probe_ok, probe_path
@@ -279,6 +279,7 @@ class Gateway:
                      path: str, started: float) -> None:  # fmt: skip
         """Route (waiting for an engine to start if need be), then forward, or answer the error."""
         prelude = Prelude(send, {"X-Request-Id": rid}) if features.stream else None
+        features = await tokens.exact(features, body, self.catalog, self.health, self.upstream)
         decision = await self.decide(features, prelude.waiting if prelude else None)
         if decision.error:
             status, code, message = decision.error

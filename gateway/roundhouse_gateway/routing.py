@@ -30,6 +30,8 @@ class Features:
     max_tokens: int = 0
     override: str | None = None  # engine name or family, from X-Roundhouse-Engine or body "engine"
     task: str | None = None
+    tokens: str = "estimate"  # how prompt_tokens was had: "estimate" (characters) or "exact" (an engine counted)
+    near_limit: bool = False  # the estimate was close to a context size: the reason says which count decided
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,17 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
         pool = _capabilities(f, pool, reasons)
     if rules.context_length:
         pool, err = _context(f, pool, reasons)
+        if f.near_limit:
+            reasons.append(f"tokens:{f.tokens}")
         if err:
-            return Decision(error=err)
+            return Decision(error=err, reason=",".join(reasons))
     task_family = rules.task_families.get(f.task) if f.task else None
     ready = [e for e in pool if e.ready and e.endpoints]
     if not ready and mode.switching and mode.policy.during_switch == "reject":
         return Decision(error=(503, "engine_switching", "the engine mode is switching; try again shortly"))
     by_context = any(r.startswith("context:") for r in reasons)
     if not ready and mode.mode == Mode.ON_DEMAND:
-        return _activate(pool, by_context, reasons)
+        return _activate(pool, reasons)
     if not ready:
         incoming = next((e.family for e in pool if mode.switching), None)
         if incoming is not None and mode.policy.during_switch == "hold":
@@ -93,7 +97,7 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
         return _fallback(pool, catalog, healthy, outstanding, "no ready engine")
     candidates = _rank(ready, healthy, outstanding, task_family, f.task, reasons, by_context, turn)
     if not candidates and mode.mode == Mode.ON_DEMAND:
-        return _activate(ready, by_context, reasons)  # started, not yet answering its probes
+        return _activate(ready, reasons)  # started, not yet answering its probes
     if not candidates:
         if mode.switching and mode.policy.during_switch == "hold":
             return Decision(hold_for=pool[0].family, reason="hold:switching")
@@ -104,12 +108,15 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
     return Decision(candidates=candidates, reason=",".join(reasons))
 
 
-def _activate(pool: list[Engine], by_context: bool, reasons: list[str]) -> Decision:
-    """Mode onDemand: the engine to start. For a long prompt the smallest context that fits (the pool is
-    in that order), else the highest priority; an engine being drained only when nothing else serves."""
-    order = sorted(range(len(pool)), key=lambda i: (pool[i].phase == "Failed", pool[i].phase == "Draining",
-                                                    0 if by_context else -pool[i].priority, i))  # fmt: skip
-    target = pool[order[0]]
+def _activate(pool: list[Engine], reasons: list[str]) -> Decision:
+    """Mode onDemand: the engine to start: the smallest context that fits, then the highest priority; an
+    engine being drained only when nothing else serves."""
+
+    def rank(e: Engine) -> tuple[bool, bool, int, int]:
+        # The smallest context first (big variants hold more GPUs), then priority.
+        return e.phase == "Failed", e.phase == "Draining", e.context_length or 1 << 30, -e.priority
+
+    target = min(pool, key=rank)  # min() keeps the first of equals
     if target.phase == "Failed":  # waiting would not help: say why now
         why = f"engine {target.name} failed: {target.message or 'see its status'}"
         return Decision(error=(503, "engine_failed", why), reason=",".join([*reasons, f"failed:{target.name}"]))
@@ -156,7 +163,8 @@ def _context(f: Features, pool: list[Engine], reasons: list[str]) -> tuple[list[
     if not fits:
         largest = max(e.context_length or 0 for e in pool)
         return [], (400, "context_length_exceeded",
-                    f"This request needs about {need} tokens (prompt {f.prompt_tokens} + max_tokens {f.max_tokens}); "
+                    f"This request needs {'about ' if f.tokens == 'estimate' else ''}{need} tokens (prompt"
+                    f" {f.prompt_tokens} + max_tokens {f.max_tokens}); "
                     f"the largest context among engines serving `{f.model}` is {largest} tokens.")  # fmt: skip
     if len(fits) < len(pool):
         reasons.append(f"context:{need}")

@@ -114,3 +114,61 @@ def test_a_crashed_engine_is_reported_and_not_restarted_in_a_loop(box: tuple[Pro
     again = chat(url, "broken")
     assert again.status_code == 503 and again.json()["error"]["code"] == "engine_failed"
     assert (logs / "broken.log").read_text().count("--- roundhouse: start") == 1  # started once, not in a loop
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """One model, two context variants (256 and 2048 tokens), one GPU for either."""
+    work = tmp_path_factory.mktemp("variants")
+    gguf = tinygguf.write(work / "tiny.gguf", context_length=4096)
+    mode = {
+        "apiVersion": "roundhouse.dev/v1alpha1",
+        "kind": "EngineMode",
+        "metadata": {"name": "box"},
+        "spec": {"mode": "onDemand", "onDemand": {"gpuBudget": 1, "minActiveSeconds": 0, "drainSeconds": 5}},
+    }
+    docs = [mode]
+    for name, ctx in (("small", 256), ("large", 2048)):
+        doc = ie(name, gguf, contextSize=ctx, parallel=1)
+        doc["spec"]["model"]["servedName"] = "tiny"
+        docs.append(doc)
+    config = work / "variants.yaml"
+    config.write_text(yaml.safe_dump_all(docs))
+    env = {**os.environ, "PATH": f"{engines.binary('llama-server').parent}:{os.environ['PATH']}"}
+    proc = processes.gateway(
+        config,
+        ARTIFACTS,
+        [KEY],
+        [ADMIN],
+        env=env,
+        extra=("--engine-log-dir", str(work / "logs"), "--engine-cache-dir", str(work / "c")),
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def ask(url: str, content: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=90,
+        json={"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 8},
+    )
+
+
+def test_the_smallest_variant_that_fits_by_the_engines_own_token_count(variants: Process) -> None:
+    """A prompt of 800 characters is about 200 tokens by the estimate, which the 256-token variant
+    would take; the running engine's tokenizer says this byte-level model needs about 800, so the
+    2048-token variant is started for it instead, and the answer's usage agrees with the count."""
+    url = variants.url  # type: ignore[attr-defined]
+    short = ask(url, "hi")
+    assert short.status_code == 200 and short.headers["x-roundhouse-engine"] == "small", short.text
+    assert "activated:small:" in short.headers["x-roundhouse-route-reason"]  # the smallest that fits
+    long = ask(url, "the engine is a model " * 36)  # 792 characters
+    assert long.status_code == 200 and long.headers["x-roundhouse-engine"] == "large", long.text
+    reason = long.headers["x-roundhouse-route-reason"]
+    assert "tokens:exact" in reason and "activated:large:" in reason, reason
+    counted = int(reason.split("context:", 1)[1].split(",", 1)[0]) - 8  # need = prompt + max_tokens
+    assert counted == long.json()["usage"]["prompt_tokens"] > 256  # exact, as llama-server itself counts
+    assert ask(url, "hi").headers["x-roundhouse-engine"] == "large"  # it runs and fits: no swap back

@@ -185,3 +185,65 @@ def test_ollama_listens_where_the_gateway_says() -> None:
     e = ie(engine="ollama", model={"source": "qwen2.5:7b", "servedName": "q"})
     cmd = local_command(e, 5555, "/cache", which=lambda p: "/bin/ollama")
     assert cmd.env["OLLAMA_HOST"] == "127.0.0.1:5555" and cmd.argv[:2] == ["/bin/ollama", "serve"]
+
+
+def drive(steps: Any, answers: list[Any]) -> tuple[list[tuple[str, dict[str, Any]]], int | None]:
+    """Run a family's count_tokens protocol against canned answers: the requests it made, its count."""
+    asked = []
+    try:
+        req = next(steps)
+        for answer in answers:
+            asked.append(req)
+            req = steps.send(answer)
+    except StopIteration as done:
+        return asked, done.value
+    raise AssertionError(f"asked more than {len(answers)} requests: {asked}")
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}
+
+
+def test_vllm_counts_a_chat_with_its_template_and_tools_in_one_call() -> None:
+    from roundhouse_api.families import FAMILIES
+
+    asked, count = drive(FAMILIES[Family.VLLM].count_tokens(CHAT, "chat", "org/m"), [{"count": 17, "tokens": []}])
+    assert asked == [("/tokenize", {"model": "org/m", "messages": CHAT["messages"], "add_generation_prompt": True,
+                                    "tools": CHAT["tools"]})] and count == 17  # fmt: skip
+    asked, count = drive(FAMILIES[Family.VLLM].count_tokens({"prompt": "abc"}, "completions", "m"), [{"count": 3}])
+    assert asked == [("/tokenize", {"model": "m", "prompt": "abc"})] and count == 3
+
+
+def test_llama_server_renders_the_template_then_tokenizes() -> None:
+    from roundhouse_api.families import FAMILIES
+
+    steps = FAMILIES[Family.LLAMACPP].count_tokens(CHAT, "chat", "m")
+    asked, count = drive(steps, [{"prompt": "<|user|>hi\n<|assistant|>"}, {"tokens": [1, 2, 3, 4]}])
+    assert asked == [("/apply-template", {"messages": CHAT["messages"]}),
+                     ("/tokenize", {"content": "<|user|>hi\n<|assistant|>", "add_special": True})]  # fmt: skip
+    assert count == 4
+    asked, count = drive(FAMILIES[Family.LLAMACPP].count_tokens(CHAT, "chat", "m"), [{"error": "no template"}])
+    assert count is None  # an answer it cannot read: the estimate stands
+
+
+def test_ollama_cannot_count() -> None:
+    from roundhouse_api.families import FAMILIES
+
+    assert drive(FAMILIES[Family.OLLAMA].count_tokens(CHAT, "chat", "m"), []) == ([], None)
+
+
+def test_only_an_estimate_near_a_context_size_is_counted() -> None:
+    from roundhouse_gateway.tokens import near_a_limit
+
+    variants = on_demand(eng("c8k", context_length=8192), eng("c32k", context_length=32768))
+    assert near_a_limit(Features("m", prompt_tokens=7000), variants)
+    assert near_a_limit(Features("m", prompt_tokens=30000), variants)
+    assert not near_a_limit(Features("m", prompt_tokens=200), variants)
+    assert not near_a_limit(Features("m", prompt_tokens=15000, max_tokens=1000), variants)  # far from both
+
+
+def test_the_route_reason_says_which_count_decided() -> None:
+    variants = on_demand(eng("c8k", context_length=8192, ready=True), eng("c32k", context_length=32768, ready=True))
+    exact = decide(variants, Features("m", prompt_tokens=9000, tokens="exact", near_limit=True))
+    assert [c.engine.name for c in exact.candidates] == ["c32k"] and "context:9000,tokens:exact" in exact.reason
+    guess = decide(variants, Features("m", prompt_tokens=7000, near_limit=True))
+    assert guess.candidates[0].engine.name == "c8k" and "tokens:estimate" in guess.reason

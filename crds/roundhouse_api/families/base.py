@@ -4,10 +4,16 @@ the CRD generator and the contract tests. Pure data and pure functions: no I/O."
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..engine import Family, InferenceEngineSpec
+
+# Counting a request's prompt tokens with an engine's own tokenizer: a generator that yields the
+# (path, JSON body) requests to POST to a running engine, is sent each JSON answer, and returns the
+# count (None: this family cannot say). The gateway does the I/O; the family knows the protocol.
+TokenCount = Generator[tuple[str, dict[str, Any]], Any, int | None]
 
 # The operator's own image runs the helpers engine pods need (model fetch, Ollama pull): no shell,
 # no third-party image to pin. The chart sets ROUNDHOUSE_IMAGE to the image it installs.
@@ -103,6 +109,11 @@ class EngineFamily:
     # Seconds a stopping pod keeps serving before the engine gets SIGTERM (a preStop sleep), for engines
     # that cut running requests off at SIGTERM: endpoints drop the pod first, running requests finish.
     stop_delay_seconds: ClassVar[int] = 0
+
+    def count_tokens(self, body: dict[str, Any], kind: str, model: str) -> TokenCount:
+        """The exact prompt tokens of a chat or completions `body` (see TokenCount); none by default."""
+        return None
+        yield  # a generator all the same
 
     def runs_workload(self, spec: InferenceEngineSpec) -> bool:
         """Whether the operator runs pods for it (not for an external API or given endpoints)."""

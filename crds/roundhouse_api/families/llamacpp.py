@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from .. import managed_flags
 from ..engine import Family, InferenceEngineSpec, LlamaCppConfig
-from .base import ContainerPlan, EngineFamily, flag, gguf_bits, hf_token_env, served_names
+from .base import ContainerPlan, EngineFamily, TokenCount, flag, gguf_bits, hf_token_env, served_names
 
 BUILD = 11312
 COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
@@ -125,6 +125,22 @@ class LlamaCpp(EngineFamily):
             "ports": [{"name": "http", "containerPort": cfg.port, "protocol": "TCP"}],
         }
         return ContainerPlan(container, cfg.port, self.health_path, init_containers=init)
+
+    def count_tokens(self, body: dict[str, Any], kind: str, model: str) -> TokenCount:
+        # llama-server renders a chat with its template (POST /apply-template -> {"prompt"}) and counts
+        # text (POST /tokenize with add_special -> {"tokens"}): together, the usage.prompt_tokens it reports.
+        if kind == "chat":
+            rendered = yield "/apply-template", {"messages": body["messages"]}
+            text = rendered.get("prompt") if isinstance(rendered, dict) else None
+        elif kind == "completions":
+            text = body.get("prompt")
+        else:
+            return None
+        if not isinstance(text, str):
+            return None
+        answer = yield "/tokenize", {"content": text, "add_special": True}
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        return len(tokens) if isinstance(tokens, list) else None
 
     def upstream_model(self, spec: InferenceEngineSpec) -> str:
         # llama-server keeps its aliases in a sorted set and calls itself by the first of them.

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from .. import managed_flags
 from ..engine import Family, InferenceEngineSpec, VLLMConfig
-from .base import ContainerPlan, EngineFamily, flag, gpu_count, hf_token_env, served_names
+from .base import ContainerPlan, EngineFamily, TokenCount, flag, gpu_count, hf_token_env, served_names
 
 VERSION = "0.33.0"
 DEFAULT_CONFIG = VLLMConfig()  # built once: construction runs CEL rules
@@ -41,6 +41,21 @@ class VLLM(EngineFamily):
     tokenize_path: ClassVar[str | None] = "/tokenize"
     managed_flags: ClassVar[frozenset[str]] = managed_flags.VLLM
     caches_prompts: ClassVar[bool] = True
+
+    def count_tokens(self, body: dict[str, Any], kind: str, model: str) -> TokenCount:
+        # vLLM 0.33.0 serves POST /tokenize for chat (the chat template applied, tools included) and
+        # for prompts, answering {"count", "max_model_len", "tokens"}.
+        if kind == "chat":
+            request: dict[str, Any] = {"model": model, "messages": body["messages"], "add_generation_prompt": True}
+            if body.get("tools"):
+                request["tools"] = body["tools"]
+        elif kind == "completions" and isinstance(body.get("prompt"), str):
+            request = {"model": model, "prompt": body["prompt"]}
+        else:
+            return None
+        answer = yield "/tokenize", request
+        count = answer.get("count") if isinstance(answer, dict) else None
+        return count if isinstance(count, int) else None
 
     def container(self, spec: InferenceEngineSpec, cache_path: str, helper_image: str) -> ContainerPlan:
         cfg = spec.vllm or DEFAULT_CONFIG
