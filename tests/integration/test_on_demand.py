@@ -230,3 +230,34 @@ def test_alternating_demand_swaps_at_most_once_per_min_active(operator: Process,
     assert len(stamps) >= 2, "demand for the other engine never started it"
     # Event times have whole seconds: a gap may read up to 1 s short of minActiveSeconds.
     assert all(g >= 6 - 1 for g in gaps), (gaps, elapsed)
+
+
+def test_an_operator_restarted_mid_swap_finishes_it_with_the_original_drain_deadline(
+    operator: Process, crds: Cluster, namespace: str, gateway: Process, sims: dict[str, Process]
+) -> None:
+    c, url = crds, gateway.url  # type: ignore[attr-defined]
+    mode(namespace, c, drainSeconds=4)
+    engines(namespace, c)
+    wait_until(lambda: phase(c, "alpha", namespace) == "Standby", 20, "alpha on standby")
+    assert chat(url, "alpha").status_code == 200
+    httpx.post(f"{sims['alpha'].url}/_sim/config", json={"itl_ms": 500})  # type: ignore[attr-defined]
+    streaming = threading.Thread(target=lambda: chat(url, "alpha", stream=True))  # 10 s: longer than the drain
+    streaming.start()
+    time.sleep(0.5)
+    answer: dict[str, httpx.Response] = {}
+    held = threading.Thread(target=lambda: answer.update(r=chat(url, "beta")))
+    held.start()
+    wait_until(lambda: phase(c, "alpha", namespace) == "Draining", 10, "alpha draining")
+    operator.kill()
+    time.sleep(5)  # the drain deadline passes while no operator runs
+    operator.start()
+    restarted = time.monotonic()
+    wait_until(lambda: not pods_of(c, namespace).get("alpha"), 30, "alpha's pods gone")
+    gone_after = time.monotonic() - restarted
+    held.join(60)
+    streaming.join(30)
+    assert answer["r"].status_code == 200 and answer["r"].headers["x-roundhouse-engine"] == "beta", answer["r"].text
+    # The recorded drain had expired: it ended at once, not after a new drainSeconds.
+    assert gone_after < 4, gone_after
+    stopped = events(c, namespace, "Stopped")
+    assert stopped and "drainSeconds (4s) passed" in stopped[-1]["message"], stopped
