@@ -10,10 +10,8 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
-import itertools
 import json
 import logging
-import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -22,38 +20,38 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from roundhouse_api import Family, Mode, runs
+from roundhouse_api import Mode
 
-from . import metrics, shapes, tokens, ui
+from . import admin as admin_api
+from . import metrics, tokens, ui
 from .catalog import Catalog, Engine, switch_finished
 from .demand import Demand, Waiter
 from .health import Health, probe_ok, probe_path
 from .routing import Candidate, Decision, Features, route
 from .upstream import Response, Upstream, UpstreamError
 from .waiting import Prelude
+from .wire import (
+    ClientError,
+    Receive,
+    Scope,
+    Send,
+    cancel_on_disconnect,
+    error_body,
+    header,
+    last_usage_event,
+    next_request_id,
+    parse_request,
+    read_body,
+    respond,
+    respond_json,
+    with_model,
+)
 
 log = logging.getLogger("roundhouse.gateway")
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
 RETRYABLE = {500, 502, 503, 504}
 MAX_ATTEMPTS = 4
 SSE_DONE = b"data: [DONE]\n\n"
-
-
-class ClientError(Exception):
-    """A request the client must fix: becomes an OpenAI-style 4xx."""
-
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
-                 type_: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:  # fmt: skip
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.type = status, message, code, param, type_
-        self.headers = headers or {}
-
-
-def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
 
 
 @dataclass
@@ -175,7 +173,7 @@ class Gateway:
             return
         if scope["type"] != "http":
             return
-        rid = _header(scope, b"x-request-id") or next_request_id()
+        rid = header(scope, b"x-request-id") or next_request_id()
         started = False
 
         async def tracked(message: dict[str, Any]) -> None:
@@ -244,7 +242,7 @@ class Gateway:
             if admin:
                 raise ClientError(403, "the admin API is disabled: start the gateway with admin keys", "admin_disabled")
             return
-        auth = _header(scope, b"authorization") or ""
+        auth = header(scope, b"authorization") or ""
         token = auth[7:] if auth[:7].lower() == "bearer " else ""
         # Compare against every key, always, so timing says nothing about which prefix matched.
         ok = False
@@ -362,7 +360,7 @@ class Gateway:
             engine = cand.engine
             if attempt and not self.health.healthy(cand.endpoint):
                 continue
-            payload = raw if raw is not None and engine.upstream_model == f.model else _with_model(body, engine)
+            payload = raw if raw is not None and engine.upstream_model == f.model else with_model(body, engine)
             headers = [("Content-Type", "application/json"), ("X-Request-Id", rid)]
             if engine.api_key:
                 headers.append(("Authorization", f"Bearer {engine.api_key}"))
@@ -487,7 +485,7 @@ class Gateway:
         self.health.success(cand.endpoint)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         if usage_chunk:
-            self.count_usage(engine, _last_usage_event(usage_chunk))
+            self.count_usage(engine, last_usage_event(usage_chunk))
         self.finish(f, engine, resp.status, started, cand, rid, reason)
         return True
 
@@ -515,172 +513,6 @@ class Gateway:
                                    "endpoint": cand.endpoint, "status": status, "reason": reason,
                                    "stream": f.stream, "duration_ms": round(elapsed * 1000, 2)})  # fmt: skip
 
-    # --- admin ------------------------------------------------------------------------------------
+    # --- admin: its own module ---------------------------------------------------------------------
     async def admin(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
-        if path == "/admin/engines" and method == "GET":
-            await respond_json(send, 200, {"engines": [self.describe(e) for e in self.catalog.engines]})
-        elif path == "/admin/engine-mode" and method == "GET":
-            await respond_json(send, 200, self.mode_view())
-        elif path == "/admin/engine-mode" and method == "PUT":
-            raw = await read_body(receive, 64 * 1024)
-            try:
-                wanted = Mode(json.loads(raw)["mode"])
-            except (ValueError, KeyError, TypeError):
-                raise ClientError(400, f"body must be {{\"mode\": one of {[m.value for m in Mode]}}}", "invalid_mode",
-                                  "mode") from None  # fmt: skip
-            if self.set_mode is None:
-                raise ClientError(501, "this gateway cannot change the engine mode", "not_supported")
-            try:
-                answer = await self.set_mode(wanted)
-            except LookupError as err:
-                raise ClientError(404, str(err), "engine_mode_not_found") from None
-            await respond_json(send, 200, answer)
-        else:
-            raise ClientError(404, f"Unknown admin path {method} {path}", "not_found")
-
-    def describe(self, e: Engine) -> dict[str, Any]:
-        st = self.stats[e.name]
-        return {
-            "name": e.name, "family": e.family.value, "models": sorted(e.served), "active": self.catalog.mode.active(e),
-            "ready": e.ready, "phase": e.phase,
-            "endpoints": [{"url": ep, "health": self.health.state(ep), "error": self.health.last_error(ep) or None,
-                           "inFlight": self.outstanding[ep]} for ep in e.endpoints],
-            "inFlight": sum(self.outstanding[ep] for ep in e.endpoints),
-            "ttftP50Seconds": st.ttft_p50(), "tokensPerSecond": st.tokens_per_second(),
-        }  # fmt: skip
-
-    def mode_view(self) -> dict[str, Any]:
-        mode = self.catalog.mode
-        families = {m.value: self.family_view(m) for m in (Mode.VLLM, Mode.LLAMACPP, Mode.OLLAMA, Mode.AUTO)}
-        health = {}
-        for fam in (Family.VLLM, Family.LLAMACPP, Family.OLLAMA, Family.EXTERNAL):
-            eps = [ep for e in self.catalog.engines if e.family == fam for ep in e.endpoints]
-            if eps:
-                health[fam.value] = "ok" if any(self.health.healthy(ep) for ep in eps) else "unavailable"
-        started = mode.switch_started_at
-        return {
-            "mode": mode.mode.value if mode.mode else None, "switching": mode.switching, "phase": mode.phase,
-            "previous": mode.previous.value if mode.previous else None,
-            "switchStartedAt": _iso(started) if started is not None else None,
-            "lastSwitchSeconds": mode.last_switch_seconds, "message": mode.message,
-            "standalone": self.standalone, "source": mode.source, "health": health, "families": families,
-        }  # fmt: skip
-
-    def family_view(self, mode: Mode) -> dict[str, Any]:
-        """What a mode would serve: its engines' health and recent throughput (auto: every engine)."""
-        engines = [e for e in self.catalog.engines if e.family != Family.EXTERNAL and runs(mode, e.family)]
-        eps = [ep for e in engines for ep in e.endpoints]
-        healthy = sum(1 for ep in eps if self.health.healthy(ep))
-        ttfts = sorted(t for e in engines for t in self.stats[e.name].ttft)
-        return {
-            "engines": [e.name for e in engines], "endpoints": len(eps), "healthyEndpoints": healthy,
-            "health": "none" if not eps else "ok" if healthy == len(eps) else "degraded" if healthy else "unavailable",
-            "inFlight": sum(self.outstanding[ep] for ep in eps),
-            "tokensPerSecond": round(sum(self.stats[e.name].tokens_per_second() for e in engines), 3),
-            "ttftP50Seconds": ttfts[len(ttfts) // 2] if ttfts else None,
-        }  # fmt: skip
-
-
-# --- small helpers ------------------------------------------------------------------------------
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count()
-
-
-def next_request_id() -> str:
-    """32 hex digits, unique across processes (random per process) and within one (a counter):
-    uuid4() reads the OS's random source on every request."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for k, v in scope["headers"]:
-        if k == name:
-            return str(v.decode("latin-1"))
-    return None
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    chunks, size = [], 0
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise ClientError(400, "client disconnected while sending the body", "disconnected")
-        chunk = msg.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise ClientError(413, f"request body is larger than {limit} bytes", "request_too_large")
-        chunks.append(chunk)
-        if not msg.get("more_body"):
-            return b"".join(chunks)
-
-
-async def cancel_on_disconnect(receive: Receive, handler: asyncio.Task[Any], left: asyncio.Event) -> None:
-    """Cancel `handler` when the client disconnects. The server also reports a disconnect once the
-    response is complete; by then `handler` has cancelled this watcher (no await in between)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    left.set()
-    handler.cancel()
-
-
-async def respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
-    hs = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    if not any(k == b"content-type" for k, _ in hs):
-        hs.append((b"content-type", b"application/json"))
-    hs.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": hs})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def respond_json(send: Send, status: int, obj: Any) -> None:
-    await respond(send, status, json.dumps(obj).encode(), {"Content-Type": "application/json"})
-
-
-def parse_request(raw: bytes, kind: str, scope: Scope) -> tuple[dict[str, Any], Features, bool]:
-    """Parse the body once; return it, the routing features, and whether it must be re-serialized."""
-    try:
-        body = shapes.check(shapes.load(raw), kind)
-    except shapes.ShapeError as err:
-        raise ClientError(400, err.message, err.code, err.param) from None
-    stream = body.get("stream") is True
-    override = body.pop("engine", None)
-    rewritten = override is not None
-    override = _header(scope, b"x-roundhouse-engine") or override
-    if override is not None and not isinstance(override, str):
-        raise ClientError(400, "engine must be a string naming an engine or a family", "invalid_engine", "engine")
-    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 0
-    fmt = body.get("response_format") or {}
-    features = Features(
-        model=body["model"], kind=kind, stream=stream, tools=bool(body.get("tools")),
-        json_schema=isinstance(fmt, dict) and fmt.get("type") == "json_schema",
-        prompt_tokens=_estimate_tokens(body, kind), max_tokens=max_tokens, override=override,
-        task=_header(scope, b"x-roundhouse-task"),
-    )  # fmt: skip
-    return body, features, rewritten
-
-
-def _estimate_tokens(body: dict[str, Any], kind: str) -> int:
-    """About four characters a token: cheap, and close enough to choose a context window."""
-    if kind == "chat":
-        chars = 0
-        for m in body.get("messages", []):
-            content = m.get("content") if isinstance(m, dict) else None
-            chars += len(content) if isinstance(content, str) else len(json.dumps(content or ""))
-        return chars // 4
-    value = body.get("prompt") if kind == "completions" else body.get("input")
-    return len(value) // 4 if isinstance(value, str) else len(json.dumps(value or "")) // 4
-
-
-def _with_model(body: dict[str, Any], engine: Engine) -> bytes:
-    return json.dumps({**body, "model": engine.upstream_model}).encode()
-
-
-def _last_usage_event(chunk: bytes) -> bytes:
-    for line in reversed(chunk.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            return line[6:]
-    return b"{}"
+        await admin_api.handle(self, receive, send, path, method)

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from roundhouse_api import Family
-from roundhouse_gateway.app import ClientError, _last_usage_event, error_body, parse_request
 from roundhouse_gateway.catalog import Engine
 from roundhouse_gateway.health import Health, probe_ok
+from roundhouse_gateway.wire import ClientError, error_body, last_usage_event, parse_request
 
 
 def scope(**headers: str) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def test_ollama_tag_without_version_means_latest() -> None:
 def test_usage_is_found_in_the_last_sse_event() -> None:
     chunk = (b'data: {"choices":[{"delta":{}}]}\n\n'
              b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\ndata: [DONE]\n\n')  # fmt: skip
-    assert json.loads(_last_usage_event(chunk))["usage"]["completion_tokens"] == 4
+    assert json.loads(last_usage_event(chunk))["usage"]["completion_tokens"] == 4
 
 
 def test_endpointslices_give_one_url_per_ready_address() -> None:

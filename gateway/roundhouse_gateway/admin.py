@@ -1,0 +1,83 @@
+"""The admin API: engines, the engine mode and switching it, as the admin page reads them."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from roundhouse_api import Family, Mode, runs
+
+from .catalog import Engine
+from .wire import ClientError, Receive, Send, iso_time, read_body, respond_json
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+
+async def handle(gw: Gateway, receive: Receive, send: Send, path: str, method: str) -> None:
+    """The admin API (its keys were checked by the caller)."""
+    if path == "/admin/engines" and method == "GET":
+        await respond_json(send, 200, {"engines": [describe(gw, e) for e in gw.catalog.engines]})
+    elif path == "/admin/engine-mode" and method == "GET":
+        await respond_json(send, 200, mode_view(gw))
+    elif path == "/admin/engine-mode" and method == "PUT":
+        raw = await read_body(receive, 64 * 1024)
+        try:
+            wanted = Mode(json.loads(raw)["mode"])
+        except (ValueError, KeyError, TypeError):
+            raise ClientError(400, f"body must be {{\"mode\": one of {[m.value for m in Mode]}}}", "invalid_mode",
+                              "mode") from None  # fmt: skip
+        if gw.set_mode is None:
+            raise ClientError(501, "this gateway cannot change the engine mode", "not_supported")
+        try:
+            answer = await gw.set_mode(wanted)
+        except LookupError as err:
+            raise ClientError(404, str(err), "engine_mode_not_found") from None
+        await respond_json(send, 200, answer)
+    else:
+        raise ClientError(404, f"Unknown admin path {method} {path}", "not_found")
+
+
+def describe(gw: Gateway, e: Engine) -> dict[str, Any]:
+    st = gw.stats[e.name]
+    return {
+        "name": e.name, "family": e.family.value, "models": sorted(e.served), "active": gw.catalog.mode.active(e),
+        "ready": e.ready, "phase": e.phase,
+        "endpoints": [{"url": ep, "health": gw.health.state(ep), "error": gw.health.last_error(ep) or None,
+                       "inFlight": gw.outstanding[ep]} for ep in e.endpoints],
+        "inFlight": sum(gw.outstanding[ep] for ep in e.endpoints),
+        "ttftP50Seconds": st.ttft_p50(), "tokensPerSecond": st.tokens_per_second(),
+    }  # fmt: skip
+
+
+def mode_view(gw: Gateway) -> dict[str, Any]:
+    mode = gw.catalog.mode
+    families = {m.value: family_view(gw, m) for m in (Mode.VLLM, Mode.LLAMACPP, Mode.OLLAMA, Mode.AUTO)}
+    health = {}
+    for fam in (Family.VLLM, Family.LLAMACPP, Family.OLLAMA, Family.EXTERNAL):
+        eps = [ep for e in gw.catalog.engines if e.family == fam for ep in e.endpoints]
+        if eps:
+            health[fam.value] = "ok" if any(gw.health.healthy(ep) for ep in eps) else "unavailable"
+    started = mode.switch_started_at
+    return {
+        "mode": mode.mode.value if mode.mode else None, "switching": mode.switching, "phase": mode.phase,
+        "previous": mode.previous.value if mode.previous else None,
+        "switchStartedAt": iso_time(started) if started is not None else None,
+        "lastSwitchSeconds": mode.last_switch_seconds, "message": mode.message,
+        "standalone": gw.standalone, "source": mode.source, "health": health, "families": families,
+    }  # fmt: skip
+
+
+def family_view(gw: Gateway, mode: Mode) -> dict[str, Any]:
+    """What a mode would serve: its engines' health and recent throughput (auto: every engine)."""
+    engines = [e for e in gw.catalog.engines if e.family != Family.EXTERNAL and runs(mode, e.family)]
+    eps = [ep for e in engines for ep in e.endpoints]
+    healthy = sum(1 for ep in eps if gw.health.healthy(ep))
+    ttfts = sorted(t for e in engines for t in gw.stats[e.name].ttft)
+    return {
+        "engines": [e.name for e in engines], "endpoints": len(eps), "healthyEndpoints": healthy,
+        "health": "none" if not eps else "ok" if healthy == len(eps) else "degraded" if healthy else "unavailable",
+        "inFlight": sum(gw.outstanding[ep] for ep in eps),
+        "tokensPerSecond": round(sum(gw.stats[e.name].tokens_per_second() for e in engines), 3),
+        "ttftP50Seconds": ttfts[len(ttfts) // 2] if ttfts else None,
+    }  # fmt: skip
