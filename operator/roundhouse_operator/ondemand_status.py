@@ -12,8 +12,7 @@ from roundhouse_api.families.base import gpu_count
 from roundhouse_api.mode import GovernedEngine
 from roundhouse_api.ondemand import Budget, DemandPlan, DemandView
 
-from .status import condition, keep_transition_times
-from .switch import ModeEvent
+from .switch import ModeEvent, set_conditions
 
 STEADY = ("active", "standby")
 
@@ -124,12 +123,5 @@ def on_demand_status(mode: EngineMode, p: DemandPlan, budget: Budget, seen: list
     else:
         status.phase = ModePhase.READY
         status.message = f"onDemand: {p.gpus_held} of {budget.gpus} GPUs held; every engine is active or on standby"
-    gen = mode.metadata.generation
-    switching = status.phase == ModePhase.SWITCHING
-    conditions = [
-        condition("Ready", status.phase == ModePhase.READY, status.phase.value, status.message, gen, now),
-        condition("Switching", switching, "Activating" if switching else "Idle",
-                  status.message if switching else "no activation under way", gen, now),
-    ]  # fmt: skip
-    status.conditions = keep_transition_times(conditions, prev.conditions)
+    set_conditions(status, prev, mode.metadata.generation, now, "Activating", "no activation under way")
     return status, events

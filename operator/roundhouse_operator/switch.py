@@ -92,12 +92,19 @@ def mode_status(
     else:
         status.phase, status.active_mode = ModePhase.DEGRADED, target
         status.message = "not ready: " + ", ".join(not_ready)
-    gen = mode.metadata.generation
+    set_conditions(status, prev, mode.metadata.generation, now, "Switching", "no switch under way")
+    return status, events
+
+
+def set_conditions(status: EngineModeStatus, prev: EngineModeStatus, gen: int | None, now: datetime, busy: str,
+                   idle: str) -> None:  # fmt: skip
+    """The mode's Ready and Switching conditions from its phase (`busy`: the Switching reason while
+    it is under way; `idle`: the message when it is not), keeping unchanged transition times."""
+    assert status.phase is not None and status.message is not None
     switching = status.phase == ModePhase.SWITCHING
     conditions = [
-        condition("Ready", status.phase == ModePhase.READY, status.phase.value, status.message, gen, now),
-        condition("Switching", switching, "Switching" if switching else "Idle",
-                  status.message if switching else "no switch under way", gen, now),
+        condition("Ready", status.phase == ModePhase.READY, status.phase.value, status.message, gen or 0, now),
+        condition("Switching", switching, busy if switching else "Idle", status.message if switching else idle,
+                  gen or 0, now),
     ]  # fmt: skip
     status.conditions = keep_transition_times(conditions, prev.conditions)
-    return status, events

@@ -21,7 +21,8 @@ import openai
 import pytest
 
 from tests.integration.test_operator import small
-from tests.support import processes
+from tests.support import engines as real_engines
+from tests.support import processes, tinygguf
 from tests.support.cluster import Cluster, wait_until
 from tests.support.processes import Process
 
@@ -261,3 +262,54 @@ def test_an_operator_restarted_mid_swap_finishes_it_with_the_original_drain_dead
     assert gone_after < 4, gone_after
     stopped = events(c, namespace, "Stopped")
     assert stopped and "drainSeconds (4s) passed" in stopped[-1]["message"], stopped
+
+
+@pytest.fixture
+def variant_servers(tmp_path: Path) -> Iterator[dict[str, Process]]:
+    """Real llama-server processes for two context variants of one model (the engines' endpoints)."""
+    gguf = tinygguf.write(tmp_path / "tiny.gguf", context_length=4096)
+    procs = {name: real_engines.llama_server(real_engines.llama_container("tiny", ctx, ("--parallel", "1")), gguf,
+                                             ARTIFACTS, name=f"llama-{name}").start(timeout=60)
+             for name, ctx in (("small", 256), ("large", 2048))}  # fmt: skip
+    yield procs
+    for p in procs.values():
+        p.stop()
+
+
+def test_context_variants_start_the_smallest_that_fits_by_an_exact_count(
+    operator: Process, crds: Cluster, namespace: str, variant_servers: dict[str, Process], tmp_path: Path
+) -> None:
+    """8k/32k in miniature (256/2048 tokens), one budget: a short prompt starts the small variant; a
+    prompt the estimate would fit in it is counted by the running engine's tokenizer, needs the large
+    one, and starts it (a swap on the simulated nodes); the real engine's usage agrees with the count."""
+    c = crds
+    mode(namespace, c)
+    docs = []
+    for name, ctx in (("small", 256), ("large", 2048)):
+        doc = small(name, "llamacpp", gpus=8, llamacpp={"contextSize": ctx, "parallel": 1})
+        doc["spec"]["model"]["servedName"] = "tiny"
+        docs.append(doc)
+    c.apply(docs, namespace)
+    extra = tuple(a for n, p in variant_servers.items() for a in ("--endpoint-map", f"{n}={p.url}"))  # type: ignore[attr-defined]
+    gw = processes.cluster_gateway(namespace, c.kubeconfig, tmp_path, ARTIFACTS, [KEY], [], extra=extra,
+                                   probe_interval=0.2, name="gateway-variants").start()  # fmt: skip
+    try:
+        url = gw.url  # type: ignore[attr-defined]
+        wait_until(lambda: phase(c, "small", namespace) == "Standby", 20, "variants on standby")
+        short = chat(url, "tiny")
+        assert short.status_code == 200 and short.headers["x-roundhouse-engine"] == "small", short.text
+        body = {
+            "model": "tiny",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "the engine is a model " * 36}],
+        }
+        long = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                          timeout=90)  # fmt: skip
+        assert long.status_code == 200 and long.headers["x-roundhouse-engine"] == "large", long.text
+        reason = long.headers["x-roundhouse-route-reason"]
+        assert "tokens:exact" in reason and "activated:large:" in reason, reason
+        counted = int(reason.split("context:", 1)[1].split(",", 1)[0]) - 8
+        assert counted == long.json()["usage"]["prompt_tokens"] > 256
+        assert pods_of(c, namespace) == {"large": 1}  # the small variant made room
+    finally:
+        gw.stop()

@@ -169,3 +169,47 @@ def test_alternating_demand_swaps_at_most_once_per_min_active() -> None:
     seconds = [s for s, _ in activations]
     assert all(b - a >= 60 for a, b in itertools.pairwise(seconds)), activations
     assert len(activations) <= 3
+
+
+def _mode_status(prev_engines: list[dict[str, object]], views: list[DemandView], now: float) -> object:
+    from datetime import UTC, datetime
+
+    from roundhouse_api import EngineMode, EngineStatus, Family, Phase
+    from roundhouse_operator.ondemand_status import on_demand_status
+
+    mode = EngineMode.model_validate({
+        "metadata": {"name": "default", "namespace": "ns", "generation": 1},
+        "spec": {"mode": "onDemand", "onDemand": {"gpuBudget": 8}},
+        "status": {"activeMode": "onDemand", "phase": "Switching", "activations": 1, "engines": prev_engines},
+    })  # fmt: skip
+    p = plan_on_demand(views, B8, now)
+    statuses = {v.name: (Family.LLAMACPP, EngineStatus(phase=Phase.READY if v.ready else Phase.STANDBY), True)
+                for v in views}  # fmt: skip
+    return on_demand_status(mode, p, B8, views, statuses, datetime.fromtimestamp(now, UTC))
+
+
+def test_the_mode_reports_activation_timings_and_counts() -> None:
+    from datetime import UTC, datetime
+
+    started = datetime.fromtimestamp(T - 12.5, UTC).isoformat()
+    prev = [{"name": "a", "family": "llamacpp", "active": True, "state": "starting", "activatedAt": started}]
+    status, events = _mode_status(prev, [running("a", activated=T - 12.5)], T)  # type: ignore[misc]
+    assert [(e.reason, e.seconds) for e in events] == [("Activated", 12.5)]
+    assert "a is ready 12.5s after it was started" in events[0].message
+    assert status.phase.value == "Ready" and status.gpus_held == 8 and status.gpu_budget == 8
+    assert status.activations == 1
+    assert status.engines[0].state == "active"
+
+
+def test_an_engine_larger_than_the_budget_degrades_the_mode_and_says_why() -> None:
+    status, events = _mode_status([], [standby("huge", gpus=16, demanded=T)], T)  # type: ignore[misc]
+    assert status.phase.value == "Degraded" and "needs 16 GPUs, more than the budget of 8" in status.message
+    assert [(e.type, e.reason) for e in events] == [("Warning", "Waiting")]
+
+
+def test_a_swap_counts_an_activation_and_the_mode_is_switching_meanwhile() -> None:
+    status, events = _mode_status([], [standby("b", demanded=T - 1)], T)  # type: ignore[misc]
+    assert status.phase.value == "Switching" and status.activations == 2
+    assert [e.reason for e in events] == ["Activating"]
+    ready = next(c for c in status.conditions if c.type == "Switching")
+    assert ready.status == "True" and ready.reason == "Activating"
