@@ -78,6 +78,23 @@ class AutoRules(ApiModel):
     queue_timeout_seconds: float = Field(
         default=5, ge=0, le=600, description="How long a request waits when every candidate is at its cap."
     )
+    prefix_affinity: bool | None = Field(
+        default=None,
+        description="Send a prompt prefix (system prompt, earlier turns) back to the replica that cached it:"
+        " consistent hashing with bounded load. Default: on for families whose engines cache prompts.",
+    )
+    prefix_affinity_epsilon: float = Field(
+        default=0.25, ge=0.01, le=10,
+        description="Bounded load: a replica above (1 + epsilon) x the average outstanding is skipped.",
+    )  # fmt: skip
+    engine_load: bool = Field(
+        default=True,
+        description="Count the queue each engine reports in its metrics (fresh ones only) with its outstanding"
+        " requests.",
+    )
+    balancing: Literal["leastOutstanding", "roundRobin"] = Field(
+        default="leastOutstanding", description="How requests spread over equal replicas."
+    )
 
 
 class OnDemandPolicy(ApiModel):

@@ -27,6 +27,7 @@ from . import metrics, tokens, ui
 from .catalog import Catalog, Engine, switch_finished
 from .demand import Demand, Waiter
 from .health import Health, probe_ok, probe_path
+from .load import EngineLoad
 from .routing import Candidate, Decision, Features, route
 from .upstream import Response, Upstream, UpstreamError
 from .waiting import Prelude
@@ -97,6 +98,7 @@ class Gateway:
         self.turn = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.demand = Demand()  # mode onDemand: cluster mode gives it a writer
+        self.engine_load = EngineLoad()
 
     # --- catalog updates (from the config file or the cluster watchers) -----------------------
     def update(self, catalog: Catalog) -> None:
@@ -115,6 +117,8 @@ class Gateway:
     async def startup(self) -> None:
         self._tasks.append(asyncio.create_task(self.probe_forever(), name="probes"))
         self._tasks.append(asyncio.create_task(self.demand.run(), name="demand-reports"))
+        self._tasks.append(asyncio.create_task(self.engine_load.run(lambda: self.catalog, self.upstream),
+                                               name="engine-load"))  # fmt: skip
         for hook in self.on_startup:
             hook()
 
@@ -308,7 +312,7 @@ class Gateway:
         try:
             while True:
                 self.turn += 1
-                d = route(f, self.catalog, self.health.healthy, self.outstanding.__getitem__, self.turn)
+                d = route(f, self.catalog, self.health.healthy, self.load_of, self.turn)
                 if d.activate is not None:
                     if waiter is None or waiter.engine != d.activate:
                         if waiter is not None:
@@ -348,6 +352,13 @@ class Gateway:
     async def wait_change(self, deadline: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.changed.wait(), min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def load_of(self, endpoint: str) -> float:
+        """What routing weighs an endpoint by: requests in flight there, plus the queue its engine reports
+        (fresh readings only, when the mode's rules use them)."""
+        if self.catalog.mode.rules.engine_load:
+            return self.outstanding[endpoint] + self.engine_load.queue(endpoint)
+        return self.outstanding[endpoint]
 
     def at_cap(self, c: Candidate) -> bool:
         return c.engine.max_concurrency is not None and self.outstanding[c.endpoint] >= c.engine.max_concurrency

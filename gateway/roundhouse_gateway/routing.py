@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from roundhouse_api import Family, Mode
+from roundhouse_api.families import FAMILIES
 
+from .affinity import pick
 from .catalog import CAPABILITY_JSON_SCHEMA, CAPABILITY_TOOLS, Catalog, Engine
 
 FAMILY_ALIASES = {"gguf": Family.LLAMACPP, "llama.cpp": Family.LLAMACPP, "llama-cpp": Family.LLAMACPP}
@@ -31,6 +33,7 @@ class Features:
     override: str | None = None  # engine name or family, from X-Roundhouse-Engine or body "engine"
     task: str | None = None
     tokens: str = "estimate"  # how prompt_tokens was had: "estimate" (characters) or "exact" (an engine counted)
+    prefix: int | None = None  # hash of the prompt prefix (affinity.prefix_key)
     near_limit: bool = False  # the estimate was close to a context size: the reason says which count decided
 
 
@@ -54,7 +57,7 @@ class Decision:
 
 
 Healthy = Callable[[str], bool]
-Outstanding = Callable[[str], int]
+Outstanding = Callable[[str], float]  # requests in flight at an endpoint (plus what its engine says is queued)
 
 
 def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstanding, turn: int = 0) -> Decision:
@@ -95,7 +98,8 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
         if incoming is not None and mode.policy.during_switch == "hold":
             return Decision(hold_for=incoming, reason="hold:switching")
         return _fallback(pool, catalog, healthy, outstanding, "no ready engine")
-    candidates = _rank(ready, healthy, outstanding, task_family, f.task, reasons, by_context, turn)
+    by_load = rules.balancing == "leastOutstanding"
+    candidates = _rank(ready, healthy, outstanding, task_family, f.task, reasons, by_context, turn, by_load)
     if not candidates and mode.mode == Mode.ON_DEMAND:
         return _activate(ready, reasons)  # started, not yet answering its probes
     if not candidates:
@@ -104,8 +108,36 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
         return _fallback(pool, catalog, healthy, outstanding, "no healthy endpoint")
     if not reasons:
         reasons.append("model")
-    reasons.append("least-loaded" if len(candidates) > 1 else "only-candidate")
+    if len(candidates) > 1 and f.prefix is not None and _affinity_on(candidates[0].engine, rules.prefix_affinity):
+        candidates = _prefix_affinity(f.prefix, candidates, outstanding, rules.prefix_affinity_epsilon, reasons)
+    elif len(candidates) > 1:
+        reasons.append("least-loaded" if by_load else "round-robin")
+    else:
+        reasons.append("only-candidate")
     return Decision(candidates=candidates, reason=",".join(reasons))
+
+
+def _affinity_on(engine: Engine, rule: bool | None) -> bool:
+    return FAMILIES[engine.family].caches_prompts if rule is None else rule
+
+
+def _prefix_affinity(prefix: int, candidates: list[Candidate], outstanding: Outstanding, epsilon: float,
+                     reasons: list[str]) -> list[Candidate]:  # fmt: skip
+    """The best engine's replicas under its cap, by consistent hashing with bounded load; the rest
+    keep their order, for failover."""
+    top = candidates[0].engine
+    group = [
+        c
+        for c in candidates
+        if c.engine is top and not (top.max_concurrency is not None and outstanding(c.endpoint) >= top.max_concurrency)
+    ]
+    if len(group) < 2:
+        reasons.append("least-loaded")
+        return candidates
+    chosen, skipped = pick(prefix, [c.endpoint for c in group], outstanding, epsilon)
+    reasons.append("prefix-affinity" if not skipped else f"prefix-affinity:spill{skipped}")
+    first = next(c for c in group if c.endpoint == chosen)
+    return [first, *(c for c in candidates if c is not first)]
 
 
 def _activate(pool: list[Engine], reasons: list[str]) -> Decision:
@@ -175,7 +207,7 @@ def _context(f: Features, pool: list[Engine], reasons: list[str]) -> tuple[list[
 
 def _rank(
     pool: list[Engine], healthy: Healthy, outstanding: Outstanding, task_family: Family | None, task: str | None,
-    reasons: list[str], by_context: bool, turn: int,
+    reasons: list[str], by_context: bool, turn: int, by_load: bool = True,
 ) -> list[Candidate]:  # fmt: skip
     """Best first: under its cap, preferred for the task, priority, smallest fitting context (for long
     requests), then least outstanding per unit of weight."""
@@ -188,8 +220,8 @@ def _rank(
                 continue
             load = outstanding(ep)
             capped = e.max_concurrency is not None and load >= e.max_concurrency
-            scored.append((capped, not prefers, -e.priority, context_rank, load / max(e.weight, 1), len(scored),
-                           Candidate(e, ep)))  # fmt: skip
+            share = load / max(e.weight, 1) if by_load else 0.0
+            scored.append((capped, not prefers, -e.priority, context_rank, share, len(scored), Candidate(e, ep)))
     if task and any(not s[1] for s in scored):
         reasons.append(f"task:{task}")
     if any(s[0] for s in scored) and not all(s[0] for s in scored):

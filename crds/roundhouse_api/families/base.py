@@ -105,7 +105,9 @@ class EngineFamily:
     tokenize_path: ClassVar[str | None] = None
     # Flags the operator renders itself: repeating them in extraArgs would break probes or routing.
     managed_flags: ClassVar[frozenset[str]] = frozenset()
-    caches_prompts: ClassVar[bool] = False
+    caches_prompts: ClassVar[bool] = False  # reuses a cached prompt prefix: prefix affinity is on by default
+    # Gauges in its metrics that count requests queued, not yet running (engine-reported load).
+    queue_metrics: ClassVar[tuple[str, ...]] = ()
     # Seconds a stopping pod keeps serving before the engine gets SIGTERM (a preStop sleep), for engines
     # that cut running requests off at SIGTERM: endpoints drop the pod first, running requests finish.
     stop_delay_seconds: ClassVar[int] = 0

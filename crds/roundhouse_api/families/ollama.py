@@ -36,6 +36,9 @@ class Ollama(EngineFamily):
         {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
     )
     managed_flags: ClassVar[frozenset[str]] = frozenset()
+    # Its runner loads the slot with the longest common prefix (runner/ollamarunner/cache.go,
+    # findLongestCacheSlot); it exports no metrics, so load is the gateway's own count.
+    caches_prompts: ClassVar[bool] = True
     # Ollama 0.17.4 closes its listener and every open connection at SIGTERM (server/routes.go).
     stop_delay_seconds: ClassVar[int] = 15
     managed_env: ClassVar[frozenset[str]] = frozenset({"OLLAMA_HOST", "OLLAMA_MODELS"})

@@ -1,0 +1,74 @@
+"""Engine-reported load: the queue each replica reports in its own metrics, scraped at a bounded
+interval. A reading older than STALE_INTERVALS intervals is ignored, never trusted: the gateway's
+own count of outstanding requests is what remains."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from roundhouse_api.families import FAMILIES
+
+from .catalog import Catalog, Engine
+from .upstream import Upstream, UpstreamError
+
+STALE_INTERVALS = 3
+
+
+def queued(text: str, names: tuple[str, ...]) -> float | None:
+    """The sum of the named gauges in a Prometheus text exposition (None: none of them is there)."""
+    total, seen = 0.0, False
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in names:
+                    total += float(sample.value)
+                    seen = True
+    except ValueError:
+        return None
+    return total if seen else None
+
+
+class EngineLoad:
+    """The last queue each endpoint reported, with when."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.readings: dict[str, tuple[float, float]] = {}  # endpoint -> (queued, monotonic time)
+
+    def queue(self, endpoint: str) -> float:
+        reading = self.readings.get(endpoint)
+        if reading is None or time.monotonic() - reading[1] > STALE_INTERVALS * self.interval:
+            return 0.0
+        return reading[0]
+
+    async def scrape(self, upstream: Upstream, engine: Engine, endpoint: str) -> None:
+        family = FAMILIES[engine.family]
+        if not family.queue_metrics or family.metrics_path is None:
+            return
+        try:
+            async with asyncio.timeout(self.interval):
+                resp = await upstream.request("GET", endpoint, family.metrics_path, b"", [], self.interval,
+                                              self.interval)  # fmt: skip
+                try:
+                    body = await resp.read() if resp.status == 200 else b""
+                finally:
+                    resp.release()
+        except (UpstreamError, TimeoutError):
+            return  # no reading: the last one goes stale
+        value = queued(body.decode(errors="replace"), family.queue_metrics)
+        if value is not None:
+            self.readings[endpoint] = (value, time.monotonic())
+
+    async def run(self, catalog: Callable[[], Catalog], upstream: Upstream) -> None:
+        """Scrape every endpoint each interval while the mode's rules use engine load."""
+        while True:
+            cat = catalog()
+            if cat.mode.rules.engine_load:
+                await asyncio.gather(*(self.scrape(upstream, e, ep) for e in cat.engines for ep in e.endpoints))
+            for ep in [ep for ep in self.readings if ep not in {p for e in cat.engines for p in e.endpoints}]:
+                del self.readings[ep]
+            await asyncio.sleep(self.interval)
