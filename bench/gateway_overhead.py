@@ -3,7 +3,7 @@
 Each proxy is pinned to core 0 with taskset; the simulator and wrk share core 1. Contenders run
 interleaved, `--reps` times each; the report gives the median and spread of requests/s at 64
 connections and the proxy's CPU seconds per 1,000 requests (utime+stime of its process tree).
-Usage: .venv/bin/python bench/gateway_overhead.py [--reps 3] [--seconds 10]
+Usage: .venv/bin/python bench/gateway_overhead.py [--reps 3] [--seconds 10] [--litellm] [--routing]
 """
 
 from __future__ import annotations
@@ -97,31 +97,57 @@ general_settings: {{disable_spend_logs: true, master_key: {key}}}
 """
 
 
-def start_contenders(upstream: str, tmp: Path, logs: Path, litellm: bool = False
+def roundhouse(name: str, docs: list[dict[str, object]], tmp: Path, logs: Path) -> tuple[str, Process]:
+    """A standalone gateway from `docs`, pinned to core 0."""
+    port = free_port()
+    (tmp / f"{name}.yaml").write_text("\n---\n".join(json.dumps(d) for d in docs))
+    (tmp / "keys").write_text(BENCH_KEY + "\n")
+    gw = Process(name, ["taskset", "-c", "0", str(VENV_BIN / "roundhouse-gateway"), "--config",
+                        str(tmp / f"{name}.yaml"), "--host", "127.0.0.1", "--port", str(port), "--api-keys-file",
+                        str(tmp / "keys"), "--log-level", "warning"], dict(os.environ), logs,
+                 f"http://127.0.0.1:{port}/readyz").start()  # fmt: skip
+    return f"http://127.0.0.1:{port}", gw
+
+
+def routing_contenders(upstream: str, tmp: Path, logs: Path) -> dict[str, tuple[str, Process]]:
+    """Four replicas (the simulator behind four loopback addresses): the old rule (least outstanding)
+    against the default rules (prefix affinity, and engine load scraped every second)."""
+    port = upstream.rsplit(":", 1)[1]
+    urls = [f"http://127.0.0.{i}:{port}" for i in range(1, 5)]
+    engine = {
+        "apiVersion": "roundhouse.dev/v1alpha1",
+        "kind": "InferenceEngine",
+        "metadata": {"name": "sim"},
+        "spec": {"engine": "vllm", "model": {"source": "m", "servedName": "m"}, "endpoints": urls},
+    }
+    out = {}
+    for name, rules in (("rh-4x-least", {"prefixAffinity": False, "engineLoad": False}), ("rh-4x-affinity", {})):
+        mode = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode", "metadata": {"name": "m"},
+                "spec": {"mode": "auto", "autoRules": rules}}  # fmt: skip
+        out[name] = roundhouse(name, [mode, engine], tmp, logs)
+    return out
+
+
+def start_contenders(upstream: str, tmp: Path, logs: Path, litellm: bool = False, routing: bool = False
                      ) -> tuple[dict[str, tuple[str, Process | None]], list[Process]]:  # fmt: skip
     """Each proxy in front of `upstream`, pinned to core 0. Returns name -> (base URL, process)."""
-    nport, gport = free_port(), free_port()
+    nport = free_port()
     (tmp / "nginx.conf").write_text(NGINX.format(tmp=tmp, upstream=upstream.rsplit(":", 1)[1], port=nport))
     nginx = Process("nginx", ["taskset", "-c", "0", "nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
                     dict(os.environ), logs, None).start()  # fmt: skip
     spec = {"engine": "vllm", "model": {"source": "m", "servedName": "m"}, "endpoints": [upstream]}
-    doc = {
-        "apiVersion": "roundhouse.dev/v1alpha1",
-        "kind": "InferenceEngine",
-        "metadata": {"name": "sim"},
-        "spec": spec,
-    }
-    (tmp / "gw.yaml").write_text(json.dumps(doc))
-    (tmp / "keys").write_text(BENCH_KEY + "\n")
-    gw = Process("roundhouse", ["taskset", "-c", "0", str(VENV_BIN / "roundhouse-gateway"), "--config",
-                                str(tmp / "gw.yaml"), "--host", "127.0.0.1", "--port", str(gport), "--api-keys-file",
-                                str(tmp / "keys"), "--log-level", "warning"], dict(os.environ), logs,
-                 f"http://127.0.0.1:{gport}/readyz").start()  # fmt: skip
+    doc = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine", "metadata": {"name": "sim"},
+           "spec": spec}  # fmt: skip
+    gurl, gw = roundhouse("roundhouse", [doc], tmp, logs)
     contenders: dict[str, tuple[str, Process | None]] = {
         "direct": (upstream, None), "nginx": (f"http://127.0.0.1:{nport}", nginx),
-        "roundhouse": (f"http://127.0.0.1:{gport}", gw),
+        "roundhouse": (gurl, gw),
     }  # fmt: skip
     procs = [nginx, gw]
+    if routing:
+        for name, (url, proc) in routing_contenders(upstream, tmp, logs).items():
+            contenders[name] = (url, proc)
+            procs.append(proc)
     if litellm:
         lport = free_port()
         (tmp / "litellm.yaml").write_text(LITELLM_CONFIG.format(upstream=upstream, key=BENCH_KEY))
@@ -141,14 +167,22 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--litellm", action="store_true", help=f"add LiteLLM (needs {LITELLM_VENV})")
+    ap.add_argument(
+        "--routing",
+        action="store_true",
+        help="add four-replica gateways: least outstanding against prefix affinity + engine load",
+    )
     args = ap.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed: apt-get install wrk nginx-light util-linux")
     tmp = Path(tempfile.mkdtemp(prefix="rh-bench-"))
     logs = tmp / "logs"
-    sim = enginesim("vllm", "sim", ["m"], logs, ttft_ms=20, tokens=8, prefix=("taskset", "-c", "1")).start()
-    contenders, procs = start_contenders(sim.url, tmp, logs, litellm=args.litellm)  # type: ignore[attr-defined]
+    # On every loopback address, so that --routing can give one simulator four replica addresses.
+    sim = enginesim("vllm", "sim", ["m"], logs, host="0.0.0.0", ttft_ms=20, tokens=8,
+                    prefix=("taskset", "-c", "1")).start()  # fmt: skip
+    upstream = sim.url.replace("0.0.0.0", "127.0.0.1")  # type: ignore[attr-defined]
+    contenders, procs = start_contenders(upstream, tmp, logs, litellm=args.litellm, routing=args.routing)
     script = tmp / "post.lua"
     script.write_text(LUA.replace("{key}", BENCH_KEY))
     results: dict[str, list[tuple[float, float, float, float | None]]] = {k: [] for k in contenders}

@@ -2,7 +2,7 @@
 
 A conversation's first PREFIX_CHARS characters (its system prompt, then earlier turns) hash to a
 point on a ring of the replicas' virtual nodes; the request goes to the first replica clockwise
-whose outstanding requests, with this one, stay within ceil((1 + epsilon) x the average): so a
+whose outstanding requests, with this one, stay within (1 + epsilon) x the average (or one): so a
 conversation keeps landing where its prefix is cached, new prefixes spread, a hot prefix spills to
 the next replicas instead of piling up, and a replica that goes away moves only its own share
 (Mirrokni, Thorup, Zadimoghaddam, "Consistent Hashing with Bounded Loads", 2018).
@@ -13,7 +13,6 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -76,7 +75,9 @@ def ring(endpoints: tuple[str, ...]) -> Ring:
 def pick(key: int, endpoints: list[str], load: Callable[[str], float], epsilon: float) -> tuple[str, int]:
     """The endpoint for `key`, and how many replicas clockwise were skipped as too loaded (0: its own)."""
     loads = {ep: load(ep) for ep in endpoints}
-    cap = math.ceil((1 + epsilon) * (sum(loads.values()) + 1) / len(loads))
+    # The paper rounds the cap up; at a few requests per replica that lets one replica hold twice the
+    # mean while others idle. Not rounding keeps the bound tight, and an idle replica always fits.
+    cap = max(1.0, (1 + epsilon) * (sum(loads.values()) + 1) / len(loads))
     for skipped, ep in enumerate(ring(tuple(sorted(loads))).walk(key)):
         if loads[ep] + 1 <= cap:
             return ep, skipped

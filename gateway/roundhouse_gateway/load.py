@@ -1,6 +1,8 @@
-"""Engine-reported load: the queue each replica reports in its own metrics, scraped at a bounded
-interval. A reading older than STALE_INTERVALS intervals is ignored, never trusted: the gateway's
-own count of outstanding requests is what remains."""
+"""Engine-reported load: the requests each replica says it holds (running and waiting, from every
+gateway), scraped from its own metrics at a bounded interval. Routing weighs a replica by the larger
+of that and this gateway's own count of requests outstanding there: other gateways' traffic and an
+engine's queue show, and this gateway's requests are not counted twice. A reading older than
+STALE_INTERVALS intervals is ignored, never trusted: the gateway's own count is what remains."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from .upstream import Upstream, UpstreamError
 STALE_INTERVALS = 3
 
 
-def queued(text: str, names: tuple[str, ...]) -> float | None:
+def reported(text: str, names: tuple[str, ...]) -> float | None:
     """The sum of the named gauges in a Prometheus text exposition (None: none of them is there)."""
     total, seen = 0.0, False
     try:
@@ -37,9 +39,10 @@ class EngineLoad:
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
-        self.readings: dict[str, tuple[float, float]] = {}  # endpoint -> (queued, monotonic time)
+        self.readings: dict[str, tuple[float, float]] = {}  # endpoint -> (requests held, monotonic time)
 
-    def queue(self, endpoint: str) -> float:
+    def held(self, endpoint: str) -> float:
+        """The requests the endpoint last said it holds (0 when unknown or stale)."""
         reading = self.readings.get(endpoint)
         if reading is None or time.monotonic() - reading[1] > STALE_INTERVALS * self.interval:
             return 0.0
@@ -47,7 +50,7 @@ class EngineLoad:
 
     async def scrape(self, upstream: Upstream, engine: Engine, endpoint: str) -> None:
         family = FAMILIES[engine.family]
-        if not family.queue_metrics or family.metrics_path is None:
+        if not family.load_metrics or family.metrics_path is None:
             return
         try:
             async with asyncio.timeout(self.interval):
@@ -59,7 +62,7 @@ class EngineLoad:
                     resp.release()
         except (UpstreamError, TimeoutError):
             return  # no reading: the last one goes stale
-        value = queued(body.decode(errors="replace"), family.queue_metrics)
+        value = reported(body.decode(errors="replace"), family.load_metrics)
         if value is not None:
             self.readings[endpoint] = (value, time.monotonic())
 

@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.prefixcache import PrefixCache
+
 FLAVOURS = ("vllm", "llamacpp", "ollama", "openai")
 
 
@@ -38,6 +40,8 @@ class Knobs:
     ping_every_ms: float = 0.0  # llama-server: SSE ': ping' comments while silent
     api_key: str = ""  # openai flavour: require this Bearer key
     max_concurrency: int = 0  # 503 when more requests than this are in flight (0: no cap)
+    prefill_us_per_token: float = 0.0  # uncached prompt tokens cost this, one prompt at a time (0: free)
+    cache_tokens: int = 0  # prompt-prefix cache size in tokens (tests/support/prefixcache.py; 0: none)
 
 
 @dataclass
@@ -52,6 +56,10 @@ class State:
     completion_tokens: int = 0
     last_request: dict[str, Any] = field(default_factory=dict)
     last_headers: dict[str, str] = field(default_factory=dict)
+    cached_tokens: int = 0
+    prefill: asyncio.Lock = field(default_factory=asyncio.Lock)  # one prefill at a time, like one GPU
+    prefilling: int = 0  # requests waiting for or in prefill: the queue the metrics report
+    cache: PrefixCache | None = None
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:
@@ -106,18 +114,19 @@ class Sim:
 
     async def metrics(self, _: web.Request) -> web.Response:
         k = self.s
+        waiting = max(0, k.prefilling - 1)  # behind the one prefill under way
         if k.flavour == "vllm":
             lines = [
-                f'vllm:num_requests_running{{model_name="{k.models[0]}"}} {k.running}',
-                f'vllm:num_requests_waiting{{model_name="{k.models[0]}"}} 0',
+                f'vllm:num_requests_running{{model_name="{k.models[0]}"}} {k.running - waiting}',
+                f'vllm:num_requests_waiting{{model_name="{k.models[0]}"}} {waiting}',
                 f'vllm:kv_cache_usage_perc{{model_name="{k.models[0]}"}} {min(1.0, k.running / 32):.3f}',
                 f'vllm:prompt_tokens_total{{model_name="{k.models[0]}"}} {k.prompt_tokens}',
                 f'vllm:generation_tokens_total{{model_name="{k.models[0]}"}} {k.completion_tokens}',
             ]
         elif k.flavour == "llamacpp":
             lines = [
-                f"llamacpp:requests_processing {k.running}",
-                "llamacpp:requests_deferred 0",
+                f"llamacpp:requests_processing {k.running - waiting}",
+                f"llamacpp:requests_deferred {waiting}",
                 f"llamacpp:prompt_tokens_total {k.prompt_tokens}",
                 f"llamacpp:tokens_predicted_total {k.completion_tokens}",
                 f"llamacpp:n_decode_total {k.completion_tokens}",
@@ -135,6 +144,8 @@ class Sim:
                 **asdict(self.s.knobs),
                 "served": self.s.served,
                 "running": self.s.running,
+                "prompt_tokens": self.s.prompt_tokens,
+                "cached_tokens": self.s.cached_tokens,
                 "last_request": self.s.last_request,
                 "last_headers": self.s.last_headers,
             }
@@ -176,22 +187,42 @@ class Sim:
                 return await self.embeddings(body)
             n = int(body.get("max_tokens") or body.get("max_completion_tokens") or k.tokens)
             n = min(n, k.tokens)
+            cached = await self.prefill(body)
             self.s.prompt_tokens += prompt
             self.s.completion_tokens += n
             self.s.served += 1
             if body.get("stream"):
-                return await self.stream(request, body, kind, prompt, n)
+                return await self.stream(request, body, kind, prompt, n, cached)
             await asyncio.sleep(k.ttft_ms / 1000)
-            return web.json_response(self.whole(body, kind, prompt, n), headers={"X-Sim-Name": self.s.name})
+            return web.json_response(self.whole(body, kind, prompt, n, cached), headers={"X-Sim-Name": self.s.name})
         finally:
             self.s.running -= 1
+
+    async def prefill(self, body: dict[str, Any]) -> int:
+        """The prompt-cache model: cached tokens of this prompt, after paying for the others in turn."""
+        k = self.s.knobs
+        if not k.prefill_us_per_token and not k.cache_tokens:
+            return 0
+        if self.s.cache is None or self.s.cache.capacity != k.cache_tokens // 16:
+            self.s.cache = PrefixCache(k.cache_tokens)
+        text = json.dumps(body.get("messages") or body.get("prompt") or "")
+        self.s.prefilling += 1
+        try:
+            async with self.s.prefill:
+                tokens, cached = self.s.cache.admit(text)
+                await asyncio.sleep((tokens - cached) * k.prefill_us_per_token / 1e6)
+        finally:
+            self.s.prefilling -= 1
+        self.s.cached_tokens += cached
+        return cached
 
     def words(self, n: int) -> list[str]:
         return [f"{self.s.name}-{i} " for i in range(n)]
 
-    def whole(self, body: dict[str, Any], kind: str, prompt: int, n: int) -> dict[str, Any]:
+    def whole(self, body: dict[str, Any], kind: str, prompt: int, n: int, cached: int = 0) -> dict[str, Any]:
         text = "".join(self.words(n))
-        usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+        usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n,
+                 "prompt_tokens_details": {"cached_tokens": cached}}  # fmt: skip
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:12]}"
         if kind == "chat":
             choice: dict[str, Any] = {
@@ -232,7 +263,7 @@ class Sim:
         )
 
     async def stream(
-        self, request: web.Request, body: dict[str, Any], kind: str, prompt: int, n: int
+        self, request: web.Request, body: dict[str, Any], kind: str, prompt: int, n: int, cached: int = 0
     ) -> web.StreamResponse:
         k = self.s.knobs
         resp = web.StreamResponse(
@@ -281,7 +312,8 @@ class Sim:
         }
         await resp.write(f"data: {json.dumps(last)}\n\n".encode())
         if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+            usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n,
+                     "prompt_tokens_details": {"cached_tokens": cached}}  # fmt: skip
             tail = {
                 "id": rid,
                 "object": last["object"],

@@ -37,8 +37,10 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write(path: Path, seed: int = 0, context_length: int = N_CTX) -> Path:
-    """Write the model; `context_length` is its training context (llama-server caps a slot's at it)."""
+def write(path: Path, seed: int = 0, context_length: int = N_CTX, embd: int = N_EMBD, layers: int = N_LAYER,
+          heads: int = N_HEAD, ff: int = N_FF) -> Path:  # fmt: skip
+    """Write the model; `context_length` is its training context (llama-server caps a slot's at it).
+    Larger dimensions make prefill cost measurable on a CPU (bench/routing.py)."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -47,12 +49,12 @@ def write(path: Path, seed: int = 0, context_length: int = N_CTX) -> Path:
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("roundhouse-tiny")
     w.add_context_length(context_length)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
-    w.add_feed_forward_length(N_FF)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD)
-    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_embedding_length(embd)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(heads)
+    w.add_rope_dimension_count(embd // heads)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
@@ -69,17 +71,17 @@ def write(path: Path, seed: int = 0, context_length: int = N_CTX) -> Path:
         data = np.ones(shape, np.float32) if ones else (rng.standard_normal(shape) * 0.02).astype(np.float32)
         w.add_tensor(name, data)
 
-    t("token_embd.weight", vocab, N_EMBD)
-    for i in range(N_LAYER):
-        t(f"blk.{i}.attn_norm.weight", N_EMBD, ones=True)
+    t("token_embd.weight", vocab, embd)
+    for i in range(layers):
+        t(f"blk.{i}.attn_norm.weight", embd, ones=True)
         for proj in ("q", "k", "v", "output"):
-            t(f"blk.{i}.attn_{proj}.weight", N_EMBD, N_EMBD)
-        t(f"blk.{i}.ffn_norm.weight", N_EMBD, ones=True)
-        t(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
-        t(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
-        t(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
-    t("output_norm.weight", N_EMBD, ones=True)
-    t("output.weight", vocab, N_EMBD)
+            t(f"blk.{i}.attn_{proj}.weight", embd, embd)
+        t(f"blk.{i}.ffn_norm.weight", embd, ones=True)
+        t(f"blk.{i}.ffn_gate.weight", ff, embd)
+        t(f"blk.{i}.ffn_up.weight", ff, embd)
+        t(f"blk.{i}.ffn_down.weight", embd, ff)
+    t("output_norm.weight", embd, ones=True)
+    t("output.weight", vocab, embd)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -106,8 +106,9 @@ class EngineFamily:
     # Flags the operator renders itself: repeating them in extraArgs would break probes or routing.
     managed_flags: ClassVar[frozenset[str]] = frozenset()
     caches_prompts: ClassVar[bool] = False  # reuses a cached prompt prefix: prefix affinity is on by default
-    # Gauges in its metrics that count requests queued, not yet running (engine-reported load).
-    queue_metrics: ClassVar[tuple[str, ...]] = ()
+    # Gauges in its metrics that together count the requests it holds, running and waiting (from every
+    # gateway): the engine-reported load.
+    load_metrics: ClassVar[tuple[str, ...]] = ()
     # Seconds a stopping pod keeps serving before the engine gets SIGTERM (a preStop sleep), for engines
     # that cut running requests off at SIGTERM: endpoints drop the pod first, running requests finish.
     stop_delay_seconds: ClassVar[int] = 0

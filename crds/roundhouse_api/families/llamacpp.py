@@ -86,7 +86,7 @@ class LlamaCpp(EngineFamily):
     tokenize_path: ClassVar[str | None] = "/tokenize"
     managed_flags: ClassVar[frozenset[str]] = managed_flags.LLAMACPP
     caches_prompts: ClassVar[bool] = True
-    queue_metrics: ClassVar[tuple[str, ...]] = ("llamacpp:requests_deferred",)
+    load_metrics: ClassVar[tuple[str, ...]] = ("llamacpp:requests_processing", "llamacpp:requests_deferred")
     partial_offload: ClassVar[bool] = True
 
     def weight_bits(self, spec: InferenceEngineSpec) -> float:

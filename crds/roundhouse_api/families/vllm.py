@@ -41,7 +41,7 @@ class VLLM(EngineFamily):
     tokenize_path: ClassVar[str | None] = "/tokenize"
     managed_flags: ClassVar[frozenset[str]] = managed_flags.VLLM
     caches_prompts: ClassVar[bool] = True
-    queue_metrics: ClassVar[tuple[str, ...]] = ("vllm:num_requests_waiting",)
+    load_metrics: ClassVar[tuple[str, ...]] = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 
     def count_tokens(self, body: dict[str, Any], kind: str, model: str) -> TokenCount:
         # vLLM 0.33.0 serves POST /tokenize for chat (the chat template applied, tools included) and
