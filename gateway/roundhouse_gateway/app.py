@@ -26,11 +26,12 @@ from . import admin as admin_api
 from . import metrics, tokens, ui
 from .catalog import Catalog, Engine, switch_finished
 from .demand import Demand, Waiter
+from .drain import Drain
 from .health import Health, probe_ok, probe_path
 from .load import EngineLoad
 from .routing import Candidate, Decision, Features, route
 from .upstream import Response, Upstream, UpstreamError
-from .waiting import Prelude
+from .waiting import Prelude, error_event
 from .wire import (
     ClientError,
     Receive,
@@ -99,6 +100,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self.demand = Demand()  # mode onDemand: cluster mode gives it a writer
         self.engine_load = EngineLoad()
+        self.drain = Drain()
 
     # --- catalog updates (from the config file or the cluster watchers) -----------------------
     def update(self, catalog: Catalog) -> None:
@@ -178,15 +180,33 @@ class Gateway:
         if scope["type"] != "http":
             return
         rid = header(scope, b"x-request-id") or next_request_id()
-        started = False
+        started = streaming = False
 
         async def tracked(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            nonlocal started, streaming
+            if message["type"] == "http.response.start":
+                started = True
+                streaming = any(k == b"content-type" and b"event-stream" in v for k, v in message["headers"])
+                if self.drain.draining:  # clients reconnect, to a replica that is not going away
+                    message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
             await send(message)
 
+        task = asyncio.current_task()
+        assert task is not None
+        self.drain.tasks.add(task)
         try:
             await self.dispatch(scope, receive, tracked, rid)
+        except asyncio.CancelledError:
+            if not self.drain.expired:
+                raise
+            task.uncancel()  # the drain deadline: answer in OpenAI's shape rather than drop the connection
+            message = "the gateway is shutting down; retry the request"
+            if not started:
+                await respond(send, 503, error_body(message, "service_unavailable", "shutting_down"),
+                              {"X-Request-Id": rid, "Retry-After": "1", "Connection": "close"})  # fmt: skip
+            else:
+                tail = error_event(message, "service_unavailable", "shutting_down") if streaming else b""
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
         except ClientError as err:
             await respond(send, err.status, error_body(err.message, err.type, err.code, err.param),
                           {"X-Request-Id": rid, **err.headers})  # fmt: skip
@@ -196,6 +216,8 @@ class Gateway:
             if not started:
                 body = error_body(f"internal error (request id {rid})", "server_error", "internal_error")
                 await respond(send, 500, body, {"X-Request-Id": rid})
+        finally:
+            self.drain.tasks.discard(task)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -222,7 +244,8 @@ class Gateway:
         elif path == "/healthz":
             await respond_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
-            await respond_json(send, 200 if self.synced else 503, {"ready": self.synced})
+            ready = self.synced and not self.drain.draining
+            await respond_json(send, 200 if ready else 503, {"ready": ready, "draining": self.drain.draining})
         elif path == "/metrics":
             await respond(send, 200, generate_latest(metrics.REGISTRY), {"Content-Type": CONTENT_TYPE_LATEST})
         elif path.startswith("/admin/"):

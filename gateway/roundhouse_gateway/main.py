@@ -20,6 +20,7 @@ from .app import Gateway, Settings
 from .catalog import Catalog, with_mode
 from .cluster import ClusterSource
 from .config import Config, ConfigError, load_config, read_keys
+from .drain import DEADLINE, DELAY, DrainingServer
 from .local import LocalEngines
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roundhouse"
@@ -60,6 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="standalone onDemand: one log file per engine the gateway runs")  # fmt: skip
     p.add_argument("--engine-cache-dir", type=Path, default=CACHE / "models",
                    help="standalone onDemand: where engines keep models (the pods' cache volume)")  # fmt: skip
+    p.add_argument("--drain-delay", type=float, default=DELAY,
+                   help="after SIGTERM: seconds to keep accepting connections (readyz says 503 at once)")  # fmt: skip
+    p.add_argument(
+        "--drain-deadline",
+        type=float,
+        default=DEADLINE,
+        help="after SIGTERM: seconds requests in flight may take; streams then end with an error event",
+    )
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -90,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
             run_locally(gateway, config, args.engine_log_dir, args.engine_cache_dir)
     # No proxy-headers middleware: the gateway never uses the client address, and it is one more
     # coroutine layer per request.
-    uvicorn.run(gateway, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
-                access_log=False, log_config=None, timeout_keep_alive=75, proxy_headers=False)  # fmt: skip
+    server = uvicorn.Config(gateway, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
+                            access_log=False, log_config=None, timeout_keep_alive=75, proxy_headers=False)  # fmt: skip
+    DrainingServer(server, gateway.drain, args.drain_delay, args.drain_deadline).run()
 
 
 def cluster_gateway(

@@ -287,3 +287,47 @@ def test_on_demand_swaps_real_engine_pods_within_the_budget(engines_up: Cluster)
     assert not engine_pods(c, old) and phase(c, old) == "Standby"
     reasons = [e["reason"] for e in c.list("events", NS) if e["involvedObject"]["kind"] == "EngineMode"]
     assert {"Draining", "Stopped", "Activating"} <= set(reasons), reasons
+
+
+def test_a_rolling_restart_of_the_gateway_under_load_fails_no_request(engines_up: Cluster) -> None:
+    """kubectl rollout restart of the gateway Deployment while four clients send requests through its
+    Service (kube-proxy on the real node): the old pod drains (readyz 503, still accepting for its
+    delay, Connection: close), so not one client request fails."""
+    c = engines_up
+    url = gateway_url(c)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+    stop = threading.Event()
+    ok: list[int] = []
+    failed: list[str] = []
+
+    def client() -> None:
+        with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as http:  # keep-alive pool
+            while not stop.is_set():
+                try:
+                    r = http.post(f"{url}/v1/chat/completions", json=body)
+                    (ok.append(1) if r.status_code == 200 else failed.append(f"HTTP {r.status_code}: {r.text[:200]}"))
+                except httpx.HTTPError as err:
+                    failed.append(repr(err))
+                time.sleep(0.05)
+
+    wait_until(lambda: chat(url, timeout=30).status_code == 200, 60, "the gateway to route before the restart")
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    for t in clients:
+        t.start()
+    time.sleep(2)
+    before = len(ok)
+    dep = f"deployment/{chart.fullname('rh')}-gateway"
+    c.kubectl("rollout", "restart", dep, namespace=NS)
+    c.kubectl("rollout", "status", dep, "--timeout=240s", namespace=NS)
+    # The old pod drains for its delay, then for what is in flight: keep the load on until it is gone.
+    wait_until(lambda: len(c.list("pods", NS, selector="app.kubernetes.io/component=gateway")) == 1, 60,
+               "the old gateway pod gone")  # fmt: skip
+    time.sleep(2)
+    stop.set()
+    for t in clients:
+        t.join(60)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "rolling-restart.json").write_text(json.dumps({"ok": len(ok), "during": len(ok) - before,
+                                                                "failed": failed}))  # fmt: skip
+    assert not failed, f"{len(failed)} of {len(ok) + len(failed)} requests failed: {failed[:5]}"
+    assert len(ok) - before > 40, len(ok)

@@ -131,7 +131,9 @@ def _gateway(source: list[str], work_dir: Path, name: str, log_dir: Path, api_ke
     keys, admin = work_dir / f"{name}.keys", work_dir / f"{name}.admin-keys"
     keys.write_text("\n".join(api_keys) + "\n")
     admin.write_text("\n".join(admin_keys) + "\n")
-    argv = [str(VENV_BIN / "roundhouse-gateway"), *source, "--host", "127.0.0.1", "--port", str(port),
+    # No drain delay on a test's SIGTERM (its own tests set one): a stop would cost every fixture 5 s.
+    argv = [str(VENV_BIN / "roundhouse-gateway"), "--drain-delay", "0", "--drain-deadline", "3", *source,
+            "--host", "127.0.0.1", "--port", str(port),
             "--api-keys-file", str(keys), "--admin-keys-file", str(admin),
             "--probe-interval", str(probe_interval)]  # fmt: skip
     proc = Process(name, argv, env or dict(os.environ), log_dir, f"http://127.0.0.1:{port}/readyz")
