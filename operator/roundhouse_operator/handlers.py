@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,8 +15,10 @@ import kopf
 
 from roundhouse_api import GROUP, VERSION
 
+from . import metrics
 from .controller import Controller
 from .kube import Kube, load_config
+from .leader import Elector
 from .render import ENGINE_LABEL
 from .store import Store
 from .watch import Event, Watcher, namespace_allowed
@@ -47,7 +51,27 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     namespaces = STATE.get("namespaces") or []
     await asyncio.to_thread(seed, controller, namespaces)
     start_watchers(asyncio.get_running_loop())
-    STATE["task"] = asyncio.create_task(controller.run(), name="roundhouse-reconciler")
+    election = STATE.get("election")
+    if election is None:
+        metrics.LEADER.set(1)
+        STATE["task"] = asyncio.create_task(controller.run(), name="roundhouse-reconciler")
+        return
+    # Several replicas: all keep their stores warm, only the lease holder reconciles (writes).
+    namespace, name, identity = election
+    elector = Elector(namespace, name, identity)
+
+    def lead() -> None:
+        for ns in controller.store.namespaces():  # whatever happened while another replica led
+            controller.mark(ns)
+        STATE["task"] = asyncio.create_task(controller.run(), name="roundhouse-reconciler")
+
+    def step_down() -> None:
+        if (task := STATE.get("task")) is not None:
+            task.cancel()
+        # Exit rather than linger: the kubelet restarts the container as a fresh standby.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    STATE["elector"] = asyncio.create_task(elector.run(lead, step_down), name="leader-election")
 
 
 # kopf watches the engines and modes; the engines' Deployments and Pods are watched by watch.py.
@@ -121,9 +145,9 @@ def receive(kind: str, scope: str | None, events: list[Event] | None, items: lis
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    task = STATE.get("task")
-    if task is not None:
-        task.cancel()
+    for key in ("task", "elector"):
+        if (task := STATE.get(key)) is not None:
+            task.cancel()
     if (stop := STATE.get("stop")) is not None:
         stop.set()
 

@@ -30,3 +30,4 @@ ACTIVATION_SECONDS = Histogram(
     "roundhouse_operator_activation_duration_seconds", "Mode onDemand: from an engine's start to its readiness.",
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
 )  # fmt: skip
+LEADER = Gauge("roundhouse_operator_leader", "1 while this replica holds the leader lease (or runs without election).")

@@ -49,7 +49,8 @@ ARTIFACTS = REPO / "artifacts"
 def operator(crds: lc.Cluster) -> Iterator[Process]:
     """roundhouse-operator as a real process watching every namespace of the local cluster."""
     # roundhouse-system belongs to the operator that test_install runs as its ServiceAccount.
-    proc = processes.operator(crds.env, ARTIFACTS, namespaces=["*", "!roundhouse-system"])
+    # ha-* namespaces belong to the operator replicas that test_operator_ha runs with leader election.
+    proc = processes.operator(crds.env, ARTIFACTS, namespaces=["*", "!roundhouse-system", "!ha-*"])
     try:
         proc.start()
     except RuntimeError as err:

@@ -47,11 +47,13 @@ OPERATOR_ALLOWED = [
     ("create", "deployments.apps", "team-a"), ("patch", "deployments.apps", "team-b"), ("delete", "services", "x"),
     ("create", "persistentvolumeclaims", "x"), ("list", "pods", None), ("list", "nodes", None),
     ("create", "events", "x"), ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("update", "leases.coordination.k8s.io", NS), ("create", "leases.coordination.k8s.io", NS),
 ]  # fmt: skip
 OPERATOR_DENIED = [
     ("get", "secrets", "x"), ("list", "secrets", None), ("delete", "nodes", None),
     ("patch", "inferenceengines.roundhouse.dev", "x"), ("create", "pods", "x"), ("create", "clusterrolebindings", None),
     ("delete", "namespaces", None), ("update", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("update", "leases.coordination.k8s.io", "team-a"), ("delete", "leases.coordination.k8s.io", NS),
 ]  # fmt: skip
 GATEWAY_ALLOWED = [
     ("list", "inferenceengines.roundhouse.dev", NS), ("watch", "enginemodes.roundhouse.dev", NS),

@@ -80,7 +80,8 @@ class Process:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def operator(env: dict[str, str], log_dir: Path, namespaces: list[str] | None = None) -> Process:
+def operator(env: dict[str, str], log_dir: Path, namespaces: list[str] | None = None, extra: tuple[str, ...] = (),
+             name: str = "operator") -> Process:  # fmt: skip
     """roundhouse-operator with its metrics and health endpoints on free loopback ports."""
     metrics, health = free_port(), free_port()
     prefix = os.environ.get("ROUNDHOUSE_OPERATOR_PREFIX", "").split()  # e.g. a profiler
@@ -88,7 +89,7 @@ def operator(env: dict[str, str], log_dir: Path, namespaces: list[str] | None = 
             "--metrics-port", str(metrics), "--health-port", str(health)]  # fmt: skip
     for ns in namespaces or []:
         argv += ["--namespace", ns]
-    proc = Process("operator", argv, env, log_dir, f"http://127.0.0.1:{health}/healthz")
+    proc = Process(name, [*argv, *extra], env, log_dir, f"http://127.0.0.1:{health}/healthz")
     proc.metrics_url = f"http://127.0.0.1:{metrics}/metrics"  # type: ignore[attr-defined]
     return proc
 
