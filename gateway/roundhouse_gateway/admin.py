@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 async def handle(gw: Gateway, receive: Receive, send: Send, path: str, method: str) -> None:
     """The admin API (its keys were checked by the caller)."""
     if path == "/admin/engines" and method == "GET":
-        await respond_json(send, 200, {"engines": [describe(gw, e) for e in gw.catalog.engines]})
+        await respond_json(send, 200, {"engines": [describe(gw, e) for e in gw.catalog.engines], "view": view(gw)})
     elif path == "/admin/engine-mode" and method == "GET":
         await respond_json(send, 200, mode_view(gw))
     elif path == "/admin/engine-mode" and method == "PUT":
@@ -36,6 +36,14 @@ async def handle(gw: Gateway, receive: Receive, send: Send, path: str, method: s
         await respond_json(send, 200, answer)
     else:
         raise ClientError(404, f"Unknown admin path {method} {path}", "not_found")
+
+
+def view(gw: Gateway) -> dict[str, Any]:
+    """Whether the engines and mode shown (and routed by) are current, or the last view before the
+    API server became unreachable, and since when."""
+    since = gw.stale_since()
+    return {"stale": since is not None, "staleSince": iso_time(since) if since is not None else None,
+            "source": "config" if gw.standalone else "cluster"}  # fmt: skip
 
 
 def describe(gw: Gateway, e: Engine) -> dict[str, Any]:
@@ -65,6 +73,7 @@ def mode_view(gw: Gateway) -> dict[str, Any]:
         "switchStartedAt": iso_time(started) if started is not None else None,
         "lastSwitchSeconds": mode.last_switch_seconds, "message": mode.message,
         "standalone": gw.standalone, "source": mode.source, "health": health, "families": families,
+        "view": view(gw),
     }  # fmt: skip
 
 

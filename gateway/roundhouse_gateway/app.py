@@ -101,6 +101,8 @@ class Gateway:
         self.demand = Demand()  # mode onDemand: cluster mode gives it a writer
         self.engine_load = EngineLoad()
         self.drain = Drain()
+        # Cluster mode: since when the view of engines and mode is the last one seen (None: current).
+        self.stale_since: Callable[[], float | None] = lambda: None
 
     # --- catalog updates (from the config file or the cluster watchers) -----------------------
     def update(self, catalog: Catalog) -> None:

@@ -28,7 +28,8 @@ from .catalog import Catalog, Engine, engine_from_resource, mode_from_resource
 
 log = logging.getLogger("roundhouse.gateway.cluster")
 SERVICE_LABEL = "kubernetes.io/service-name"
-RELIST_BACKOFF = 1.0
+RELIST_BACKOFF = 0.25  # doubled after each failed relist, up to RELIST_BACKOFF_MAX
+RELIST_BACKOFF_MAX = 2.0  # the API server's return is seen within this long (then one relist)
 
 
 def slice_endpoints(slices: list[dict[str, Any]]) -> list[str]:
@@ -74,6 +75,8 @@ class ClusterSource:
         self.listed: set[str] = set()
         self.secrets: dict[tuple[str, str], str | None] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Watches broken now, with when (epoch): the catalog is the last one seen, and /admin says so.
+        self.broken: dict[str, float] = {}
         # Names this gateway's report: the pod's name in a cluster, else host and process.
         self.gateway_id = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = threading.Event()
@@ -93,13 +96,21 @@ class ClusterSource:
     def stop(self) -> None:
         self.stopping.set()
 
+    def stale_since(self) -> float | None:
+        """When the oldest broken watch broke (epoch), or None: the view is current."""
+        return min(self.broken.values(), default=None)
+
     def _watch(self, kind: str, list_fn: Callable[..., Any]) -> None:
+        backoff = RELIST_BACKOFF
         while not self.stopping.is_set():
             try:
                 listing = list_fn()
                 listing = listing if isinstance(listing, dict) else self.api.sanitize_for_serialization(listing)
                 items = {i["metadata"]["name"]: i for i in listing.get("items", [])}
                 self._hand_over(kind, "LIST", items)
+                if self.broken.pop(kind, None) is not None:
+                    log.info("watch resynced", extra={"kind": kind})
+                backoff = RELIST_BACKOFF
                 rv = listing["metadata"]["resourceVersion"]
                 w: Any = watch.Watch()  # type: ignore[no-untyped-call]
                 for ev in w.stream(list_fn, resource_version=rv, timeout_seconds=300, allow_watch_bookmarks=True):
@@ -115,11 +126,16 @@ class ClusterSource:
                     )
                     self._hand_over(kind, ev["type"], obj)
             except ApiException as err:
+                if err.status != 410:  # 410 Gone: the watch's resourceVersion expired; relist at once
+                    self.broken.setdefault(kind, time.time())
                 log.warning("watch restarts", extra={"kind": kind, "status": err.status, "reason": str(err.reason)})
-                time.sleep(RELIST_BACKOFF)
-            except Exception as err:  # connection drops and the like: relist
+                time.sleep(backoff)
+                backoff = min(RELIST_BACKOFF_MAX, backoff * 2)
+            except Exception as err:  # connection drops and the like: keep the last view, relist
+                self.broken.setdefault(kind, time.time())
                 log.warning("watch restarts", extra={"kind": kind, "error": repr(err)})
-                time.sleep(RELIST_BACKOFF)
+                time.sleep(backoff)
+                backoff = min(RELIST_BACKOFF_MAX, backoff * 2)
 
     def _hand_over(self, kind: str, type_: str, obj: Any) -> None:
         assert self.loop is not None

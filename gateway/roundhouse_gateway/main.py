@@ -111,6 +111,7 @@ def cluster_gateway(
     gateway = Gateway(settings)
     source = ClusterSource(namespace, gateway.update, kubeconfig, endpoint_map)
     gateway.set_mode = source.set_mode
+    gateway.stale_since = source.stale_since
     gateway.demand.write = source.write_report
     gateway.standalone = False
     gateway.on_startup.append(lambda: source.start(asyncio.get_running_loop()))

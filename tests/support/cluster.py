@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -134,3 +135,45 @@ def wait_until(probe: Callable[[], Any], timeout: float, what: str, interval: fl
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+CONTROL_PLANE = ("kube-apiserver", "etcd")
+
+
+def stop_control_plane(cluster: Cluster, names: tuple[str, ...] = CONTROL_PLANE) -> dict[str, Any]:
+    """Kill the cluster's API server and etcd (an outage: connections refused, watches broken), keeping
+    how each was started so that start_control_plane() brings the same ones back."""
+    state = cluster.kubeconfig.parent
+    pids = json.loads((state / "pids.json").read_text())
+    saved: dict[str, Any] = {}
+    for name in names:
+        pid = pids[name]
+        argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        raw_env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        env = dict(e.decode().split("=", 1) for e in raw_env if b"=" in e)
+        saved[name] = (argv, os.readlink(f"/proc/{pid}/cwd"), env)
+        os.kill(pid, signal.SIGKILL)  # the API server's own graceful stop waits out its watches
+        wait_until(lambda p=pid: not Path(f"/proc/{p}").exists() or b"zombie" in _status(p), 30, f"{name} stopped")
+    return saved
+
+
+def _status(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/status").read_bytes().lower()
+    except OSError:
+        return b"zombie"
+
+
+def start_control_plane(cluster: Cluster, saved: dict[str, Any]) -> None:
+    """Start what stop_control_plane() stopped (etcd first) and wait for the API server to be ready."""
+    state = cluster.kubeconfig.parent
+    pids = json.loads((state / "pids.json").read_text())
+    for name in sorted(saved, key=lambda n: n != "etcd"):
+        argv, cwd, env = saved[name]
+        log = open(state / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        pids[name] = proc.pid
+    (state / "pids.json").write_text(json.dumps(pids))
+    wait_until(lambda: cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0, 60,
+               "the API server ready again", interval=0.1)  # fmt: skip
