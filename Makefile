@@ -78,10 +78,13 @@ manifests: ## render manifests/install.yaml from the Helm chart
 	hack/render-install.sh
 
 .PHONY: chart-check
-chart-check: ## helm lint, helm template, and install.yaml drift check (helm is built from Go modules, cached)
+chart-check: venv ## helm lint, helm template, and install.yaml drift check (helm is built from Go modules, cached)
 	hack/build-control-plane.sh helm
 	$$(hack/build-control-plane.sh paths | grep helm)/helm lint --strict charts/roundhouse
 	$$(hack/build-control-plane.sh paths | grep helm)/helm template t charts/roundhouse >/dev/null
+	$$(hack/build-control-plane.sh paths | grep helm)/helm lint --strict charts/roundhouse \
+	  --set dashboards.enabled=true,prometheusRule.enabled=true
+	$(PY) hack/gen-dashboard.py --check
 	hack/render-install.sh --check
 
 .PHONY: test-e2e
@@ -113,6 +116,13 @@ node-deps: ## Debian's containerd, runc, CNI plugins, iptables and conntrack for
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); [ -z "$$missing" ] || { \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
 	  $$sudo apt-get install -y -q $$missing || { $$sudo apt-get update -q && $$sudo apt-get install -y -q $$missing; }; }
+
+.PHONY: promtool
+promtool: ## Debian's prometheus package, for promtool: the chart's alert rules are checked with it (apt-get, once)
+	@command -v promtool >/dev/null || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get install -y -q --no-install-recommends prometheus || { $$sudo apt-get update -q && \
+	  $$sudo apt-get install -y -q --no-install-recommends prometheus; }; }
 
 .PHONY: images
 images: engines ## build (cached by content) the OCI images: pause, llama-server, ollama, roundhouse, vLLM stand-in

@@ -11,6 +11,7 @@ operator's CPU; the plan stays namespace-wide because a switch depends on every 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,19 @@ import httpx
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from roundhouse_api import CEL_CONTEXT_KEY, EngineMode, EngineStatus, Family, InferenceEngine, Mode, Phase, governs
+from roundhouse_api import (
+    CEL_CONTEXT_KEY,
+    EngineMode,
+    EngineModeStatus,
+    EngineStatus,
+    Family,
+    InferenceEngine,
+    Mode,
+    ModePhase,
+    Phase,
+    SwitchPolicy,
+    governs,
+)
 from roundhouse_api.demand import fold
 from roundhouse_api.families import DEFAULT_HELPER_IMAGE, FAMILIES
 from roundhouse_api.ondemand import Budget, DemandPlan, DemandView, plan_on_demand
@@ -414,8 +427,11 @@ class Controller:
             return
         if phase is None:
             self.phases.pop(key, None)
+            with contextlib.suppress(KeyError):
+                metrics.ENGINE_OK.remove(namespace, name)
         else:
             self.phases[key] = phase
+            metrics.ENGINE_OK.labels(namespace, name).set(1 if phase in (Phase.READY, Phase.STANDBY) else 0)
         for value, delta in ((old, -1), (phase, 1)):
             if value is not None:
                 self._phase_counts[value] += delta
@@ -516,6 +532,14 @@ class Controller:
         status = EngineStatus(phase=Phase.FAILED, message=error, observed_generation=gen, conditions=conditions)
         await self._write_engine_status(raw, status, previous)
 
+    def _switch_gauges(self, mode: EngineMode, status: EngineModeStatus, now: datetime) -> None:
+        """How long the switch has run, and how long it may (the stuck-switch alert compares them)."""
+        labels = (mode.metadata.namespace, mode.metadata.name)
+        started = status.switch_started_at if status.phase == ModePhase.SWITCHING else None
+        metrics.SWITCH_AGE.labels(*labels).set((now - started).total_seconds() if started else 0)
+        policy = mode.spec.switch_policy or SwitchPolicy()
+        metrics.SWITCH_BOUND.labels(*labels).set(policy.drain_seconds + policy.max_hold_seconds)
+
     async def _write_mode_status(
         self, mode: EngineMode, p: ModePlan, engines: dict[str, tuple[Family, EngineStatus, bool]], now: datetime,
         on_demand: tuple[DemandPlan, Budget, list[DemandView]] | None = None,
@@ -532,6 +556,7 @@ class Controller:
                     metrics.ACTIVATION_SECONDS.observe(event.seconds)
         else:
             status, events = mode_status(mode, p, engines, now)
+        self._switch_gauges(mode, status, now)
         old = mode.status.wire() if mode.status else None
         new = status.wire()
         if old == new:

@@ -31,3 +31,16 @@ ACTIVATION_SECONDS = Histogram(
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
 )  # fmt: skip
 LEADER = Gauge("roundhouse_operator_leader", "1 while this replica holds the leader lease (or runs without election).")
+ENGINE_OK = Gauge(
+    "roundhouse_operator_engine_ok",
+    "1 while an engine is where its mode wants it (Ready; Standby when switched off or on demand), else 0.",
+    ["namespace", "engine"],
+)  # fmt: skip
+SWITCH_AGE = Gauge(
+    "roundhouse_operator_mode_switch_age_seconds", "How long the EngineMode's switch has been under way (0: none).",
+    ["namespace", "mode"],
+)  # fmt: skip
+SWITCH_BOUND = Gauge(
+    "roundhouse_operator_mode_switch_bound_seconds",
+    "How long a switch may take before it counts as stuck: drainSeconds + maxHoldSeconds.", ["namespace", "mode"],
+)  # fmt: skip
