@@ -33,11 +33,28 @@ class Gone(Exception):
 
 
 def namespace_allowed(namespace: str, patterns: list[str]) -> bool:
-    """kopf's namespace patterns: globs, `!glob` excludes; no positive pattern means every namespace."""
-    positive = [p for p in patterns if not p.startswith("!")]
-    if positive and not any(fnmatch.fnmatchcase(namespace, p) for p in positive):
+    """kopf's namespace patterns: a namespace is served if any pattern matches it (none: every one)."""
+    return not patterns or any(_matches(namespace, p) for p in patterns)
+
+
+def _matches(namespace: str, pattern: str) -> bool:
+    """One kopf pattern: comma-separated globs, `!glob` excludes; a leading exclusion implies `*`; the
+    first inclusive glob decides the initial match, later ones re-include only what it matched."""
+    globs = [g.strip() for g in pattern.split(",") if g.strip()]
+    if not globs:
         return False
-    return not any(fnmatch.fnmatchcase(namespace, p[1:]) for p in patterns if p.startswith("!"))
+    initial = matched = globs[0].startswith("!")
+    decided = initial  # an implied catch-all is the first inclusive glob
+    for glob in globs:
+        if glob.startswith("!"):
+            if fnmatch.fnmatchcase(namespace, glob[1:]):
+                matched = False
+        elif not decided:
+            decided, initial = True, fnmatch.fnmatchcase(namespace, glob)
+            matched = initial
+        elif initial and fnmatch.fnmatchcase(namespace, glob):
+            matched = True
+    return matched
 
 
 class Watcher:

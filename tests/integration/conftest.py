@@ -50,7 +50,8 @@ def operator(crds: lc.Cluster) -> Iterator[Process]:
     """roundhouse-operator as a real process watching every namespace of the local cluster."""
     # roundhouse-system belongs to the operator that test_install runs as its ServiceAccount.
     # ha-* namespaces belong to the operator replicas that test_operator_ha runs with leader election.
-    proc = processes.operator(crds.env, ARTIFACTS, namespaces=["*", "!roundhouse-system", "!ha-*"])
+    # One kopf pattern: separate list items would each match on their own ("*" alone matches all).
+    proc = processes.operator(crds.env, ARTIFACTS, namespaces=["*, !roundhouse-system, !ha-*"])
     try:
         proc.start()
     except RuntimeError as err:

@@ -125,9 +125,13 @@ def test_endpointslice_replicas_are_judged_one_by_one(
         url = gateway.url  # type: ignore[attr-defined]
         seen: set[str] = set()
 
+        asked = iter(range(10_000))
+
         def both_replicas_serve() -> bool:
-            r = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                           json={"model": "m", "messages": [{"role": "user", "content": "x"}]}, timeout=5)  # fmt: skip
+            # A new prompt each time: the same one would stay on its replica (prefix affinity).
+            body = {"model": "m", "messages": [{"role": "user", "content": f"question {next(asked)}"}]}
+            r = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=body,
+                           timeout=5)  # fmt: skip
             if r.status_code == 200:
                 seen.add(r.json()["choices"][0]["message"]["content"][:2])
             return seen == {"r1", "r2"}

@@ -22,7 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.support.prefixcache import PrefixCache
+try:
+    from tests.support.prefixcache import PrefixCache
+except ModuleNotFoundError:  # run as a script from its own folder (the images' /opt/enginesim)
+    from prefixcache import PrefixCache  # type: ignore[no-redef]
 
 FLAVOURS = ("vllm", "llamacpp", "ollama", "openai")
 

@@ -7,6 +7,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from roundhouse_operator.store import Store
 from roundhouse_operator.watch import Event, Watcher, namespace_allowed
 
@@ -85,11 +87,42 @@ def test_a_failing_watch_is_retried_from_where_it_was(monkeypatch: Any) -> None:
     assert source.watched_from == ["5", "5", "6"]
 
 
-def test_namespace_patterns_follow_kopf() -> None:
+PATTERNS = [
+    ["*, !roundhouse-system"],
+    ["*, !roundhouse-system, !ha-*"],
+    ["!ha-*"],
+    ["team-*"],
+    ["myapp-*, !*-pr-*, *pr-123"],
+    ["!*-pr-*, *pr-123"],
+    ["a", "b-*"],
+    ["*", "!roundhouse-system"],
+]
+NAMES = [
+    "anything",
+    "team-a",
+    "roundhouse-system",
+    "ha-1234",
+    "myapp-test",
+    "myapp-pr-123",
+    "myapp-pr-456",
+    "otherapp-pr-123",
+    "a",
+    "b-1",
+    "other",
+]
+
+
+@pytest.mark.parametrize("patterns", PATTERNS, ids=lambda p: "|".join(p))
+def test_namespace_patterns_are_kopfs_own(patterns: list[str]) -> None:
+    """The watches the operator runs itself serve exactly the namespaces kopf serves (its own matcher
+    is the reference): each list item is a pattern, and a namespace is served if any one matches."""
+    from kopf._cogs.structs.references import match_namespace
+
+    for name in NAMES:
+        assert namespace_allowed(name, patterns) == any(match_namespace(name, p) for p in patterns), (name, patterns)
     assert namespace_allowed("anything", [])
-    assert namespace_allowed("team-a", ["*", "!roundhouse-system"])
-    assert not namespace_allowed("roundhouse-system", ["*", "!roundhouse-system"])
-    assert namespace_allowed("team-a", ["team-*"]) and not namespace_allowed("other", ["team-*"])
+    assert not namespace_allowed("ha-1234", ["*, !roundhouse-system, !ha-*"])
+    assert namespace_allowed("roundhouse-system", ["*", "!roundhouse-system"])  # "*" alone matches it
 
 
 def test_a_relisting_drops_what_is_gone_and_names_every_engine_touched() -> None:
