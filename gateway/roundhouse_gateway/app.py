@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from roundhouse_api import Mode
 
 from . import admin as admin_api
-from . import metrics, tokens, ui
+from . import metrics, models, tokens, ui
 from .catalog import Catalog, Engine, switch_finished
 from .demand import Demand, Waiter
 from .drain import Drain
@@ -241,8 +241,14 @@ class Gateway:
             await self.completion(scope, receive, send, rid, COMPLETION_PATHS[path])
         elif path == "/v1/models" and method == "GET":
             self.authorize(scope, self.settings.api_keys)
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "roundhouse"} for m in self.catalog.models()]
-            await respond_json(send, 200, {"object": "list", "data": data})
+            await respond_json(send, 200, models.model_list(self.catalog))
+        elif path.startswith("/v1/models/") and method == "GET":
+            self.authorize(scope, self.settings.api_keys)
+            model_id = path[len("/v1/models/") :]
+            model = models.model_object(self.catalog, model_id)
+            if model is None:
+                raise ClientError(404, models.not_found(model_id), "model_not_found", "model")
+            await respond_json(send, 200, model)
         elif path == "/healthz":
             await respond_json(send, 200, {"status": "ok"})
         elif path == "/readyz":

@@ -43,6 +43,12 @@ def test_openai_sdk_end_to_end(stack: Stack) -> None:
     assert c.completions.create(model="m", prompt="hello").choices[0].text.startswith("v-0")
     assert len(c.embeddings.create(model="m", input=["a", "b"]).data) == 2
     assert [m.id for m in c.models.list()] == ["m"]
+    model = c.models.retrieve("m")  # GET /v1/models/{id}
+    assert model.id == "m" and model.object == "model" and model.owned_by == "roundhouse"
+    assert model.model_extra and model.model_extra["roundhouse"]["engines"][0]["name"] == "qwen"
+    with pytest.raises(openai.NotFoundError) as missing:
+        c.models.retrieve("no-such-model")
+    assert missing.value.code == "model_not_found" and "`no-such-model` does not exist" in missing.value.message
 
 
 def test_sdk_exceptions_for_errors(stack: Stack) -> None:

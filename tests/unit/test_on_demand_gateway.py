@@ -247,3 +247,15 @@ def test_the_route_reason_says_which_count_decided() -> None:
     assert [c.engine.name for c in exact.candidates] == ["c32k"] and "context:9000,tokens:exact" in exact.reason
     guess = decide(variants, Features("m", prompt_tokens=7000, near_limit=True))
     assert guess.candidates[0].engine.name == "c8k" and "tokens:estimate" in guess.reason
+
+
+def test_models_list_standby_engines_with_their_phase_and_hide_switched_off_ones() -> None:
+    from roundhouse_gateway.models import model_list, model_object
+
+    standby = on_demand(eng("b", model="beta"), eng("a", model="alpha", ready=True))
+    listed = {m["id"]: m["roundhouse"]["engines"][0]["phase"] for m in model_list(standby)["data"]}
+    assert listed == {"alpha": "Ready", "beta": "Standby"}  # standby models do not vanish
+    assert model_object(standby, "beta")["object"] == "model"  # type: ignore[index]
+    switched = Catalog((eng("o", model="llama", family=Family.OLLAMA, ready=True),), ModeState(mode=Mode.VLLM))
+    assert model_object(switched, "llama") is None and model_list(switched)["data"] == []
+    assert model_object(standby, "nothing") is None
