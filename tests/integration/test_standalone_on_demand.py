@@ -30,6 +30,16 @@ def ie(name: str, gguf: Path, gpus: int = 1, **llamacpp: Any) -> dict[str, Any]:
                      "llamacpp": {"contextSize": 512, **llamacpp}}}  # fmt: skip
 
 
+def standalone(work: Path, name: str, docs: list[dict[str, Any]], logs: Path) -> Process:
+    """The standalone gateway running `docs`, with the llama-server build on PATH (as on a laptop with
+    llama.cpp installed: the family's binary is found there)."""
+    config = work / f"{name}.yaml"
+    config.write_text(yaml.safe_dump_all(docs))
+    env = {**os.environ, "PATH": f"{engines.binary('llama-server').parent}:{os.environ['PATH']}"}
+    extra = ("--engine-log-dir", str(logs), "--engine-cache-dir", str(work / "cache"))
+    return processes.gateway(config, ARTIFACTS, [KEY], [ADMIN], env=env, extra=extra).start()
+
+
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Path]]:
     work = tmp_path_factory.mktemp("box")
@@ -38,20 +48,8 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Pat
             "spec": {"mode": "onDemand", "onDemand": {"gpuBudget": 1, "minActiveSeconds": 0, "drainSeconds": 5,
                                                       "maxWaitSeconds": 60}}}  # fmt: skip
     docs = [mode, ie("one", gguf), ie("two", gguf), ie("broken", gguf, gpus=0, extraArgs=["--no-such-flag"])]
-    config = work / "box.yaml"
-    config.write_text(yaml.safe_dump_all(docs))
     logs = work / "engine-logs"
-    # The family's binary is found on PATH, as on a laptop with llama.cpp installed.
-    env = {**os.environ, "PATH": f"{engines.binary('llama-server').parent}:{os.environ['PATH']}"}
-    proc = processes.gateway(
-        config,
-        ARTIFACTS,
-        [KEY],
-        [ADMIN],
-        env=env,
-        extra=("--engine-log-dir", str(logs), "--engine-cache-dir", str(work / "cache")),
-    )
-    proc.start()
+    proc = standalone(work, "box", docs, logs)
     yield proc, logs
     proc.stop()
     assert not ours("one") and not ours("two"), "the gateway left engine processes behind"
@@ -132,18 +130,7 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
         doc = ie(name, gguf, contextSize=ctx, parallel=1)
         doc["spec"]["model"]["servedName"] = "tiny"
         docs.append(doc)
-    config = work / "variants.yaml"
-    config.write_text(yaml.safe_dump_all(docs))
-    env = {**os.environ, "PATH": f"{engines.binary('llama-server').parent}:{os.environ['PATH']}"}
-    proc = processes.gateway(
-        config,
-        ARTIFACTS,
-        [KEY],
-        [ADMIN],
-        env=env,
-        extra=("--engine-log-dir", str(work / "logs"), "--engine-cache-dir", str(work / "c")),
-    )
-    proc.start()
+    proc = standalone(work, "variants", docs, work / "logs")
     yield proc
     proc.stop()
 
