@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .demand import REPORT_INTERVAL
+from .mode import OnDemandPolicy
 
 State = Literal["active", "standby", "waiting", "starting", "draining", "stopping"]
 
@@ -46,6 +47,13 @@ class Budget:
     min_active: float = 60
     idle: float = 0  # 0: never scale an idle engine to zero
     drain: float = 30
+
+    @classmethod
+    def of(cls, policy: OnDemandPolicy | None, default_gpus: int) -> Budget:
+        """spec.onDemand as the planner reads it; the GPU budget defaults to `default_gpus`."""
+        p = policy or OnDemandPolicy()
+        gpus = p.gpu_budget if p.gpu_budget is not None else default_gpus
+        return cls(gpus=gpus, min_active=p.min_active_seconds, idle=p.idle_seconds, drain=p.drain_seconds)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from roundhouse_api import EngineMode, InferenceEngine
+from roundhouse_api import EngineMode, InferenceEngine, OnDemandPolicy
 from roundhouse_api.families.base import gpu_count
 from roundhouse_api.ondemand import Budget, DemandView, plan_on_demand
 
@@ -78,14 +78,9 @@ class LocalEngines:
                  update: Callable[[Catalog], None], log_dir: Path, cache_dir: Path) -> None:  # fmt: skip
         self.base, self.demand, self.update = base, demand, update
         self.mode = mode
-        policy = mode.spec.on_demand
-        budget = policy.gpu_budget if policy and policy.gpu_budget is not None else None
-        self.budget = Budget(
-            gpus=budget if budget is not None else max((gpu_count(e.spec) for e in engines), default=0),
-            min_active=policy.min_active_seconds if policy else 60, idle=policy.idle_seconds if policy else 0,
-            drain=policy.drain_seconds if policy else 30,
-        )  # fmt: skip
-        self.max_wait = policy.max_wait_seconds if policy else 300
+        # Standalone, no nodes to count: unset, the budget fits the largest engine (one such at a time).
+        self.budget = Budget.of(mode.spec.on_demand, max((gpu_count(e.spec) for e in engines), default=0))
+        self.max_wait = (mode.spec.on_demand or OnDemandPolicy()).max_wait_seconds
         log_dir.mkdir(parents=True, exist_ok=True)
         self.engines = {e.metadata.name: Local(e, log_dir / f"{e.metadata.name}.log") for e in engines}
         self.cache_dir = cache_dir
@@ -162,7 +157,7 @@ class LocalEngines:
                 try:
                     loc.process = await asyncio.create_subprocess_exec(
                         *cmd.argv, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                        env={**_base_env(), **cmd.env}, start_new_session=True,
+                        env={**os.environ, **cmd.env}, start_new_session=True,
                     )  # fmt: skip
                 except OSError as err:
                     self._failed(loc, f"could not run {cmd.argv[0]}: {err}")
@@ -244,10 +239,6 @@ class LocalEngines:
                 phase=phases[loc.state], message=loc.message,
             ))  # fmt: skip
         self.update(dataclasses.replace(self.base, engines=tuple(engines)))
-
-
-def _base_env() -> dict[str, str]:
-    return dict(os.environ)
 
 
 def _last_line(path: Path) -> str:

@@ -37,14 +37,7 @@ def when(t: float | None) -> datetime | None:
 
 def budget_of(mode: EngineMode, nodes: list[dict[str, Any]]) -> Budget:
     """spec.onDemand, with the GPU budget defaulting to every GPU the nodes advertise."""
-    policy = mode.spec.on_demand
-    gpus = policy.gpu_budget if policy and policy.gpu_budget is not None else None
-    if gpus is None:
-        gpus = sum(_int((n.get("allocatable") or {}).get("nvidia.com/gpu")) for n in nodes)
-    if policy is None:
-        return Budget(gpus=gpus)
-    return Budget(gpus=gpus, min_active=policy.min_active_seconds, idle=policy.idle_seconds,
-                  drain=policy.drain_seconds)  # fmt: skip
+    return Budget.of(mode.spec.on_demand, sum(_int((n.get("allocatable") or {}).get("nvidia.com/gpu")) for n in nodes))
 
 
 def _int(value: Any) -> int:
