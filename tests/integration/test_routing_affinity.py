@@ -68,8 +68,10 @@ def test_each_conversation_returns_to_the_replica_that_cached_it(replicas: list[
                 prompts.append(r.json()["usage"]["prompt_tokens"])
                 messages.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
             # After the first turn the replica already holds the system prompt and the earlier turns.
-            assert cached[0] == 0 and all(c > 0.9 * p for c, p in zip(cached[1:], prompts[:-1], strict=True)), (
-                cached, prompts)  # fmt: skip
+            # The first turn shares at most the chat template's opening with other conversations on its
+            # replica (llama-server reuses any common prefix); every later turn finds its whole history.
+            assert cached[0] < 0.1 * prompts[0], (cached, prompts)
+            assert all(c > 0.9 * p for c, p in zip(cached[1:], prompts[:-1], strict=True)), (cached, prompts)
     finally:
         gw.stop()
 
