@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import urllib3
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
@@ -54,6 +55,9 @@ from .switch import drain_deadline, mode_status
 log = logging.getLogger("roundhouse.operator")
 RESYNC_SECONDS = 15.0
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 60.0
+# An API server that cannot be reached (restarting, storage re-initialising) is retried at least this
+# often: once it is back, every namespace is reconciled within seconds, not after a minute's backoff.
+UNREACHABLE_BACKOFF_MAX = 5.0
 PROBE_TIMEOUT = 5.0
 SECRET_RECHECK_SECONDS = 3.0
 MAX_PARALLEL_APPLIES = 16
@@ -176,10 +180,14 @@ class Controller:
 
     async def run(self) -> None:
         """Reconcile dirty namespaces forever; every RESYNC_SECONDS everything is dirty (probes, drift)."""
+        loop = asyncio.get_running_loop()
+        resync_at = loop.time() + RESYNC_SECONDS
         while True:
-            try:
-                await asyncio.wait_for(self.wake.wait(), RESYNC_SECONDS)
-            except TimeoutError:
+            # The resync runs on its own clock: a steady stream of events must not postpone it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), max(0.0, resync_at - loop.time()))
+            if loop.time() >= resync_at:
+                resync_at = loop.time() + RESYNC_SECONDS
                 await self.probe_all()
                 for namespace in self.store.namespaces():
                     self.mark(namespace)
@@ -212,7 +220,8 @@ class Controller:
         answer is one line with its message; anything else is a bug of ours and keeps its traceback."""
         metrics.RECONCILES.labels(result="error").inc()
         failures = self.failures[namespace] = self.failures.get(namespace, 0) + 1
-        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
+        cap = UNREACHABLE_BACKOFF_MAX if unreachable(err) else BACKOFF_MAX
+        delay = min(cap, BACKOFF_BASE * 2 ** (failures - 1))
         if api_error is not None:
             status = getattr(err, "status", None)
             log.error("reconcile failed", extra={"namespace": namespace, "status": status, "error": api_error,
@@ -574,3 +583,11 @@ class Controller:
                 metrics.SWITCH_SECONDS.observe(status.last_switch_seconds)
         log.info("engine mode", extra={"mode": f"{meta.namespace}/{meta.name}", "phase": status.phase,
                                        "activeMode": status.active_mode, "reason": status.message})  # fmt: skip
+
+
+def unreachable(err: Exception) -> bool:
+    """The API server did not answer, or answered that it cannot serve now (429, 5xx): a transient
+    outage, unlike a refusal, which only an edit can fix."""
+    if isinstance(err, ApiException):
+        return err.status in (0, None, 429) or (err.status or 0) >= 500
+    return isinstance(err, (urllib3.exceptions.HTTPError, OSError, TimeoutError))

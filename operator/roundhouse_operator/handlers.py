@@ -43,6 +43,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.queueing.idle_timeout = 0.5
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    # kopf's default backoffs reach 21 s between attempts: after an API server outage the engines'
+    # and modes' watches would come back up to that late. A refused connection is cheap to retry.
+    settings.networking.error_backoffs = [0.5, 1, 2, 3, 5, 5, 5, 5, 5]
     load_config()
     # API calls are blocking and run in threads; the default pool (cores + 4) starves a large reconcile.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube"))

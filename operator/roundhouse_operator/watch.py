@@ -17,7 +17,9 @@ from typing import Any, Protocol
 
 log = logging.getLogger("roundhouse.operator.watch")
 Event = tuple[str, dict[str, Any]]  # (ADDED | MODIFIED | DELETED, object with its kind)
-BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0
+# A failed watch is a refused connection or an error answer, cheap to retry; a short cap means the
+# store is current again within seconds of an API server's return.
+BACKOFF_BASE, BACKOFF_MAX = 0.5, 5.0
 
 
 class WatchSource(Protocol):

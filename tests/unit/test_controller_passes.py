@@ -139,3 +139,48 @@ def test_the_engines_by_phase_gauge_follows_reconciles_and_deletions() -> None:
     assert gauge_total() == 3
     c.forget(NS, "b", "u-b")
     assert gauge_total() == 2
+
+
+def test_the_resync_runs_on_its_clock_while_events_keep_arriving(monkeypatch: Any) -> None:
+    monkeypatch.setattr("roundhouse_operator.controller.RESYNC_SECONDS", 0.3)
+    c, _ = controller(("InferenceEngine", ie("a")))
+    resyncs: list[float] = []
+
+    async def probe_all() -> None:
+        resyncs.append(asyncio.get_running_loop().time())
+
+    c.probe_all = probe_all  # type: ignore[method-assign]
+
+    async def main() -> None:
+        runner = asyncio.create_task(c.run())
+        for _ in range(30):  # an event every 0.05 s: sooner than the resync, for 1.5 s
+            c.mark("other")
+            await asyncio.sleep(0.05)
+        runner.cancel()
+
+    asyncio.run(main())
+    assert len(resyncs) >= 3, resyncs
+
+
+def test_an_unreachable_api_server_is_retried_within_seconds_and_a_refusal_backs_off() -> None:
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    from roundhouse_operator.controller import UNREACHABLE_BACKOFF_MAX, unreachable
+
+    refused = urllib3.exceptions.MaxRetryError(None, "/api", urllib3.exceptions.NewConnectionError(None, "refused"))
+    assert unreachable(refused) and unreachable(ConnectionRefusedError())
+    assert unreachable(ApiException(status=429)) and unreachable(ApiException(status=503))
+    assert not unreachable(ApiException(status=422)) and not unreachable(ValueError("a bug"))
+
+    async def delays(err: Exception) -> list[float]:
+        c, _ = controller()
+        for _ in range(10):  # each retry fails again once its timer has fired
+            if (pending := c.timers.pop(NS, None)) is not None:
+                pending.cancel()
+            c._failed(NS, err)
+        timer = c.timers[NS]
+        return [timer.when() - asyncio.get_running_loop().time()]
+
+    assert asyncio.run(delays(refused))[0] <= UNREACHABLE_BACKOFF_MAX
+    assert asyncio.run(delays(ApiException(status=422)))[0] > 30
