@@ -88,6 +88,10 @@ def test_an_api_server_and_etcd_outage_costs_no_request(operator: Process, crds:
         while time.monotonic() - stopped < OUTAGE_SECONDS:
             time.sleep(1)
         start_control_plane(c, saved)
+        # The API server answers /readyz before it serves custom resources again (their storage
+        # re-initialises, for seconds on a busy machine): the gateway's resync counts from then.
+        wait_until(lambda: c.kubectl("get", "inferenceengines", namespace=namespace, check=False).returncode == 0,
+                   30, "the API server serving InferenceEngines again", interval=0.05)  # fmt: skip
         back = time.monotonic()
         wait_until(lambda: not httpx.get(f"{url}/admin/engines", headers=admin).json()["view"]["stale"], 10,
                    "the gateway's view current again", interval=0.05)  # fmt: skip
