@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from roundhouse_api import Family, Mode, runs
 
@@ -13,10 +16,21 @@ from .wire import ClientError, Receive, Send, iso_time, read_body, respond_json
 if TYPE_CHECKING:
     from .app import Gateway
 
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
-async def handle(gw: Gateway, receive: Receive, send: Send, path: str, method: str) -> None:
+
+async def handle(gw: Gateway, receive: Receive, send: Send, path: str, method: str, query: bytes = b"") -> None:
     """The admin API (its keys were checked by the caller)."""
-    if path == "/admin/engines" and method == "GET":
+    if path == "/admin/usage" and method == "GET":
+        args = {k: v[-1] for k, v in parse_qs(query.decode(errors="replace")).items()}
+        day = args.get("day")
+        if day is not None and not DAY.fullmatch(day):
+            raise ClientError(400, "day must be a date like 2026-12-01", "invalid_day", "day")
+        report = gw.auth.usage.report(time.time(), args.get("key"), day)
+        await respond_json(send, 200, {**report, "limitsScope": "replica"})
+    elif path == "/admin/keys" and method == "GET":
+        await respond_json(send, 200, gw.auth.describe())
+    elif path == "/admin/engines" and method == "GET":
         await respond_json(send, 200, {"engines": [describe(gw, e) for e in gw.catalog.engines], "view": view(gw)})
     elif path == "/admin/engine-mode" and method == "GET":
         await respond_json(send, 200, mode_view(gw))

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
-import json
 import logging
 import time
 from collections import defaultdict, deque
@@ -24,13 +22,16 @@ from roundhouse_api import Mode
 
 from . import admin as admin_api
 from . import metrics, models, tokens, ui
+from .auth import Auth
 from .catalog import Catalog, Engine, switch_finished
 from .demand import Demand, Waiter
 from .drain import Drain
 from .health import Health, probe_ok, probe_path
+from .keys import Identity
 from .load import EngineLoad
 from .routing import Candidate, Decision, Features, route
 from .upstream import Response, Upstream, UpstreamError
+from .usage import CALL, Call
 from .waiting import Prelude, error_event
 from .wire import (
     ClientError,
@@ -46,6 +47,11 @@ from .wire import (
     read_body,
     respond,
     respond_json,
+    stream_ended,
+    stream_error,
+    strip_usage,
+    usage_of,
+    with_headers,
     with_model,
 )
 
@@ -53,7 +59,6 @@ log = logging.getLogger("roundhouse.gateway")
 COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
 RETRYABLE = {500, 502, 503, 504}
 MAX_ATTEMPTS = 4
-SSE_DONE = b"data: [DONE]\n\n"
 
 
 @dataclass
@@ -101,6 +106,7 @@ class Gateway:
         self.demand = Demand()  # mode onDemand: cluster mode gives it a writer
         self.engine_load = EngineLoad()
         self.drain = Drain()
+        self.auth = Auth.from_keys(settings.api_keys, settings.admin_keys)  # main() gives it the key files
         # Cluster mode: since when the view of engines and mode is the last one seen (None: current).
         self.stale_since: Callable[[], float | None] = lambda: None
 
@@ -121,6 +127,7 @@ class Gateway:
     async def startup(self) -> None:
         self._tasks.append(asyncio.create_task(self.probe_forever(), name="probes"))
         self._tasks.append(asyncio.create_task(self.demand.run(), name="demand-reports"))
+        self._tasks.append(asyncio.create_task(self.auth.watch(), name="key-files"))
         self._tasks.append(asyncio.create_task(self.engine_load.run(lambda: self.catalog, self.upstream),
                                                name="engine-load"))  # fmt: skip
         for hook in self.on_startup:
@@ -237,13 +244,12 @@ class Gateway:
         if path in COMPLETION_PATHS:
             if method != "POST":
                 raise ClientError(405, f"{path} accepts POST", "method_not_allowed")
-            self.authorize(scope, self.settings.api_keys)
-            await self.completion(scope, receive, send, rid, COMPLETION_PATHS[path])
+            await self.completion(scope, receive, send, rid, COMPLETION_PATHS[path], self.auth.client(scope))
         elif path == "/v1/models" and method == "GET":
-            self.authorize(scope, self.settings.api_keys)
+            self.auth.client(scope)
             await respond_json(send, 200, models.model_list(self.catalog))
         elif path.startswith("/v1/models/") and method == "GET":
-            self.authorize(scope, self.settings.api_keys)
+            self.auth.client(scope)
             model_id = path[len("/v1/models/") :]
             model = models.model_object(self.catalog, model_id)
             if model is None:
@@ -257,7 +263,7 @@ class Gateway:
         elif path == "/metrics":
             await respond(send, 200, generate_latest(metrics.REGISTRY), {"Content-Type": CONTENT_TYPE_LATEST})
         elif path.startswith("/admin/"):
-            self.authorize(scope, self.settings.admin_keys, admin=True)
+            self.auth.admin(scope)
             await self.admin(scope, receive, send, path, method)
         elif path in ("/", "/ui"):
             # Relative asset and API URLs need the trailing slash (and keep working behind a path prefix).
@@ -272,41 +278,70 @@ class Gateway:
         else:
             raise ClientError(404, f"Unknown path {path}", "not_found")
 
-    def authorize(self, scope: Scope, keys: list[str], admin: bool = False) -> None:
-        if not keys:
-            if admin:
-                raise ClientError(403, "the admin API is disabled: start the gateway with admin keys", "admin_disabled")
-            return
-        auth = header(scope, b"authorization") or ""
-        token = auth[7:] if auth[:7].lower() == "bearer " else ""
-        # Compare against every key, always, so timing says nothing about which prefix matched.
-        ok = False
-        for key in keys:
-            ok |= hmac.compare_digest(token.encode(), key.encode())
-        if not ok:
-            what = "admin key" if admin else "API key"
-            raise ClientError(401, f"Invalid or missing {what}: send Authorization: Bearer <key>.", "invalid_api_key")
-
     # --- completions ----------------------------------------------------------------------------
-    async def completion(self, scope: Scope, receive: Receive, send: Send, rid: str, kind: str) -> None:
+    async def completion(self, scope: Scope, receive: Receive, send: Send, rid: str, kind: str,
+                         who: Identity) -> None:  # fmt: skip
         started = time.perf_counter()
-        raw = await read_body(receive, self.settings.max_body_bytes)
-        body, features, rewritten = parse_request(raw, kind, scope)
-        # One watcher task cancels this one if the client leaves, which stops the upstream request
-        # too (a second task for the proxying and asyncio.wait cost ~10 us a request).
-        handler = asyncio.current_task()
-        assert handler is not None
-        left = asyncio.Event()
-        watcher = asyncio.create_task(cancel_on_disconnect(receive, handler, left))
+        call = Call(key=who.name)
+        CALL.set(call)
         try:
-            await self.answer(send, rid, body, raw if not rewritten else None, features, scope["path"], started)
-        except asyncio.CancelledError:
-            if not left.is_set():
-                raise
-            handler.uncancel()
-            log.info("client disconnected", extra={"request_id": rid, "model": features.model})
+            raw = await read_body(receive, self.settings.max_body_bytes)
+            body, features, rewritten = parse_request(raw, kind, scope)
+            call.model = features.model
+            features, body, rewritten, send = self.admit(who, call, body, features, rewritten, send)
+            # One watcher task cancels this one if the client leaves, which stops the upstream request
+            # too (a second task for the proxying and asyncio.wait cost ~10 us a request).
+            handler = asyncio.current_task()
+            assert handler is not None
+            left = asyncio.Event()
+            watcher = asyncio.create_task(cancel_on_disconnect(receive, handler, left))
+            try:
+                await self.answer(send, rid, body, raw if not rewritten else None, features, scope["path"], started)
+            except asyncio.CancelledError:
+                if not left.is_set():
+                    raise
+                handler.uncancel()
+                call.status = call.status or 499  # the client closed the request
+                log.info("client disconnected", extra={"request_id": rid, "model": features.model})
+            finally:
+                watcher.cancel()
+        except ClientError as err:
+            call.status = err.status
+            raise
         finally:
-            watcher.cancel()
+            if self.auth.enabled:
+                self.account(who, call)
+
+    def admit(self, who: Identity, call: Call, body: dict[str, Any], f: Features, rewritten: bool, send: Send
+              ) -> tuple[Features, dict[str, Any], bool, Send]:  # fmt: skip
+        """The key's models, engines and limits: 404 for a model it may not use (OpenAI's answer),
+        429 over a limit; streams are asked for their usage, which the client then does not see."""
+        if not who.may_use_model(f.model):
+            raise ClientError(404, models.not_found(f.model), "model_not_found", "model")
+        if who.engines:
+            f = dataclasses.replace(f, engines=who.engines)
+        verdict = self.auth.limiter.admit(who, time.monotonic(), time.time())
+        if verdict.refusal is not None:
+            r = verdict.refusal
+            metrics.child(metrics.RATE_LIMITED, who.name, r.type).inc()
+            raise ClientError(429, r.message, r.code, None, r.type,
+                              {"Retry-After": str(max(1, r.retry_after)), **verdict.headers})  # fmt: skip
+        if f.stream and self.auth.enabled and f.kind in ("chat", "completions"):
+            options = body.get("stream_options") or {}
+            if options.get("include_usage") is not True:
+                body = {**body, "stream_options": {**options, "include_usage": True}}
+                rewritten, call.strip_usage = True, True
+        if verdict.headers:
+            send = with_headers(send, verdict.headers)
+        return f, body, rewritten, send
+
+    def account(self, who: Identity, call: Call) -> None:
+        """Count what a request used against its key: usage rows, metrics, token limits."""
+        model = call.model if any(call.model in e.served for e in self.catalog.engines) else ""
+        wall = time.time()
+        self.auth.usage.record(who.name, model, call.engine, call.status or 499, call.prompt_tokens,
+                               call.completion_tokens, wall)  # fmt: skip
+        self.auth.limiter.spend(who, call.prompt_tokens + call.completion_tokens, time.monotonic(), wall)
 
     async def answer(self, send: Send, rid: str, body: dict[str, Any], raw: bytes | None, features: Features,
                      path: str, started: float) -> None:  # fmt: skip
@@ -321,6 +356,8 @@ class Gateway:
                 headers["Retry-After"] = str(decision.retry_after or self.settings.retry_after_seconds)
             # An unknown model is the client's string: it must not become a new metric series per typo.
             model_label = "" if code == "model_not_found" else features.model
+            if (call := CALL.get()) is not None:
+                call.status = status
             metrics.child(metrics.REQUESTS, model_label, "", "", str(status)).inc()
             log.info("request", extra={"request_id": rid, "model": features.model, "status": status, "reason": code})
             if prelude is not None and prelude.started:
@@ -425,6 +462,8 @@ class Gateway:
             log.warning("failover", extra={"request_id": rid, "engine": engine.name, "endpoint": cand.endpoint,
                                            "error": last_error})  # fmt: skip
         metrics.child(metrics.REQUESTS, f.model, "", "", "503").inc()
+        if (call := CALL.get()) is not None:
+            call.status = 503
         await respond(send, 503, error_body(f"no engine could serve the request ({last_error})", "service_unavailable",
                                             "no_healthy_engine"),
                       {"Retry-After": str(self.settings.retry_after_seconds), "X-Request-Id": rid,
@@ -490,12 +529,19 @@ class Gateway:
             self.health.failure(cand.endpoint, "empty stream")
             return "read:empty stream"
         self.first_token(engine, started)
+        call = CALL.get()
+        strip = call is not None and call.strip_usage
+        pending, usage_chunk = b"", b""
+        tail = first[-256:]
+        if strip:
+            first, pending, dropped = strip_usage(b"", first)
+            usage_chunk = dropped or b""
+        elif b'"usage"' in first:
+            usage_chunk = first
         await send({"type": "http.response.start", "status": resp.status,
                     "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})  # fmt: skip
         await send({"type": "http.response.body", "body": first, "more_body": True})
-        tail = first[-256:]
-        usage_chunk = first if b'"usage"' in first else b""
-        ended_cleanly = SSE_DONE in first
+        ended_cleanly = stream_ended(f.kind, first, first)
         loop = asyncio.get_running_loop()
         try:
             # One deadline per stream, moved at most once a second: asyncio.wait_for around every
@@ -508,26 +554,28 @@ class Gateway:
                     now = loop.time()
                     if now + idle - (deadline.when() or now) > 1.0:
                         deadline.reschedule(now + idle)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if b'"usage"' in chunk:
-                        usage_chunk = chunk
                     tail = (tail + chunk)[-256:]
-                    ended_cleanly = SSE_DONE in tail
+                    ended_cleanly = ended_cleanly or stream_ended(f.kind, tail, chunk)
+                    if strip:
+                        chunk, pending, dropped = strip_usage(pending, chunk)
+                        usage_chunk = dropped or usage_chunk
+                    elif b'"usage"' in chunk:
+                        usage_chunk = chunk
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (UpstreamError, TimeoutError) as err:
             ended_cleanly = False
             self.health.failure(cand.endpoint, type(err).__name__)
             log.warning("stream broken", extra={"request_id": rid, "engine": engine.name, "error": type(err).__name__})
         if not ended_cleanly:
             # After the first byte there is no failover: end the stream the way OpenAI clients expect.
-            message = f"engine {engine.name} stopped mid-stream"
-            event = b"data: " + error_body(message, "server_error", "upstream_stream_error") + b"\n\n" + SSE_DONE
+            event = stream_error(f.kind, f"engine {engine.name} stopped mid-stream")
             await send({"type": "http.response.body", "body": event, "more_body": False})
             self.finish(f, engine, 502, started, cand, rid, reason)
             return True
         self.health.success(cand.endpoint)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": pending, "more_body": False})
         if usage_chunk:
-            self.count_usage(engine, last_usage_event(usage_chunk))
+            self.count_usage(engine, usage_chunk if strip else last_usage_event(usage_chunk))
         self.finish(f, engine, resp.status, started, cand, rid, reason)
         return True
 
@@ -537,11 +585,9 @@ class Gateway:
         self.stats[engine.name].ttft.append(ttft)
 
     def count_usage(self, engine: Engine, data: bytes) -> None:
-        try:
-            usage = json.loads(data).get("usage") or {}
-        except (ValueError, AttributeError):
-            return
-        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        prompt, completion = usage_of(data)
+        if (call := CALL.get()) is not None:
+            call.prompt_tokens, call.completion_tokens = prompt, completion
         metrics.child(metrics.TOKENS, engine.name, "prompt").inc(prompt)
         metrics.child(metrics.TOKENS, engine.name, "completion").inc(completion)
         self.stats[engine.name].tokens.append((time.monotonic(), completion))
@@ -549,6 +595,8 @@ class Gateway:
     def finish(self, f: Features, engine: Engine, status: int, started: float, cand: Candidate, rid: str,
                reason: str) -> None:  # fmt: skip
         elapsed = time.perf_counter() - started
+        if (call := CALL.get()) is not None:
+            call.engine, call.status = engine.name, status
         metrics.child(metrics.REQUESTS, f.model, engine.name, engine.family.value, str(status)).inc()
         metrics.child(metrics.DURATION, engine.family.value).observe(elapsed)
         log.info("request", extra={"request_id": rid, "model": f.model, "engine": engine.name,
@@ -557,4 +605,4 @@ class Gateway:
 
     # --- admin: its own module ---------------------------------------------------------------------
     async def admin(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
-        await admin_api.handle(self, receive, send, path, method)
+        await admin_api.handle(self, receive, send, path, method, scope.get("query_string", b""))

@@ -73,9 +73,3 @@ def _api_key(ie: InferenceEngine) -> str | None:
     """An external API's key, standalone: from the environment variable named like the Secret key."""
     ref = ie.spec.external.api_key_secret_ref if ie.spec.external else None
     return os.environ.get(ref.key) if ref else None
-
-
-def read_keys(path: str | None) -> list[str]:
-    if not path:
-        return []
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")]

@@ -17,10 +17,12 @@ import uvicorn
 from roundhouse_api import Mode
 
 from .app import Gateway, Settings
+from .auth import Auth, KeySource
 from .catalog import Catalog, with_mode
 from .cluster import ClusterSource
-from .config import Config, ConfigError, load_config, read_keys
+from .config import Config, ConfigError, load_config
 from .drain import DEADLINE, DELAY, DrainingServer
+from .keys import KeyFileError
 from .local import LocalEngines
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roundhouse"
@@ -53,8 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="development and demos: send ENGINE's traffic to URL, not to its pods")  # fmt: skip
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--api-keys-file", help="file with one client API key per line (none: no auth)")
-    p.add_argument("--admin-keys-file", help="file with one admin key per line (none: admin API disabled)")
+    p.add_argument("--api-keys-file", type=Path,
+                   help="client keys: one per line, or YAML entries with names and limits (docs/keys.md);"
+                        " reloaded when it changes (none: no auth)")  # fmt: skip
+    p.add_argument("--admin-keys-file", type=Path, help="admin keys, one per line (none: admin API disabled)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument("--probe-interval", type=float, default=2.0, help="seconds between active health probes")
     p.add_argument("--engine-log-dir", type=Path, default=CACHE / "engine-logs",
@@ -80,10 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
     try:
-        settings = Settings(api_keys=read_keys(args.api_keys_file), admin_keys=read_keys(args.admin_keys_file),
-                            max_body_bytes=args.max_body_bytes, probe_interval=args.probe_interval)  # fmt: skip
+        clients, admins = KeySource(args.api_keys_file), KeySource(args.admin_keys_file)
+        clients.load()
+        admins.load()
+        settings = Settings(max_body_bytes=args.max_body_bytes, probe_interval=args.probe_interval)
         config = load_config(args.config) if args.config else None
-    except (ConfigError, OSError) as err:
+    except (ConfigError, KeyFileError, OSError) as err:
         sys.exit(f"roundhouse-gateway: {err}")
     endpoint_map = {}
     for item in args.endpoint_map:
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         gateway = standalone_gateway(settings, config.catalog)
         if config.local and config.mode is not None:
             run_locally(gateway, config, args.engine_log_dir, args.engine_cache_dir)
+    gateway.auth = Auth(clients, admins)
     # No proxy-headers middleware: the gateway never uses the client address, and it is one more
     # coroutine layer per request.
     server = uvicorn.Config(gateway, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",

@@ -48,3 +48,12 @@ ACTIVATIONS = Counter("roundhouse_gateway_activations_total",
 WAIT_SECONDS = Histogram("roundhouse_gateway_activation_wait_seconds",
                          "Mode onDemand: how long a request waited for its engine, by outcome.", ["outcome"],
                          buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=REGISTRY)  # fmt: skip
+# Per key name: the names come from the key file, the models from the catalog ("" when none served it).
+KEY_REQUESTS = Counter("roundhouse_gateway_key_requests_total", "Requests answered, by key name and model.",
+                       ["key", "model"], registry=REGISTRY)  # fmt: skip
+KEY_ERRORS = Counter("roundhouse_gateway_key_errors_total", "Requests answered with an error, by key name, model"
+                     " and status.", ["key", "model", "status"], registry=REGISTRY)  # fmt: skip
+KEY_TOKENS = Counter("roundhouse_gateway_key_tokens_total", "Tokens from the engines' usage reports, by key name,"
+                     " model and type.", ["key", "model", "type"], registry=REGISTRY)  # fmt: skip
+RATE_LIMITED = Counter("roundhouse_gateway_rate_limited_total", "Requests refused with 429, by key name and limit"
+                       " (requests, tokens, insufficient_quota).", ["key", "limit"], registry=REGISTRY)  # fmt: skip

@@ -7,6 +7,7 @@ weighted, priority first). The first candidate is tried first; the rest are for 
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ class Features:
     tokens: str = "estimate"  # how prompt_tokens was had: "estimate" (characters) or "exact" (an engine counted)
     prefix: int | None = None  # hash of the prompt prefix (affinity.prefix_key)
     near_limit: bool = False  # the estimate was close to a context size: the reason says which count decided
+    engines: tuple[str, ...] = ()  # the caller's key may use only engines matching these globs (none: any)
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,11 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
     """Candidates for one request, best first, with the reason for the choice. `turn` rotates the
     order among equals, so equally loaded endpoints take turns."""
     serving = [e for e in catalog.engines if f.model in e.served]
+    if f.engines:  # engines the key may not use do not serve it: to that caller, they are not there
+        serving = [e for e in serving if any(fnmatch.fnmatchcase(e.name, p) for p in f.engines)]
     if not serving:
-        return Decision(error=(404, "model_not_found", f"The model `{f.model}` does not exist or is not served here."))
+        where = "you do not have access to it" if f.engines else "is not served here"
+        return Decision(error=(404, "model_not_found", f"The model `{f.model}` does not exist or {where}."))
     reasons: list[str] = []
     mode = catalog.mode
     pool = [e for e in serving if mode.active(e)]

@@ -112,10 +112,12 @@ def enginesim(flavour: str, name: str, models: list[str], log_dir: Path, host: s
 
 
 def gateway(config: Path, log_dir: Path, api_keys: list[str], admin_keys: list[str], probe_interval: float = 0.3,
-            env: dict[str, str] | None = None, extra: tuple[str, ...] = ()) -> Process:  # fmt: skip
-    """roundhouse-gateway standalone from `config`, with key files next to it."""
+            env: dict[str, str] | None = None, extra: tuple[str, ...] = (), key_file: str | None = None
+            ) -> Process:  # fmt: skip
+    """roundhouse-gateway standalone from `config`, with key files next to it (`key_file`: the client
+    key file's text, instead of one line per key of `api_keys`)."""
     return _gateway(["--config", str(config), *extra], config.parent, f"gateway-{config.stem}", log_dir, api_keys,
-                    admin_keys, probe_interval, env=env)  # fmt: skip
+                    admin_keys, probe_interval, env=env, key_file=key_file)  # fmt: skip
 
 
 def cluster_gateway(namespace: str, kubeconfig: Path, work_dir: Path, log_dir: Path, api_keys: list[str],
@@ -127,10 +129,11 @@ def cluster_gateway(namespace: str, kubeconfig: Path, work_dir: Path, log_dir: P
 
 
 def _gateway(source: list[str], work_dir: Path, name: str, log_dir: Path, api_keys: list[str], admin_keys: list[str],
-             probe_interval: float, port: int | None = None, env: dict[str, str] | None = None) -> Process:  # fmt: skip
+             probe_interval: float, port: int | None = None, env: dict[str, str] | None = None,
+             key_file: str | None = None) -> Process:  # fmt: skip
     port = port or free_port()
     keys, admin = work_dir / f"{name}.keys", work_dir / f"{name}.admin-keys"
-    keys.write_text("\n".join(api_keys) + "\n")
+    keys.write_text(key_file if key_file is not None else "\n".join(api_keys) + "\n")
     admin.write_text("\n".join(admin_keys) + "\n")
     # No drain delay on a test's SIGTERM (its own tests set one): a stop would cost every fixture 5 s.
     argv = [str(VENV_BIN / "roundhouse-gateway"), "--drain-delay", "0", "--drain-deadline", "3", *source,
@@ -139,6 +142,7 @@ def _gateway(source: list[str], work_dir: Path, name: str, log_dir: Path, api_ke
             "--probe-interval", str(probe_interval)]  # fmt: skip
     proc = Process(name, argv, env or dict(os.environ), log_dir, f"http://127.0.0.1:{port}/readyz")
     proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    proc.key_file = keys  # type: ignore[attr-defined]
     return proc
 
 
