@@ -34,7 +34,7 @@ CMD ["roundhouse-gateway", "--help"]
 # (vllm, /app/llama-server, ollama) start the simulator with the same flags.
 FROM runtime AS enginesim
 USER 0
-COPY tests/support/enginesim.py tests/support/prefixcache.py /opt/enginesim/
+COPY tests/support/enginesim.py tests/support/prefixcache.py tests/support/simendpoints.py /opt/enginesim/
 RUN for e in vllm:/usr/local/bin/vllm llamacpp:/app/llama-server ollama:/usr/local/bin/ollama; do \
       mkdir -p "$(dirname "${e#*:}")"; \
       printf '#!/bin/sh\nexec python /opt/enginesim/enginesim.py --shim %s "$@"\n' "${e%%:*}" > "${e#*:}"; \

@@ -135,9 +135,12 @@ def vllm_standin_files() -> dict[str, tuple[bytes, int]]:
     """What the vLLM stand-in adds on top of the Roundhouse image: {path in image: (content, mode)}:
     the engine simulator and vLLM's checker behind a `vllm` shim (the parser's packages: vllm_parser_site)."""
     sim = (REPO / "tests" / "support" / "enginesim.py").read_bytes()
-    cache = (REPO / "tests" / "support" / "prefixcache.py").read_bytes()  # the simulator imports it
-    check = (REPO / "tests" / "support" / "vllm_check.py").read_bytes()
+    support = REPO / "tests" / "support"
+    cache = (support / "prefixcache.py").read_bytes()  # the simulator imports these two
+    endpoints = (support / "simendpoints.py").read_bytes()
+    check = (support / "vllm_check.py").read_bytes()
     return {ENGINESIM_PATH: (sim, 0o644), ENGINESIM_PATH.replace("enginesim.py", "prefixcache.py"): (cache, 0o644),
+            ENGINESIM_PATH.replace("enginesim.py", "simendpoints.py"): (endpoints, 0o644),
             ENGINESIM_SHIMS["vllm"]: (VLLM_SHIM.encode(), 0o755),
             f"{VLLM_PARSER_DIR}/vllm_check.py": (check, 0o644)}  # fmt: skip
 

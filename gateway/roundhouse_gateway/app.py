@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.metadata
 import logging
 import time
 from collections import defaultdict, deque
@@ -19,9 +20,10 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from roundhouse_api import Mode
+from roundhouse_api.families import FAMILIES
 
 from . import admin as admin_api
-from . import metrics, models, tokens, ui
+from . import metrics, models, openapi, shapes, tokens, ui
 from .auth import Auth
 from .catalog import Catalog, Engine, switch_finished
 from .demand import Demand, Waiter
@@ -56,7 +58,9 @@ from .wire import (
 )
 
 log = logging.getLogger("roundhouse.gateway")
-COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
+# Every endpoint proxied to the engines, by the request shape that validates it.
+COMPLETION_PATHS = {k.path: name for name, k in shapes.KINDS.items()}
+HOT_KINDS = frozenset({"chat", "completions"})  # bodies every family takes as they are
 RETRYABLE = {500, 502, 503, 504}
 MAX_ATTEMPTS = 4
 
@@ -83,6 +87,13 @@ class EngineStats:
         return round(sum(n for t, n in self.tokens if now - t <= window) / window, 3)
 
 
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("roundhouse")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
 ModeSetter = Callable[[Mode], Awaitable[dict[str, Any]]]
 
 
@@ -107,6 +118,7 @@ class Gateway:
         self.engine_load = EngineLoad()
         self.drain = Drain()
         self.auth = Auth.from_keys(settings.api_keys, settings.admin_keys)  # main() gives it the key files
+        self.openapi = openapi.document(package_version())
         # Cluster mode: since when the view of engines and mode is the last one seen (None: current).
         self.stale_since: Callable[[], float | None] = lambda: None
 
@@ -255,6 +267,8 @@ class Gateway:
             if model is None:
                 raise ClientError(404, models.not_found(model_id), "model_not_found", "model")
             await respond_json(send, 200, model)
+        elif path == "/openapi.json" and method == "GET":
+            await respond_json(send, 200, self.openapi)
         elif path == "/healthz":
             await respond_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
@@ -363,8 +377,9 @@ class Gateway:
             if prelude is not None and prelude.started:
                 await prelude.fail(message, "service_unavailable", code)
                 return
-            raise ClientError(status, message, code, "model" if code == "model_not_found" else None,
-                              "invalid_request_error" if status < 500 else "service_unavailable", headers)  # fmt: skip
+            param = "model" if code in ("model_not_found", "unsupported_endpoint") else None
+            kind = "invalid_request_error" if status < 500 else "service_unavailable"
+            raise ClientError(status, message, code, param, kind, headers)
         for part in decision.reason.split(","):
             metrics.child(metrics.DECISIONS, part.split(":", 1)[0]).inc()
         await self.forward(prelude.send if prelude else send, rid, body, raw, features, decision, path, started)
@@ -439,7 +454,10 @@ class Gateway:
             engine = cand.engine
             if attempt and not self.health.healthy(cand.endpoint):
                 continue
-            payload = raw if raw is not None and engine.upstream_model == f.model else with_model(body, engine)
+            try:
+                payload = self.payload(body, raw, f, engine)
+            except ValueError as err:
+                raise ClientError(400, f"engine {engine.name}: {err}", "unsupported_request") from None
             headers = [("Content-Type", "application/json"), ("X-Request-Id", rid)]
             if engine.api_key:
                 headers.append(("Authorization", f"Bearer {engine.api_key}"))
@@ -468,6 +486,15 @@ class Gateway:
                                             "no_healthy_engine"),
                       {"Retry-After": str(self.settings.retry_after_seconds), "X-Request-Id": rid,
                        "X-Roundhouse-Route-Reason": reason})  # fmt: skip
+
+    @staticmethod
+    def payload(body: dict[str, Any], raw: bytes | None, f: Features, engine: Engine) -> bytes:
+        """The bytes to send `engine`: the client's own when nothing changes, else the body with the
+        engine's model name, in the shape its family takes at that path."""
+        if f.kind not in HOT_KINDS:
+            body = FAMILIES[engine.family].request_body(f.path, body)
+            raw = None
+        return raw if raw is not None and engine.upstream_model == f.model else with_model(body, engine)
 
     async def try_one(self, send: Send, rid: str, cand: Candidate, payload: bytes, headers: list[tuple[str, str]],
                       f: Features, path: str, started: float, reason: str) -> bool | str:  # fmt: skip

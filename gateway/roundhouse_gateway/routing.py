@@ -37,6 +37,7 @@ class Features:
     prefix: int | None = None  # hash of the prompt prefix (affinity.prefix_key)
     near_limit: bool = False  # the estimate was close to a context size: the reason says which count decided
     engines: tuple[str, ...] = ()  # the caller's key may use only engines matching these globs (none: any)
+    path: str = ""  # the OpenAI path asked for: only families that serve it are candidates ("": any)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,14 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
     if not serving:
         where = "you do not have access to it" if f.engines else "is not served here"
         return Decision(error=(404, "model_not_found", f"The model `{f.model}` does not exist or {where}."))
+    if f.path:
+        able = [e for e in serving if FAMILIES[e.family].serves(f.path)]
+        if not able:
+            titles = " and ".join(sorted({FAMILIES[e.family].title for e in serving}))
+            return Decision(error=(400, "unsupported_endpoint",
+                                   f"The model `{f.model}` is served by {titles} engines, which do not serve"
+                                   f" {f.path}."))  # fmt: skip
+        serving = able
     reasons: list[str] = []
     mode = catalog.mode
     pool = [e for e in serving if mode.active(e)]

@@ -1,27 +1,45 @@
 """Request shapes, checked before routing: what the OpenAI API defines for each endpoint's fields.
 
 A body that is not what the API says is refused here with a 400 naming the field (`param`), so no
-engine family gets a body it would answer differently (or not at all). Pure and cheap: one pass
-over the fields a request carries, no copies.
+engine family gets a body it would answer differently (or not at all). Each endpoint is a Kind: a
+table of field specs (fields.py) that check() runs and openapi.document() publishes as JSON Schema,
+so the two cannot drift apart. Pure and cheap: one pass over the fields a request carries, no copies.
+Fields a table does not name pass untouched: engines take extensions.
 """
 
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import dataclass, field
 from typing import Any
 
+from .fields import (
+    INT_LIMIT,
+    ROLES,
+    Enum,
+    Field,
+    InputItems,
+    Integers,
+    LogitBias,
+    Messages,
+    Model,
+    Number,
+    Prompt,
+    Schema,
+    ShapeError,
+    StreamOptions,
+    StringArray,
+    Strings,
+    Tagged,
+    Tools,
+    Typed,
+    Unstreamed,
+)
+
+__all__ = ["INT_LIMIT", "KINDS", "MAX_DEPTH", "ROLES", "Kind", "ShapeError", "check", "load"]
+
 MAX_DEPTH = 64  # no OpenAI request nests deeper than a handful of levels
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-INT_LIMIT = 2**31 - 1
-
-
-class ShapeError(ValueError):
-    """A field has the wrong type or value: `param` names it, as OpenAI's errors do."""
-
-    def __init__(self, message: str, param: str | None, code: str = "invalid_type") -> None:
-        super().__init__(message)
-        self.message, self.param, self.code = message, param, code
+_ABSENT = object()
 
 
 def _no_constant(name: str) -> Any:
@@ -60,173 +78,207 @@ def _depth_exceeds(obj: Any, limit: int) -> bool:
     return False
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
+def nullable(schema: Schema) -> Schema:
+    """`schema`, or null: an optional field sent as null reads as absent."""
+    out = dict(schema)
+    if "enum" in out:
+        out["enum"] = [*out["enum"], None]
+    kind = out.get("type")
+    if isinstance(kind, str):
+        out["type"] = [kind, "null"]
+    elif isinstance(kind, list):
+        out["type"] = [*kind, "null"]
+    else:
+        return {"anyOf": [schema, {"type": "null"}]}
+    return out
 
 
-def _fail(param: str, want: str, value: Any) -> ShapeError:
-    return ShapeError(f"{param} must be {want}, not {_kind(value)}", param)
+@dataclass(frozen=True, slots=True)
+class ExactlyOne:
+    """A rule across fields: exactly one of `names` is set (present and not null)."""
+
+    names: tuple[str, ...]
+
+    def check(self, body: dict[str, Any]) -> None:
+        """Refuse a body that sets none of `names`, or more than one."""
+        given = [n for n in self.names if body.get(n) is not None]
+        if not given:
+            first = self.names[0]
+            raise ShapeError(f"one of {' or '.join(self.names)} is required", first, f"missing_{first}")
+        if len(given) > 1:
+            raise ShapeError(f"send only one of {' or '.join(given)}", given[1], "invalid_value")
+
+    def schema(self) -> Schema:
+        return {"oneOf": [{"required": [n], "properties": {n: {"not": {"type": "null"}}}} for n in self.names]}
 
 
-def _number(body: dict[str, Any], name: str, low: float, high: float, integer: bool = False) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok_type:
-        raise _fail(name, "an integer" if integer else "a number", value)
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ShapeError(f"{name} must be between {low:g} and {high:g}, not {value!r}", name, "invalid_value")
+@dataclass(frozen=True)
+class Kind:
+    """One endpoint's request: its path, a summary for the docs, its fields, which are required,
+    and rules across fields. Every kind requires `model` (the gateway routes by it)."""
+
+    path: str
+    summary: str
+    fields: tuple[Field, ...]
+    required: tuple[str, ...] = ()
+    rules: tuple[ExactlyOne, ...] = ()
+    _required: tuple[tuple[str, Field], ...] = field(init=False, repr=False)
+    _optional: dict[str, Field] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        specs = (Model(), *self.fields)
+        names = [f.name for f in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.path}: a field is listed twice")
+        by_name = {f.name: f for f in specs}
+        object.__setattr__(self, "fields", specs)
+        object.__setattr__(self, "required", ("model", *self.required))
+        object.__setattr__(self, "_required", tuple((n, by_name[n]) for n in self.required))
+        object.__setattr__(self, "_optional", {n: f for n, f in by_name.items() if n not in self.required})
+
+    @property
+    def streams(self) -> bool:
+        """Whether a request of this kind may ask for a server-sent event stream."""
+        return any(isinstance(f, Typed) and f.name == "stream" for f in self.fields)
+
+    def check(self, body: dict[str, Any]) -> None:
+        """Refuse `body` (an object) unless every field a spec names has that spec's shape."""
+        for name, spec in self._required:  # first, in table order: the model is always the first error
+            value = body.get(name, _ABSENT)
+            if value is _ABSENT:
+                raise spec.missing()
+            spec.value(value)
+        # Then the optional fields the body carries, in its order: a lookup per field sent rather
+        # than a probe per field known (a chat body sends a handful of the twenty it may).
+        optional = self._optional
+        for name, value in body.items():
+            if value is not None:
+                known = optional.get(name)
+                if known is not None:
+                    known.value(value)
+        for rule in self.rules:
+            rule.check(body)
+
+    def schema(self) -> Schema:
+        """The JSON Schema of a request body of this kind (fields it does not name are allowed)."""
+        properties = {f.name: f.schema() if f.name in self.required else nullable(f.schema()) for f in self.fields}
+        schema: Schema = {"type": "object", "required": list(self.required), "properties": properties,
+                          "additionalProperties": True}  # fmt: skip
+        if self.rules:
+            schema["allOf"] = [rule.schema() for rule in self.rules]
+        return schema
 
 
-def _typed(body: dict[str, Any], name: str, types: type | tuple[type, ...], want: str) -> None:
-    value = body.get(name)
-    if value is not None and (isinstance(value, bool) != (types is bool) or not isinstance(value, types)):
-        raise _fail(name, want, value)
+# Sampling and streaming fields every completion endpoint shares.
+COMMON: tuple[Field, ...] = (
+    Typed("stream", bool),
+    StreamOptions(),
+    Number("n", 1, 128, integer=True),
+    Number("temperature", 0, 2),
+    Number("top_p", 0, 1),
+    Number("presence_penalty", -2, 2),
+    Number("frequency_penalty", -2, 2),
+    Number("max_tokens", 0, INT_LIMIT, integer=True),
+    Number("max_completion_tokens", 0, INT_LIMIT, integer=True),
+    Number("seed", -(2**63), 2**63 - 1, integer=True),
+    Number("top_logprobs", 0, 20, integer=True),
+    Typed("user", str),
+    Strings("stop"),
+    LogitBias(),
+)
 
-
-def _strings(value: Any, param: str, want: str) -> None:
-    if isinstance(value, str):
-        return
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _fail(param, want, value)
-
-
-def check_common(body: dict[str, Any]) -> None:
-    """Sampling and streaming fields every completion endpoint shares."""
-    _typed(body, "stream", bool, "a boolean")
-    options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise _fail("stream_options", "an object", options)
-        _typed(options, "include_usage", bool, "a boolean")
-    _number(body, "n", 1, 128, integer=True)
-    _number(body, "temperature", 0, 2)
-    _number(body, "top_p", 0, 1)
-    _number(body, "presence_penalty", -2, 2)
-    _number(body, "frequency_penalty", -2, 2)
-    _number(body, "max_tokens", 0, INT_LIMIT, integer=True)
-    _number(body, "max_completion_tokens", 0, INT_LIMIT, integer=True)
-    _number(body, "seed", -(2**63), 2**63 - 1, integer=True)
-    _number(body, "top_logprobs", 0, 20, integer=True)
-    _typed(body, "user", str, "a string")
-    stop = body.get("stop")
-    if stop is not None:
-        _strings(stop, "stop", "a string or an array of strings")
-    bias = body.get("logit_bias")
-    if bias is not None and (
-        not isinstance(bias, dict)
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bias.values())
-    ):
-        raise _fail("logit_bias", "an object mapping token ids to numbers", bias)
-
-
-def _content(content: Any, param: str) -> None:
-    if content is None or isinstance(content, str):
-        return
-    if not isinstance(content, list):
-        raise _fail(param, "a string or an array of content parts", content)
-    for i, part in enumerate(content):
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise ShapeError(f"{param}[{i}] must be an object with a string type", f"{param}[{i}]")
-
-
-def check_chat(body: dict[str, Any]) -> None:
-    """/v1/chat/completions: messages, tools, tool_choice, response_format and the common fields."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ShapeError("messages must be a non-empty array of messages", "messages", "invalid_messages")
-    for i, m in enumerate(messages):
-        param = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _fail(param, "an object", m)
-        role = m.get("role")
-        if not isinstance(role, str):
-            raise _fail(f"{param}.role", "a string", role)
-        if role not in ROLES:
-            raise ShapeError(f"{param}.role must be one of {sorted(ROLES)}, not {role!r}", f"{param}.role",
-                             "invalid_value")  # fmt: skip
-        _content(m.get("content"), f"{param}.content")
-        if "name" in m and not isinstance(m["name"], str):
-            raise _fail(f"{param}.name", "a string", m["name"])
-        calls = m.get("tool_calls")
-        if calls is not None and (not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls)):
-            raise _fail(f"{param}.tool_calls", "an array of objects", calls)
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise _fail("tools", "an array of tools", tools)
-        for i, t in enumerate(tools):
-            if not isinstance(t, dict) or not isinstance(t.get("type"), str):
-                raise ShapeError(f"tools[{i}] must be an object with a string type", f"tools[{i}]")
-            fn = t.get("function")
-            if t["type"] == "function" and (not isinstance(fn, dict) or not isinstance(fn.get("name"), str)):
-                raise ShapeError(f"tools[{i}].function must be an object with a string name", f"tools[{i}].function")
-    choice = body.get("tool_choice")
-    if choice is not None and not isinstance(choice, str | dict):
-        raise _fail("tool_choice", "a string or an object", choice)
-    fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str)):
-        raise ShapeError("response_format must be an object with a string type", "response_format")
-    _typed(body, "logprobs", bool, "a boolean")
-    _typed(body, "parallel_tool_calls", bool, "a boolean")
-    check_common(body)
-
-
-def _prompt(value: Any, param: str) -> None:
-    """A string, an array of strings, an array of token ids, or an array of arrays of token ids."""
-    if isinstance(value, str):
-        return
-    if isinstance(value, list) and (
-        all(isinstance(v, str) for v in value)
-        or all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        or all(isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in v) for v in value)
-    ):
-        return
-    raise _fail(param, "a string, an array of strings, or an array of token ids", value)
-
-
-def check_completions(body: dict[str, Any]) -> None:
-    if "prompt" not in body:
-        raise ShapeError("prompt is required", "prompt", "missing_prompt")
-    _prompt(body["prompt"], "prompt")
-    _number(body, "logprobs", 0, 20, integer=True)
-    _typed(body, "echo", bool, "a boolean")
-    _typed(body, "suffix", str, "a string")
-    check_common(body)
-
-
-def check_embeddings(body: dict[str, Any]) -> None:
-    if "input" not in body:
-        raise ShapeError("input is required", "input", "missing_input")
-    _prompt(body["input"], "input")
-    fmt = body.get("encoding_format")
-    if fmt is not None and fmt not in ("float", "base64"):
-        raise ShapeError("encoding_format must be 'float' or 'base64'", "encoding_format", "invalid_value")
-    _number(body, "dimensions", 1, INT_LIMIT, integer=True)
-    _typed(body, "user", str, "a string")
-    _typed(body, "stream", bool, "a boolean")
-    if body.get("stream") is True:
-        raise ShapeError("embeddings do not stream", "stream", "invalid_stream")
-
-
-CHECKS = {"chat": check_chat, "completions": check_completions, "embeddings": check_embeddings}
+KINDS: dict[str, Kind] = {
+    "chat": Kind(
+        "/v1/chat/completions",
+        "Create a chat completion",
+        (
+            Messages(),
+            Tools(),
+            Typed("tool_choice", (str, dict)),
+            Tagged("response_format"),
+            Typed("logprobs", bool),
+            Typed("parallel_tool_calls", bool),
+            *COMMON,
+        ),
+        required=("messages",),
+    ),
+    "completions": Kind(
+        "/v1/completions",
+        "Create a text completion",
+        (Prompt("prompt"), Number("logprobs", 0, 20, integer=True), Typed("echo", bool), Typed("suffix", str), *COMMON),
+        required=("prompt",),
+    ),
+    "embeddings": Kind(
+        "/v1/embeddings",
+        "Create embeddings",
+        (
+            Prompt("input"),
+            Enum("encoding_format", ("float", "base64")),
+            Number("dimensions", 1, INT_LIMIT, integer=True),
+            Typed("user", str),
+            Unstreamed(why="embeddings do not stream"),
+        ),
+        required=("input",),
+    ),
+    # The Responses API as vLLM, llama-server and Ollama take it (input, instructions,
+    # max_output_tokens, store); its function tools are flat ({type, name, parameters}).
+    "responses": Kind(
+        "/v1/responses",
+        "Create a model response (OpenAI Responses API)",
+        (
+            InputItems(),
+            Typed("instructions", str),
+            Typed("stream", bool),
+            Number("max_output_tokens", 1, INT_LIMIT, integer=True),
+            Number("temperature", 0, 2),
+            Number("top_p", 0, 1),
+            Tools(function_named=False),
+            Typed("previous_response_id", str),
+            Typed("store", bool),
+            Typed("metadata", dict),
+            Typed("user", str),
+        ),
+        required=("input",),
+    ),
+    # top_n from 1: vLLM reads 0 as "all" and llama-server cuts to top_n, so 0 would be answered
+    # differently by each; leave it out for all of them.
+    "rerank": Kind(
+        "/v1/rerank",
+        "Rank documents by relevance to a query",
+        (
+            Typed("query", str),
+            StringArray("documents", min_items=1),
+            Number("top_n", 1, INT_LIMIT, integer=True),
+            Typed("return_documents", bool),
+        ),
+        required=("query", "documents"),
+    ),
+    "score": Kind(
+        "/v1/score",
+        "Score text pairs (text_1 against each text_2)",
+        (Strings("text_1"), Strings("text_2")),
+        required=("text_1", "text_2"),
+    ),
+    # vLLM's two tokenize requests: a prompt, or chat messages rendered by the model's template.
+    "tokenize": Kind(
+        "/tokenize",
+        "Tokenize a prompt or chat messages",
+        (
+            Typed("prompt", str),
+            Messages(),
+            Typed("add_special_tokens", bool),
+            Typed("add_generation_prompt", bool),
+            Typed("return_token_strs", bool),
+        ),
+        rules=(ExactlyOne(("prompt", "messages")),),
+    ),
+    "detokenize": Kind("/detokenize", "Turn token ids back into text", (Integers("tokens"),), required=("tokens",)),
+}
 
 
 def check(body: Any, kind: str) -> dict[str, Any]:
     """The body as an object whose fields have the shapes the OpenAI API defines for `kind`."""
     if not isinstance(body, dict):
         raise ShapeError("request body must be a JSON object", None, "invalid_json")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ShapeError("you must provide a model parameter", "model", "missing_model")
-    CHECKS[kind](body)
+    KINDS[kind].check(body)
     return body

@@ -110,7 +110,7 @@ def parse_request(raw: bytes, kind: str, scope: Scope) -> tuple[dict[str, Any], 
         model=body["model"], kind=kind, stream=stream, tools=bool(body.get("tools")),
         json_schema=isinstance(fmt, dict) and fmt.get("type") == "json_schema",
         prompt_tokens=_estimate_tokens(body, kind), max_tokens=max_tokens, override=override,
-        prefix=prefix_key(body, kind),
+        prefix=prefix_key(body, kind), path=scope.get("path", ""),
         task=header(scope, b"x-roundhouse-task"),
     )  # fmt: skip
     return body, features, rewritten

@@ -49,8 +49,19 @@ def ie(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def gateway(llama: Process, ollama: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def vllm_sim() -> Iterator[Process]:
+    """vLLM itself cannot run here: the simulator answers in vLLM 0.33.0's shapes and routes."""
+    proc = processes.enginesim("vllm", "v", ["tiny-v"], ARTIFACTS).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(llama: Process, ollama: Process, vllm_sim: Process, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Process]:  # fmt: skip
     docs = [
+        ie("sim-vllm", {"engine": "vllm", "model": {"source": "org/tiny", "servedName": "tiny-v"},
+                        "endpoints": [vllm_sim.url]}),  # type: ignore[attr-defined]
         ie("tiny-llama", {"engine": "llamacpp", "model": {"source": "/m/tiny.gguf", "servedName": "tiny-chat",
                                                           "aliases": ["tiny"]},
                           "endpoints": [llama.url]}),  # type: ignore[attr-defined]
@@ -63,7 +74,7 @@ def gateway(llama: Process, ollama: Process, tmp_path_factory: pytest.TempPathFa
     deadline_ok = False
     for _ in range(50):  # both engines healthy through the gateway's own probes
         models = httpx.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()  # type: ignore[attr-defined]
-        if {"tiny-chat", "tiny", "tiny-o"} <= {m["id"] for m in models["data"]}:
+        if {"tiny-chat", "tiny", "tiny-o", "tiny-v"} <= {m["id"] for m in models["data"]}:
             deadline_ok = True
             break
     assert deadline_ok
@@ -115,3 +126,71 @@ def test_llama_server_embeddings_501_is_passed_on(gateway: Process) -> None:
     r = httpx.post(gateway.url + "/v1/embeddings", headers={"Authorization": f"Bearer {KEY}"},  # type: ignore[attr-defined]
                    json={"model": "tiny", "input": "hello"}, timeout=30)  # fmt: skip
     assert r.status_code == 501 and "--embeddings" in r.text
+
+
+@pytest.mark.parametrize(
+    ("model", "engine"), [("tiny", "tiny-llama"), ("tiny-o", "tiny-ollama"), ("tiny-v", "sim-vllm")]
+)
+def test_responses_through_the_gateway_stream_and_not(gateway: Process, model: str, engine: str) -> None:
+    """POST /v1/responses, as the openai SDK sends it, to each family that serves it."""
+    raw = client(gateway).responses.with_raw_response.create(model=model, input="hello", max_output_tokens=16)
+    assert raw.headers["x-roundhouse-engine"] == engine
+    answer = raw.parse()
+    assert answer.status == "completed" and answer.output_text, answer
+    assert answer.usage is not None and answer.usage.output_tokens > 0
+    events = list(client(gateway).responses.create(model=model, input="hello", max_output_tokens=16, stream=True))
+    types = [e.type for e in events]
+    assert types[0] == "response.created" and types[-1] == "response.completed", types
+    assert any(t == "response.output_text.delta" for t in types)
+    done = events[-1].response  # type: ignore[union-attr]
+    assert done.usage is not None and done.usage.output_tokens > 0
+
+
+def post(gw: Process, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(gw.url + path, headers={"Authorization": f"Bearer {KEY}"}, json=body, timeout=30)  # type: ignore[attr-defined]
+
+
+RERANK = {"query": "green tea", "documents": ["black coffee", "green tea leaves", "tea"], "top_n": 2}
+
+
+def test_rerank_and_score_reach_only_the_families_that_serve_them(gateway: Process, ollama: Process) -> None:
+    ranked = post(gateway, "/v1/rerank", {"model": "tiny-v", **RERANK})
+    assert ranked.status_code == 200 and ranked.headers["x-roundhouse-engine"] == "sim-vllm", ranked.text
+    assert [r["index"] for r in ranked.json()["results"]] == [1, 2]
+    scored = post(gateway, "/v1/score", {"model": "tiny-v", "text_1": "green tea", "text_2": ["tea", "coffee"]})
+    assert scored.status_code == 200 and [d["index"] for d in scored.json()["data"]] == [0, 1], scored.text
+    # llama-server serves /v1/rerank, and says itself that this one was not started for it.
+    not_started = post(gateway, "/v1/rerank", {"model": "tiny", **RERANK})
+    assert not_started.status_code == 501 and "--reranking" in not_started.text
+    for path, body, model, family in [("/v1/rerank", RERANK, "tiny-o", "Ollama"),
+                                      ("/v1/score", {"text_1": "a", "text_2": "b"}, "tiny", "GGUF (llama.cpp)"),
+                                      ("/tokenize", {"prompt": "a"}, "tiny-o", "Ollama")]:  # fmt: skip
+        refused = post(gateway, path, {"model": model, **body})
+        error = refused.json()["error"]
+        assert refused.status_code == 400 and error["code"] == "unsupported_endpoint" and error["param"] == "model"
+        assert error["message"] == f"The model `{model}` is served by {family} engines, which do not serve {path}."
+    # Ollama logs every request it gets (GIN lines): none of these reached it.
+    asked = [line for line in ollama.log_path.read_text(errors="replace").splitlines() if "[GIN]" in line]
+    assert asked and not [line for line in asked if "/v1/rerank" in line or "/tokenize" in line]
+
+
+def test_tokenize_and_detokenize_with_the_engines_own_tokenizer(gateway: Process) -> None:
+    tokens = post(gateway, "/tokenize", {"model": "tiny", "prompt": "hello world"})
+    assert tokens.status_code == 200 and tokens.headers["x-roundhouse-engine"] == "tiny-llama", tokens.text
+    ids = tokens.json()["tokens"]
+    assert ids and all(isinstance(t, int) for t in ids)
+    text = post(gateway, "/detokenize", {"model": "tiny", "tokens": ids})
+    assert text.status_code == 200 and "hello" in text.json()["content"], text.text
+    sim = post(gateway, "/tokenize", {"model": "tiny-v", "messages": [{"role": "user", "content": "hi there"}]})
+    assert sim.status_code == 200 and sim.json()["count"] == len(sim.json()["tokens"])
+    refused = post(gateway, "/tokenize", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})
+    assert refused.status_code == 400 and "tokenize a `prompt`, not `messages`" in refused.json()["error"]["message"]
+
+
+def test_the_openapi_document_lists_every_endpoint_routed(gateway: Process) -> None:
+    doc = httpx.get(gateway.url + "/openapi.json").json()  # type: ignore[attr-defined]
+    assert doc["openapi"].startswith("3.1")
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/rerank",
+                 "/v1/score", "/tokenize", "/detokenize"):  # fmt: skip
+        assert "post" in doc["paths"][path], path
+    assert "get" in doc["paths"]["/v1/models/{model}"]

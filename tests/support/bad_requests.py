@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 MSG = [{"role": "user", "content": "hi"}]
-PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
+PATHS = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+    "responses": "/v1/responses",
+    "rerank": "/v1/rerank",
+    "score": "/v1/score",
+    "tokenize": "/tokenize",
+    "detokenize": "/detokenize",
+}
 
 
 @dataclass(frozen=True)
@@ -202,4 +211,97 @@ BAD: list[Bad] = [
     ),
     _case("dimensions-zero", "embeddings", {"model": "m", "input": "a", "dimensions": 0}, V, "dimensions"),
     _case("embeddings-stream", "embeddings", {"model": "m", "input": "a", "stream": True}, "invalid_stream", "stream"),
+    # An integer past 1e308 once raised OverflowError (a 500) in the range check.
+    _case(
+        "max-tokens-400-digits",
+        "chat",
+        b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1' + b"0" * 400 + b"}",
+        V,
+        "max_tokens",
+    ),
+    _case("responses-no-model", "responses", {"input": "hi"}, "missing_model", "model"),
+    _case("responses-input-missing", "responses", {"model": "m"}, "missing_input", "input"),
+    _case("responses-input-null", "responses", {"model": "m", "input": None}, T, "input"),
+    _case("responses-input-number", "responses", {"model": "m", "input": 5}, T, "input"),
+    _case("responses-input-object", "responses", {"model": "m", "input": {"role": "user"}}, T, "input"),
+    _case("responses-input-item-string", "responses", {"model": "m", "input": ["hi"]}, T, "input[0]"),
+    _case("responses-input-item-untyped", "responses", {"model": "m", "input": [{"content": "x"}]}, T, "input[0]"),
+    _case("responses-input-item-role-number", "responses", {"model": "m", "input": [{"role": 1}]}, T, "input[0]"),
+    _case(
+        "responses-instructions-number", "responses", {"model": "m", "input": "x", "instructions": 1}, T, "instructions"
+    ),
+    _case("responses-stream-string", "responses", {"model": "m", "input": "x", "stream": "yes"}, T, "stream"),
+    _case(
+        "responses-max-output-tokens-zero",
+        "responses",
+        {"model": "m", "input": "x", "max_output_tokens": 0},
+        V,
+        "max_output_tokens",
+    ),
+    _case(
+        "responses-max-output-tokens-float",
+        "responses",
+        {"model": "m", "input": "x", "max_output_tokens": 9.5},
+        T,
+        "max_output_tokens",
+    ),
+    _case(
+        "responses-temperature-high", "responses", {"model": "m", "input": "x", "temperature": 2.5}, V, "temperature"
+    ),
+    _case("responses-top-p-string", "responses", {"model": "m", "input": "x", "top_p": "1"}, T, "top_p"),
+    _case("responses-tools-object", "responses", {"model": "m", "input": "x", "tools": {"type": "x"}}, T, "tools"),
+    _case("responses-tool-untyped", "responses", {"model": "m", "input": "x", "tools": [{"name": "f"}]}, T, "tools[0]"),
+    _case(
+        "responses-previous-id-number",
+        "responses",
+        {"model": "m", "input": "x", "previous_response_id": 7},
+        T,
+        "previous_response_id",
+    ),
+    _case("responses-store-string", "responses", {"model": "m", "input": "x", "store": "no"}, T, "store"),
+    _case("responses-metadata-list", "responses", {"model": "m", "input": "x", "metadata": []}, T, "metadata"),
+    _case("responses-user-number", "responses", {"model": "m", "input": "x", "user": 1}, T, "user"),
+    _case("rerank-no-model", "rerank", {"query": "q", "documents": ["d"]}, "missing_model", "model"),
+    _case("rerank-query-missing", "rerank", {"model": "m", "documents": ["d"]}, "missing_query", "query"),
+    _case("rerank-query-number", "rerank", {"model": "m", "query": 1, "documents": ["d"]}, T, "query"),
+    _case("rerank-documents-missing", "rerank", {"model": "m", "query": "q"}, "missing_documents", "documents"),
+    _case("rerank-documents-empty", "rerank", {"model": "m", "query": "q", "documents": []}, V, "documents"),
+    _case("rerank-documents-string", "rerank", {"model": "m", "query": "q", "documents": "d"}, T, "documents"),
+    _case("rerank-documents-numbers", "rerank", {"model": "m", "query": "q", "documents": [1]}, T, "documents"),
+    _case("rerank-top-n-zero", "rerank", {"model": "m", "query": "q", "documents": ["d"], "top_n": 0}, V, "top_n"),
+    _case("rerank-top-n-float", "rerank", {"model": "m", "query": "q", "documents": ["d"], "top_n": 1.5}, T, "top_n"),
+    _case(
+        "rerank-return-documents-string",
+        "rerank",
+        {"model": "m", "query": "q", "documents": ["d"], "return_documents": "yes"},
+        T,
+        "return_documents",
+    ),
+    _case("score-no-model", "score", {"text_1": "a", "text_2": "b"}, "missing_model", "model"),
+    _case("score-text-1-missing", "score", {"model": "m", "text_2": "b"}, "missing_text_1", "text_1"),
+    _case("score-text-2-missing", "score", {"model": "m", "text_1": "a"}, "missing_text_2", "text_2"),
+    _case("score-text-1-number", "score", {"model": "m", "text_1": 1, "text_2": "b"}, T, "text_1"),
+    _case("score-text-2-mixed", "score", {"model": "m", "text_1": "a", "text_2": ["b", 2]}, T, "text_2"),
+    _case("tokenize-no-model", "tokenize", {"prompt": "hi"}, "missing_model", "model"),
+    _case("tokenize-neither", "tokenize", {"model": "m"}, "missing_prompt", "prompt"),
+    _case(
+        "tokenize-both-null", "tokenize", {"model": "m", "prompt": None, "messages": None}, "missing_prompt", "prompt"
+    ),
+    _case("tokenize-both", "tokenize", {"model": "m", "prompt": "hi", "messages": MSG}, V, "messages"),
+    _case("tokenize-prompt-list", "tokenize", {"model": "m", "prompt": ["hi"]}, T, "prompt"),
+    _case("tokenize-messages-empty", "tokenize", {"model": "m", "messages": []}, "invalid_messages", "messages"),
+    _case("tokenize-role-unknown", "tokenize", {"model": "m", "messages": [{"role": "wizard"}]}, V, "messages[0].role"),
+    _case(
+        "tokenize-add-special-tokens-string",
+        "tokenize",
+        {"model": "m", "prompt": "x", "add_special_tokens": "y"},
+        T,
+        "add_special_tokens",
+    ),
+    _case("detokenize-no-model", "detokenize", {"tokens": [1]}, "missing_model", "model"),
+    _case("detokenize-tokens-missing", "detokenize", {"model": "m"}, "missing_tokens", "tokens"),
+    _case("detokenize-tokens-number", "detokenize", {"model": "m", "tokens": 5}, T, "tokens"),
+    _case("detokenize-tokens-strings", "detokenize", {"model": "m", "tokens": ["a"]}, T, "tokens"),
+    _case("detokenize-tokens-bools", "detokenize", {"model": "m", "tokens": [True]}, T, "tokens"),
+    _case("detokenize-tokens-floats", "detokenize", {"model": "m", "tokens": [1.5]}, T, "tokens"),
 ]

@@ -24,8 +24,10 @@ from aiohttp import web
 
 try:
     from tests.support.prefixcache import PrefixCache
+    from tests.support.simendpoints import Endpoints
 except ModuleNotFoundError:  # run as a script from its own folder (the images' /opt/enginesim)
     from prefixcache import PrefixCache  # type: ignore[no-redef]
+    from simendpoints import Endpoints  # type: ignore[no-redef]
 
 FLAVOURS = ("vllm", "llamacpp", "ollama", "openai")
 
@@ -347,6 +349,7 @@ def make_app(state: State) -> web.Application:
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         r.add_post(path, sim.completion)
     r.add_get("/v1/models", sim.models)
+    Endpoints(sim).add_to(r, state.flavour)
     r.add_route("*", "/_sim/config", sim.config)
     if state.flavour in ("vllm", "llamacpp"):
         r.add_get("/health", sim.health)

@@ -73,7 +73,8 @@ def test_both_recipes_run_as_the_same_user_with_the_same_environment() -> None:
 def test_vllm_standin_uses_the_enginesim_stages_shim() -> None:
     sim = stage("enginesim")
     folder = bi.ENGINESIM_PATH.rsplit("/", 1)[0]
-    assert f"COPY tests/support/enginesim.py tests/support/prefixcache.py {folder}/" in sim
+    modules = "tests/support/enginesim.py tests/support/prefixcache.py tests/support/simendpoints.py"
+    assert f"COPY {modules} {folder}/" in sim
     loop = re.search(r"for e in (.+?); do", sim)
     assert loop and dict(e.split(":") for e in loop.group(1).split()) == bi.ENGINESIM_SHIMS
     fmt = re.search(r"printf '(.+?)' \"\$\{e%%:\*\}\"", sim)
@@ -88,8 +89,9 @@ def test_vllm_standin_uses_the_enginesim_stages_shim() -> None:
         files[f"{bi.VLLM_PARSER_DIR}/vllm_check.py"][0] == (REPO / "tests" / "support" / "vllm_check.py").read_bytes()
     )
     assert files[bi.ENGINESIM_PATH][0] == (REPO / "tests" / "support" / "enginesim.py").read_bytes()
-    # The simulator imports its prefix-cache model from its own folder when run as a script.
-    assert files[f"{folder}/prefixcache.py"][0] == (REPO / "tests" / "support" / "prefixcache.py").read_bytes()
+    # The simulator imports its prefix-cache model and endpoints from its own folder when run as a script.
+    for module in ("prefixcache.py", "simendpoints.py"):
+        assert files[f"{folder}/{module}"][0] == (REPO / "tests" / "support" / module).read_bytes()
 
 
 def test_images_carry_the_tags_the_operator_and_the_chart_use() -> None:

@@ -133,3 +133,27 @@ def test_switch_holds_requests_for_the_incoming_family() -> None:
     assert d.hold_for == Family.OLLAMA and d.error is None
     c = cat(Mode.OLLAMA, (V, incoming), switching=True, policy=SwitchPolicy(during_switch="reject"))
     assert route(Features("m"), c, lambda ep: True, lambda ep: 0).error is not None
+
+
+@pytest.mark.parametrize(("path", "served_by"), [
+    ("/v1/chat/completions", ["v", "l", "o", "x"]),
+    ("/v1/responses", ["v", "l", "o", "x"]),
+    ("/v1/rerank", ["v", "l"]),
+    ("/v1/score", ["v"]),
+    ("/tokenize", ["v", "l"]),
+    ("/detokenize", ["v", "l"]),
+])  # fmt: skip
+def test_an_endpoint_goes_only_to_families_that_serve_it(path: str, served_by: list[str]) -> None:
+    assert sorted(names(cat(Mode.AUTO), Features("m", path=path))) == sorted(served_by)
+
+
+def test_an_endpoint_no_engine_of_the_model_serves_is_a_400_naming_model_and_family() -> None:
+    d = route(Features("m", path="/v1/score"), cat(Mode.AUTO, engines=(L, OL)), lambda ep: True, lambda ep: 0)
+    assert d.error == (400, "unsupported_endpoint", "The model `m` is served by GGUF (llama.cpp) and Ollama engines,"
+                                                    " which do not serve /v1/score.")  # fmt: skip
+
+
+def test_a_key_limited_to_some_engines_sees_only_them() -> None:
+    assert set(names(cat(Mode.AUTO), Features("m", engines=("v", "l*")))) == {"v", "l"}
+    d = route(Features("m", engines=("gpu-*",)), cat(Mode.AUTO), lambda ep: True, lambda ep: 0)
+    assert d.error is not None and d.error[:2] == (404, "model_not_found") and "do not have access" in d.error[2]

@@ -39,6 +39,26 @@ GOOD = [
     ("completions", {"model": "m", "prompt": [[1, 2], [3]], "echo": True, "logprobs": 1, "stop": "x"}),
     ("completions", {"model": "m", "prompt": ["a", "b"], "max_tokens": None}),
     ("embeddings", {"model": "m", "input": [1, 2, 3], "encoding_format": "base64", "dimensions": 8}),
+    ("embeddings", {"model": "m", "input": "a", "stream": False, "encoding_format": None}),
+    ("chat", {"model": "m", "messages": MSG, "max_tokens": 2**31 - 1, "seed": -(2**63), "temperature": 2,
+              "top_p": 0, "logit_bias": {"1": 10**400}}),
+    ("responses", {"model": "m", "input": "hi"}),
+    ("responses", {"model": "m", "input": [{"role": "user", "content": "hi"},
+                                           {"type": "message", "role": "user", "content": [{"type": "input_text",
+                                                                                            "text": "x"}]},
+                                           {"type": "function_call_output", "call_id": "c", "output": "{}"}],
+      "instructions": "be brief", "stream": True, "max_output_tokens": 1, "temperature": 0, "top_p": 1,
+      "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}, {"type": "web_search"}],
+      "previous_response_id": "resp_1", "store": False, "metadata": {"k": "v"}, "user": "u",
+      "reasoning": {"effort": "low"}, "text": {"format": {"type": "text"}}}),
+    ("rerank", {"model": "m", "query": "q", "documents": ["a", "b"], "top_n": 1, "return_documents": True}),
+    ("rerank", {"model": "m", "query": "", "documents": [""], "top_n": None}),
+    ("score", {"model": "m", "text_1": "a", "text_2": ["b", "c"]}),
+    ("score", {"model": "m", "text_1": ["a"], "text_2": "b", "truncate_prompt_tokens": 8}),
+    ("tokenize", {"model": "m", "prompt": "hi", "add_special_tokens": False, "return_token_strs": True}),
+    ("tokenize", {"model": "m", "messages": MSG, "prompt": None, "add_generation_prompt": True}),
+    ("detokenize", {"model": "m", "tokens": [1, 2, 3]}),
+    ("detokenize", {"model": "m", "tokens": []}),
 ]  # fmt: skip
 
 
@@ -46,6 +66,15 @@ GOOD = [
 def test_well_formed_bodies_pass_unchanged(kind: str, body: dict[str, Any]) -> None:
     parsed, features, rewritten = parse_request(json.dumps(body).encode(), kind, SCOPE)
     assert parsed == body and not rewritten and features.model == "m"
+
+
+def test_a_field_spec_checks_one_field_of_a_body() -> None:
+    spec = next(f for f in shapes.KINDS["chat"].fields if f.name == "n")
+    for fine in ({}, {"n": None}, {"n": 128}):
+        spec.check(fine)
+    with pytest.raises(shapes.ShapeError, match=r"^n must be between 1 and 128, not 129$") as err:
+        spec.check({"n": 129})
+    assert (err.value.code, err.value.param) == ("invalid_value", "n")
 
 
 def test_depth_limit_is_exact() -> None:
@@ -62,12 +91,13 @@ json_values = st.recursive(
 )
 FIELDS = ["model", "messages", "tools", "tool_choice", "response_format", "stream", "stream_options", "n",
           "temperature", "top_p", "stop", "max_tokens", "seed", "logit_bias", "prompt", "input", "engine", "role",
-          "content", "echo", "logprobs", "encoding_format", "dimensions", "user"]  # fmt: skip
+          "content", "echo", "logprobs", "encoding_format", "dimensions", "user", "instructions", "max_output_tokens",
+          "metadata", "query", "documents", "top_n", "text_1", "text_2", "tokens", "add_special_tokens"]  # fmt: skip
 bodies = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=8) | json_values
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=bodies, kind=st.sampled_from(["chat", "completions", "embeddings"]))
+@given(body=bodies, kind=st.sampled_from(sorted(shapes.KINDS)))
 def test_any_json_is_accepted_or_a_400_never_an_exception(body: Any, kind: str) -> None:
     try:
         parse_request(json.dumps(body).encode(), kind, SCOPE)

@@ -99,6 +99,8 @@ class EngineFamily:
     # for Ollama, whose server answers before the model is there).
     health_path: ClassVar[str] = "/health"
     gateway_probe_path: ClassVar[str] = "/health"
+    # The OpenAI-compatible paths the pinned version serves (read from its sources): the gateway
+    # sends a family nothing else.
     openai_paths: ClassVar[frozenset[str]] = frozenset()
     metrics_path: ClassVar[str | None] = None
     metrics: ClassVar[tuple[str, ...]] = ()
@@ -170,6 +172,11 @@ class EngineFamily:
     def serves(self, path: str) -> bool:
         """Whether the engine serves this OpenAI path (e.g. /v1/embeddings)."""
         return path in self.openai_paths
+
+    def request_body(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The body as this family takes it at `path` (the gateway takes one shape per endpoint).
+        ValueError when the family cannot take what was asked."""
+        return body
 
 
 def json_names(body: bytes, key: str, field_name: str) -> set[str]:

@@ -14,7 +14,7 @@ class External(EngineFamily):
     health_path: ClassVar[str] = "/v1/models"
     gateway_probe_path: ClassVar[str] = "/v1/models"
     openai_paths: ClassVar[frozenset[str]] = frozenset(
-        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/responses"}
     )
 
     def runs_workload(self, spec: InferenceEngineSpec) -> bool:

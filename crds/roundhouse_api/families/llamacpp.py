@@ -74,7 +74,16 @@ class LlamaCpp(EngineFamily):
     version: ClassVar[str | None] = f"b{BUILD}"
     default_port: ClassVar[int | None] = 8080
     openai_paths: ClassVar[frozenset[str]] = frozenset(
-        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+        {
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/models",
+            "/v1/responses",
+            "/v1/rerank",
+            "/tokenize",
+            "/detokenize",
+        }
     )
     metrics_path: ClassVar[str | None] = "/metrics"
     metrics: ClassVar[tuple[str, ...]] = (
@@ -88,6 +97,19 @@ class LlamaCpp(EngineFamily):
     caches_prompts: ClassVar[bool] = True
     load_metrics: ClassVar[tuple[str, ...]] = ("llamacpp:requests_processing", "llamacpp:requests_deferred")
     partial_offload: ClassVar[bool] = True
+
+    def request_body(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """llama-server's /tokenize reads `content` (the gateway takes vLLM's `prompt`), and its
+        /detokenize answers `content`; `messages` it cannot tokenize (no template on that path)."""
+        if path != "/tokenize":
+            return body
+        if "prompt" not in body:
+            raise ValueError("llama.cpp engines tokenize a `prompt`, not `messages`")
+        out = {k: v for k, v in body.items() if k not in ("prompt", "add_special_tokens")}
+        out["content"] = body["prompt"]
+        if "add_special_tokens" in body:
+            out["add_special"] = body["add_special_tokens"]
+        return out
 
     def weight_bits(self, spec: InferenceEngineSpec) -> float:
         return gguf_bits(spec.model.source)

@@ -33,7 +33,7 @@ class Ollama(EngineFamily):
     # The server answers while the model is still being pulled: the gateway reads the model list.
     gateway_probe_path: ClassVar[str] = "/api/tags"
     openai_paths: ClassVar[frozenset[str]] = frozenset(
-        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/responses"}
     )
     managed_flags: ClassVar[frozenset[str]] = frozenset()
     # Its runner loads the slot with the longest common prefix (runner/ollamarunner/cache.go,

@@ -29,7 +29,17 @@ class VLLM(EngineFamily):
     version: ClassVar[str | None] = VERSION
     default_port: ClassVar[int | None] = 8000
     openai_paths: ClassVar[frozenset[str]] = frozenset(
-        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+        {
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/models",
+            "/v1/responses",
+            "/v1/rerank",
+            "/v1/score",
+            "/tokenize",
+            "/detokenize",
+        }
     )
     metrics_path: ClassVar[str | None] = "/metrics"
     metrics: ClassVar[tuple[str, ...]] = (
