@@ -7,8 +7,6 @@ middleware sits on the streaming path (Starlette's BaseHTTPMiddleware cost LiteL
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import importlib.metadata
 import logging
 import time
@@ -20,49 +18,33 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from roundhouse_api import Mode
-from roundhouse_api.families import FAMILIES
 
 from . import admin as admin_api
-from . import metrics, models, openapi, shapes, tokens, ui
+from . import metrics, models, openapi, shapes, ui
 from .auth import Auth
 from .catalog import Catalog, Engine, switch_finished
-from .demand import Demand, Waiter
+from .demand import Demand
 from .drain import Drain
 from .health import Health, probe_ok, probe_path
-from .keys import Identity
 from .load import EngineLoad
-from .routing import Candidate, Decision, Features, route
-from .upstream import Response, Upstream, UpstreamError
-from .usage import CALL, Call
-from .waiting import Prelude, error_event
+from .serving import Serving
+from .upstream import Upstream, UpstreamError
+from .waiting import error_event
 from .wire import (
     ClientError,
     Receive,
     Scope,
     Send,
-    cancel_on_disconnect,
     error_body,
     header,
-    last_usage_event,
     next_request_id,
-    parse_request,
-    read_body,
     respond,
     respond_json,
-    stream_ended,
-    stream_error,
-    strip_usage,
-    usage_of,
-    with_headers,
-    with_model,
 )
 
 log = logging.getLogger("roundhouse.gateway")
 # Every endpoint proxied to the engines, by the request shape that validates it.
 COMPLETION_PATHS = {k.path: name for name, k in shapes.KINDS.items()}
-HOT_KINDS = frozenset({"chat", "completions"})  # bodies every family takes as they are
-RETRYABLE = {500, 502, 503, 504}
-MAX_ATTEMPTS = 4
 
 
 @dataclass
@@ -97,7 +79,7 @@ def package_version() -> str:
 ModeSetter = Callable[[Mode], Awaitable[dict[str, Any]]]
 
 
-class Gateway:
+class Gateway(Serving):
     def __init__(self, settings: Settings, catalog: Catalog | None = None, set_mode: ModeSetter | None = None) -> None:
         self.settings = settings
         self.catalog = catalog or Catalog()
@@ -291,344 +273,6 @@ class Gateway:
             await respond(send, 200, found[0], found[1])
         else:
             raise ClientError(404, f"Unknown path {path}", "not_found")
-
-    # --- completions ----------------------------------------------------------------------------
-    async def completion(self, scope: Scope, receive: Receive, send: Send, rid: str, kind: str,
-                         who: Identity) -> None:  # fmt: skip
-        started = time.perf_counter()
-        call = Call(key=who.name)
-        CALL.set(call)
-        try:
-            raw = await read_body(receive, self.settings.max_body_bytes)
-            body, features, rewritten = parse_request(raw, kind, scope)
-            call.model = features.model
-            features, body, rewritten, send = self.admit(who, call, body, features, rewritten, send)
-            # One watcher task cancels this one if the client leaves, which stops the upstream request
-            # too (a second task for the proxying and asyncio.wait cost ~10 us a request).
-            handler = asyncio.current_task()
-            assert handler is not None
-            left = asyncio.Event()
-            watcher = asyncio.create_task(cancel_on_disconnect(receive, handler, left))
-            try:
-                await self.answer(send, rid, body, raw if not rewritten else None, features, scope["path"], started)
-            except asyncio.CancelledError:
-                if not left.is_set():
-                    raise
-                handler.uncancel()
-                call.status = call.status or 499  # the client closed the request
-                log.info("client disconnected", extra={"request_id": rid, "model": features.model})
-            finally:
-                watcher.cancel()
-        except ClientError as err:
-            call.status = err.status
-            raise
-        finally:
-            if self.auth.enabled:
-                self.account(who, call)
-
-    def admit(self, who: Identity, call: Call, body: dict[str, Any], f: Features, rewritten: bool, send: Send
-              ) -> tuple[Features, dict[str, Any], bool, Send]:  # fmt: skip
-        """The key's models, engines and limits: 404 for a model it may not use (OpenAI's answer),
-        429 over a limit; streams are asked for their usage, which the client then does not see."""
-        if not who.may_use_model(f.model):
-            raise ClientError(404, models.not_found(f.model), "model_not_found", "model")
-        if who.engines:
-            f = dataclasses.replace(f, engines=who.engines)
-        verdict = self.auth.limiter.admit(who, time.monotonic(), time.time())
-        if verdict.refusal is not None:
-            r = verdict.refusal
-            metrics.child(metrics.RATE_LIMITED, who.name, r.type).inc()
-            raise ClientError(429, r.message, r.code, None, r.type,
-                              {"Retry-After": str(max(1, r.retry_after)), **verdict.headers})  # fmt: skip
-        if f.stream and self.auth.enabled and f.kind in ("chat", "completions"):
-            options = body.get("stream_options") or {}
-            if options.get("include_usage") is not True:
-                body = {**body, "stream_options": {**options, "include_usage": True}}
-                rewritten, call.strip_usage = True, True
-        if verdict.headers:
-            send = with_headers(send, verdict.headers)
-        return f, body, rewritten, send
-
-    def account(self, who: Identity, call: Call) -> None:
-        """Count what a request used against its key: usage rows, metrics, token limits."""
-        model = call.model if any(call.model in e.served for e in self.catalog.engines) else ""
-        wall = time.time()
-        self.auth.usage.record(who.name, model, call.engine, call.status or 499, call.prompt_tokens,
-                               call.completion_tokens, wall)  # fmt: skip
-        self.auth.limiter.spend(who, call.prompt_tokens + call.completion_tokens, time.monotonic(), wall)
-
-    async def answer(self, send: Send, rid: str, body: dict[str, Any], raw: bytes | None, features: Features,
-                     path: str, started: float) -> None:  # fmt: skip
-        """Route (waiting for an engine to start if need be), then forward, or answer the error."""
-        prelude = Prelude(send, {"X-Request-Id": rid}) if features.stream else None
-        features = await tokens.exact(features, body, self.catalog, self.health, self.upstream)
-        decision = await self.decide(features, prelude.waiting if prelude else None)
-        if decision.error:
-            status, code, message = decision.error
-            headers = {"X-Request-Id": rid, "X-Roundhouse-Route-Reason": decision.reason or code}
-            if status == 503:
-                headers["Retry-After"] = str(decision.retry_after or self.settings.retry_after_seconds)
-            # An unknown model is the client's string: it must not become a new metric series per typo.
-            model_label = "" if code == "model_not_found" else features.model
-            if (call := CALL.get()) is not None:
-                call.status = status
-            metrics.child(metrics.REQUESTS, model_label, "", "", str(status)).inc()
-            log.info("request", extra={"request_id": rid, "model": features.model, "status": status, "reason": code})
-            if prelude is not None and prelude.started:
-                await prelude.fail(message, "service_unavailable", code)
-                return
-            param = "model" if code in ("model_not_found", "unsupported_endpoint") else None
-            kind = "invalid_request_error" if status < 500 else "service_unavailable"
-            raise ClientError(status, message, code, param, kind, headers)
-        for part in decision.reason.split(","):
-            metrics.child(metrics.DECISIONS, part.split(":", 1)[0]).inc()
-        await self.forward(prelude.send if prelude else send, rid, body, raw, features, decision, path, started)
-
-    async def decide(self, f: Features, waiting: Callable[[str], Awaitable[None]] | None = None) -> Decision:
-        """Route; wait for an engine started on demand (bounded, `waiting` called meanwhile), hold while
-        the mode switches (bounded), queue briefly when every endpoint is at its cap."""
-        policy = self.catalog.mode.policy
-        hold_deadline = time.monotonic() + policy.max_hold_seconds
-        queue_deadline = time.monotonic() + self.catalog.mode.rules.queue_timeout_seconds
-        waiter: Waiter | None = None
-        outcome = "gave-up"
-        try:
-            while True:
-                self.turn += 1
-                d = route(f, self.catalog, self.health.healthy, self.load_of, self.turn)
-                if d.activate is not None:
-                    if waiter is None or waiter.engine != d.activate:
-                        if waiter is not None:
-                            waiter.end("rerouted")
-                        waiter = Waiter(self.demand, d.activate, self.catalog.mode.on_demand.max_wait_seconds)
-                    if waiter.expired():
-                        outcome = "timeout"
-                        return waiter.timed_out(d.reason)
-                    if waiting is not None:
-                        await waiting(d.activate)
-                    await self.wait_change(waiter.deadline)
-                    continue
-                outcome = "served" if d.candidates else "error"
-                if waiter is not None and d.candidates:
-                    # Say that this request waited for its engine to start (and how long).
-                    waited = time.time() - waiter.started
-                    d = dataclasses.replace(d, reason=f"{d.reason},activated:{waiter.engine}:{waited:.2f}s")
-                if d.hold_for is not None:
-                    if time.monotonic() >= hold_deadline:
-                        why = f"the {d.hold_for.value} engines are still starting after a mode switch"
-                        return Decision(error=(503, "engine_switching", why), reason="hold:timeout")
-                    await self.wait_change(hold_deadline)
-                    continue
-                if d.candidates and all(self.at_cap(c) for c in d.candidates):
-                    if time.monotonic() >= queue_deadline:
-                        return Decision(error=(503, "engine_overloaded", "every engine for this model is at its"
-                                               " concurrency limit"), reason="concurrency-cap")  # fmt: skip
-                    self.slot_freed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.slot_freed.wait(), max(0.0, queue_deadline - time.monotonic()))
-                    continue
-                return d
-        finally:
-            if waiter is not None:
-                waiter.end(outcome)
-
-    async def wait_change(self, deadline: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.changed.wait(), min(1.0, max(0.0, deadline - time.monotonic())))
-
-    def load_of(self, endpoint: str) -> float:
-        """What routing weighs an endpoint by: this gateway's requests there, or what the engine says it
-        holds if that is more (fresh readings only, when the mode's rules use them)."""
-        if self.catalog.mode.rules.engine_load:
-            return max(self.outstanding[endpoint], self.engine_load.held(endpoint))
-        return self.outstanding[endpoint]
-
-    def at_cap(self, c: Candidate) -> bool:
-        return c.engine.max_concurrency is not None and self.outstanding[c.endpoint] >= c.engine.max_concurrency
-
-    async def forward(self, send: Send, rid: str, body: dict[str, Any], raw: bytes | None, f: Features,
-                      d: Decision, path: str, started: float) -> None:  # fmt: skip
-        last_error = "no candidate"
-        reason = d.reason
-        for attempt, cand in enumerate(d.candidates[:MAX_ATTEMPTS]):
-            engine = cand.engine
-            if attempt and not self.health.healthy(cand.endpoint):
-                continue
-            try:
-                payload = self.payload(body, raw, f, engine)
-            except ValueError as err:
-                raise ClientError(400, f"engine {engine.name}: {err}", "unsupported_request") from None
-            headers = [("Content-Type", "application/json"), ("X-Request-Id", rid)]
-            if engine.api_key:
-                headers.append(("Authorization", f"Bearer {engine.api_key}"))
-            self.health.attempt(cand.endpoint)
-            self.outstanding[cand.endpoint] += 1
-            metrics.child(metrics.IN_FLIGHT, engine.name).inc()
-            self.demand.request_begin(engine.name)
-            try:
-                sent = await self.try_one(send, rid, cand, payload, headers, f, path, started, reason)
-            finally:
-                self.demand.request_end(engine.name)
-                self.outstanding[cand.endpoint] -= 1
-                metrics.child(metrics.IN_FLIGHT, engine.name).dec()
-                self.slot_freed.set()
-            if sent is True:
-                return
-            last_error = str(sent)
-            metrics.child(metrics.FAILOVERS, engine.name, last_error.split(":", 1)[0]).inc()
-            reason = f"{d.reason},failover"
-            log.warning("failover", extra={"request_id": rid, "engine": engine.name, "endpoint": cand.endpoint,
-                                           "error": last_error})  # fmt: skip
-        metrics.child(metrics.REQUESTS, f.model, "", "", "503").inc()
-        if (call := CALL.get()) is not None:
-            call.status = 503
-        await respond(send, 503, error_body(f"no engine could serve the request ({last_error})", "service_unavailable",
-                                            "no_healthy_engine"),
-                      {"Retry-After": str(self.settings.retry_after_seconds), "X-Request-Id": rid,
-                       "X-Roundhouse-Route-Reason": reason})  # fmt: skip
-
-    @staticmethod
-    def payload(body: dict[str, Any], raw: bytes | None, f: Features, engine: Engine) -> bytes:
-        """The bytes to send `engine`: the client's own when nothing changes, else the body with the
-        engine's model name, in the shape its family takes at that path."""
-        if f.kind not in HOT_KINDS:
-            body = FAMILIES[engine.family].request_body(f.path, body)
-            raw = None
-        return raw if raw is not None and engine.upstream_model == f.model else with_model(body, engine)
-
-    async def try_one(self, send: Send, rid: str, cand: Candidate, payload: bytes, headers: list[tuple[str, str]],
-                      f: Features, path: str, started: float, reason: str) -> bool | str:  # fmt: skip
-        """Forward to one endpoint. True once the answer went to the client; else why it failed
-        (nothing has reached the client yet, so the caller may try the next candidate)."""
-        engine, t = cand.engine, cand.engine.timeouts
-        sent_at = time.perf_counter()
-        try:
-            resp = await self.upstream.request("POST", cand.endpoint, path, payload, headers, t.connect, t.first_byte)
-        except (UpstreamError, TimeoutError) as err:
-            self.health.failure(cand.endpoint, type(err).__name__)
-            return f"connect:{type(err).__name__}"
-        try:
-            metrics.child(metrics.UPSTREAM, engine.name).observe(time.perf_counter() - sent_at)
-            if resp.status in RETRYABLE:
-                self.health.failure(cand.endpoint, f"HTTP {resp.status}")
-                try:
-                    async with asyncio.timeout(t.connect):  # only for the log line: never wait long
-                        detail = (await resp.read())[:200].decode(errors="replace")
-                except (UpstreamError, TimeoutError) as err:
-                    detail = f"(body unreadable: {type(err).__name__})"
-                return f"status:{resp.status} {detail}"
-            out_headers = {
-                "Content-Type": resp.headers.get("content-type", "application/json"),
-                "X-Request-Id": rid,
-                "X-Roundhouse-Engine": engine.name,
-                "X-Roundhouse-Route-Reason": reason,
-            }
-            streaming = "text/event-stream" in out_headers["Content-Type"]
-            if not streaming:
-                # Small bodies: read it all first, so a failure mid-body can still fail over.
-                try:
-                    async with asyncio.timeout(t.first_byte):
-                        data = await resp.read()
-                except (UpstreamError, TimeoutError) as err:
-                    self.health.failure(cand.endpoint, type(err).__name__)
-                    return f"read:{type(err).__name__}"
-                self.first_token(engine, started)
-                if resp.status < 400:
-                    self.health.success(cand.endpoint)
-                    self.count_usage(engine, data)
-                await respond(send, resp.status, data, out_headers)
-                self.finish(f, engine, resp.status, started, cand, rid, reason)
-                return True
-            return await self.stream(send, resp, out_headers, engine, cand, f, started, rid, reason)
-        finally:
-            resp.release()
-
-    async def stream(self, send: Send, resp: Response, headers: dict[str, str], engine: Engine,
-                     cand: Candidate, f: Features, started: float, rid: str, reason: str) -> bool | str:  # fmt: skip
-        idle = engine.timeouts.idle
-        try:
-            async with asyncio.timeout(engine.timeouts.first_byte):
-                first = await resp.read_chunk()
-        except (UpstreamError, TimeoutError) as err:
-            self.health.failure(cand.endpoint, type(err).__name__)
-            return f"read:{type(err).__name__}"
-        if not first:
-            self.health.failure(cand.endpoint, "empty stream")
-            return "read:empty stream"
-        self.first_token(engine, started)
-        call = CALL.get()
-        strip = call is not None and call.strip_usage
-        pending, usage_chunk = b"", b""
-        tail = first[-256:]
-        if strip:
-            first, pending, dropped = strip_usage(b"", first)
-            usage_chunk = dropped or b""
-        elif b'"usage"' in first:
-            usage_chunk = first
-        await send({"type": "http.response.start", "status": resp.status,
-                    "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})  # fmt: skip
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-        ended_cleanly = stream_ended(f.kind, first, first)
-        loop = asyncio.get_running_loop()
-        try:
-            # One deadline per stream, moved at most once a second: asyncio.wait_for around every
-            # read costs a task per chunk.
-            async with asyncio.timeout(idle) as deadline:
-                while True:
-                    chunk = await resp.read_chunk()
-                    if not chunk:
-                        break
-                    now = loop.time()
-                    if now + idle - (deadline.when() or now) > 1.0:
-                        deadline.reschedule(now + idle)
-                    tail = (tail + chunk)[-256:]
-                    ended_cleanly = ended_cleanly or stream_ended(f.kind, tail, chunk)
-                    if strip:
-                        chunk, pending, dropped = strip_usage(pending, chunk)
-                        usage_chunk = dropped or usage_chunk
-                    elif b'"usage"' in chunk:
-                        usage_chunk = chunk
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (UpstreamError, TimeoutError) as err:
-            ended_cleanly = False
-            self.health.failure(cand.endpoint, type(err).__name__)
-            log.warning("stream broken", extra={"request_id": rid, "engine": engine.name, "error": type(err).__name__})
-        if not ended_cleanly:
-            # After the first byte there is no failover: end the stream the way OpenAI clients expect.
-            event = stream_error(f.kind, f"engine {engine.name} stopped mid-stream")
-            await send({"type": "http.response.body", "body": event, "more_body": False})
-            self.finish(f, engine, 502, started, cand, rid, reason)
-            return True
-        self.health.success(cand.endpoint)
-        await send({"type": "http.response.body", "body": pending, "more_body": False})
-        if usage_chunk:
-            self.count_usage(engine, usage_chunk if strip else last_usage_event(usage_chunk))
-        self.finish(f, engine, resp.status, started, cand, rid, reason)
-        return True
-
-    def first_token(self, engine: Engine, started: float) -> None:
-        ttft = time.perf_counter() - started
-        metrics.child(metrics.TTFT, engine.name).observe(ttft)
-        self.stats[engine.name].ttft.append(ttft)
-
-    def count_usage(self, engine: Engine, data: bytes) -> None:
-        prompt, completion = usage_of(data)
-        if (call := CALL.get()) is not None:
-            call.prompt_tokens, call.completion_tokens = prompt, completion
-        metrics.child(metrics.TOKENS, engine.name, "prompt").inc(prompt)
-        metrics.child(metrics.TOKENS, engine.name, "completion").inc(completion)
-        self.stats[engine.name].tokens.append((time.monotonic(), completion))
-
-    def finish(self, f: Features, engine: Engine, status: int, started: float, cand: Candidate, rid: str,
-               reason: str) -> None:  # fmt: skip
-        elapsed = time.perf_counter() - started
-        if (call := CALL.get()) is not None:
-            call.engine, call.status = engine.name, status
-        metrics.child(metrics.REQUESTS, f.model, engine.name, engine.family.value, str(status)).inc()
-        metrics.child(metrics.DURATION, engine.family.value).observe(elapsed)
-        log.info("request", extra={"request_id": rid, "model": f.model, "engine": engine.name,
-                                   "endpoint": cand.endpoint, "status": status, "reason": reason,
-                                   "stream": f.stream, "duration_ms": round(elapsed * 1000, 2)})  # fmt: skip
 
     # --- admin: its own module ---------------------------------------------------------------------
     async def admin(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:

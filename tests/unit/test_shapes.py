@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from roundhouse_gateway import shapes
-from roundhouse_gateway.app import ClientError, parse_request
+from roundhouse_gateway.wire import ClientError, parse_request
 from tests.support.bad_requests import BAD, MSG, Bad
 
 SCOPE: dict[str, Any] = {"headers": []}
