@@ -3,7 +3,7 @@
 Each proxy is pinned to core 0 with taskset; the simulator and wrk share core 1. Contenders run
 interleaved, `--reps` times each; the report gives the median and spread of requests/s at 64
 connections and the proxy's CPU seconds per 1,000 requests (utime+stime of its process tree).
-Usage: .venv/bin/python bench/gateway_overhead.py [--reps 3] [--seconds 10] [--litellm] [--routing]
+Usage: .venv/bin/python bench/gateway_overhead.py [--reps 3] [--seconds 10] [--litellm] [--routing] [--keys]
 """
 
 from __future__ import annotations
@@ -97,16 +97,35 @@ general_settings: {{disable_spend_logs: true, master_key: {key}}}
 """
 
 
-def roundhouse(name: str, docs: list[dict[str, object]], tmp: Path, logs: Path) -> tuple[str, Process]:
-    """A standalone gateway from `docs`, pinned to core 0."""
+def roundhouse(name: str, docs: list[dict[str, object]], tmp: Path, logs: Path, keys: str | None = BENCH_KEY + "\n"
+               ) -> tuple[str, Process]:  # fmt: skip
+    """A standalone gateway from `docs`, pinned to core 0, with `keys` as its key file (None: no auth)."""
     port = free_port()
     (tmp / f"{name}.yaml").write_text("\n---\n".join(json.dumps(d) for d in docs))
-    (tmp / "keys").write_text(BENCH_KEY + "\n")
+    auth: list[str] = []
+    if keys is not None:
+        (tmp / f"{name}.keys").write_text(keys)
+        auth = ["--api-keys-file", str(tmp / f"{name}.keys")]
     gw = Process(name, ["taskset", "-c", "0", str(VENV_BIN / "roundhouse-gateway"), "--config",
-                        str(tmp / f"{name}.yaml"), "--host", "127.0.0.1", "--port", str(port), "--api-keys-file",
-                        str(tmp / "keys"), "--log-level", "warning"], dict(os.environ), logs,
+                        str(tmp / f"{name}.yaml"), "--host", "127.0.0.1", "--port", str(port), *auth,
+                        "--log-level", "warning"], dict(os.environ), logs,
                  f"http://127.0.0.1:{port}/readyz").start()  # fmt: skip
     return f"http://127.0.0.1:{port}", gw
+
+
+def key_contenders(doc: dict[str, object], tmp: Path, logs: Path) -> dict[str, tuple[str, Process]]:
+    """No keys at all, against 50 named keys where the benchmark's has every limit (set high enough
+    never to refuse): the limiter, usage and the usage chunk of streams all run. The third also sends
+    the x-ratelimit-* headers on every answer, not only on 429s (the key file's rateLimitHeaders)."""
+    entries = [{"name": f"team-{i}", "key": f"sk-team-{i}-{'x' * 32}", "models": ["*"]} for i in range(49)]
+    entries.append({"name": "bench", "key": BENCH_KEY, "models": ["m"], "requestsPerMinute": 10**9,
+                    "tokensPerMinute": 10**12, "monthlyTokenBudget": 10**15})  # fmt: skip
+    return {
+        "rh-no-keys": roundhouse("rh-no-keys", [doc], tmp, logs, keys=None),
+        "rh-keys-limits": roundhouse("rh-keys-limits", [doc], tmp, logs, keys=json.dumps({"keys": entries})),
+        "rh-keys-headers": roundhouse("rh-keys-headers", [doc], tmp, logs,
+                                      keys=json.dumps({"keys": entries, "rateLimitHeaders": "always"})),
+    }  # fmt: skip
 
 
 def routing_contenders(upstream: str, tmp: Path, logs: Path) -> dict[str, tuple[str, Process]]:
@@ -128,8 +147,8 @@ def routing_contenders(upstream: str, tmp: Path, logs: Path) -> dict[str, tuple[
     return out
 
 
-def start_contenders(upstream: str, tmp: Path, logs: Path, litellm: bool = False, routing: bool = False
-                     ) -> tuple[dict[str, tuple[str, Process | None]], list[Process]]:  # fmt: skip
+def start_contenders(upstream: str, tmp: Path, logs: Path, litellm: bool = False, routing: bool = False,
+                     keys: bool = False) -> tuple[dict[str, tuple[str, Process | None]], list[Process]]:  # fmt: skip
     """Each proxy in front of `upstream`, pinned to core 0. Returns name -> (base URL, process)."""
     nport = free_port()
     (tmp / "nginx.conf").write_text(NGINX.format(tmp=tmp, upstream=upstream.rsplit(":", 1)[1], port=nport))
@@ -144,10 +163,11 @@ def start_contenders(upstream: str, tmp: Path, logs: Path, litellm: bool = False
         "roundhouse": (gurl, gw),
     }  # fmt: skip
     procs = [nginx, gw]
-    if routing:
-        for name, (url, proc) in routing_contenders(upstream, tmp, logs).items():
-            contenders[name] = (url, proc)
-            procs.append(proc)
+    extra = {**(routing_contenders(upstream, tmp, logs) if routing else {}),
+             **(key_contenders(doc, tmp, logs) if keys else {})}  # fmt: skip
+    for name, (url, proc) in extra.items():
+        contenders[name] = (url, proc)
+        procs.append(proc)
     if litellm:
         lport = free_port()
         (tmp / "litellm.yaml").write_text(LITELLM_CONFIG.format(upstream=upstream, key=BENCH_KEY))
@@ -172,6 +192,8 @@ def main() -> None:
         action="store_true",
         help="add four-replica gateways: least outstanding against prefix affinity + engine load",
     )
+    ap.add_argument("--keys", action="store_true",
+                    help="add gateways without keys and with 50 named keys and limits, side by side")  # fmt: skip
     args = ap.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if shutil.which(tool) is None:
@@ -182,7 +204,8 @@ def main() -> None:
     sim = enginesim("vllm", "sim", ["m"], logs, host="0.0.0.0", ttft_ms=20, tokens=8,
                     prefix=("taskset", "-c", "1")).start()  # fmt: skip
     upstream = sim.url.replace("0.0.0.0", "127.0.0.1")  # type: ignore[attr-defined]
-    contenders, procs = start_contenders(upstream, tmp, logs, litellm=args.litellm, routing=args.routing)
+    contenders, procs = start_contenders(upstream, tmp, logs, litellm=args.litellm, routing=args.routing,
+                                         keys=args.keys)  # fmt: skip
     script = tmp / "post.lua"
     script.write_text(LUA.replace("{key}", BENCH_KEY))
     results: dict[str, list[tuple[float, float, float, float | None]]] = {k: [] for k in contenders}
@@ -209,6 +232,12 @@ def main() -> None:
         print(f"| {name} | {statistics.median(rps):.0f} ({min(rps):.0f}-{max(rps):.0f}) | "
               f"{statistics.median(r[1] for r in rows):.2f} | {statistics.median(r[2] for r in rows):.2f} | "
               f"{f'{statistics.median(cpu):.3f}' if cpu else '-'} |")  # fmt: skip
+    if args.keys:
+        # Paired per rep: each rep ran the gateways back to back, under the same machine load.
+        for name in ("rh-keys-limits", "rh-keys-headers"):
+            pairs = [b[3] / a[3] for a, b in zip(results["rh-no-keys"], results[name], strict=True) if a[3] and b[3]]
+            print(f"{name} vs rh-no-keys, CPU per request: x{statistics.median(pairs):.3f} (median of {len(pairs)}"
+                  f" paired reps, {min(pairs):.3f}-{max(pairs):.3f})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from .health import Health, probe_ok, probe_path
 from .load import EngineLoad
 from .serving import Serving
 from .upstream import Upstream, UpstreamError
+from .usage import CALL
 from .waiting import error_event
 from .wire import (
     ClientError,
@@ -190,6 +191,9 @@ class Gateway(Serving):
             if message["type"] == "http.response.start":
                 started = True
                 streaming = any(k == b"content-type" and b"event-stream" in v for k, v in message["headers"])
+                extra = call.headers if (call := CALL.get()) is not None else None
+                if extra:  # a limited key's x-ratelimit-* headers, on every answer it gets
+                    message = {**message, "headers": [*message["headers"], *extra]}
                 if self.drain.draining:  # clients reconnect, to a replica that is not going away
                     message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
             await send(message)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import metrics
 from .keys import Identity, KeyFileError, KeyRing, read_key_file
 from .limits import Limiter
 from .usage import Usage
@@ -69,6 +70,7 @@ class Auth:
         self.admins = admins or KeySource(None)
         self.limiter = Limiter()
         self.usage = Usage()
+        metrics.KEY_USAGE.usage = self.usage  # one gateway a process: its usage is what /metrics shows
 
     @classmethod
     def from_keys(cls, api_keys: list[str], admin_keys: list[str]) -> Auth:

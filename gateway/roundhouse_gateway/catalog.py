@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 from roundhouse_api import (
@@ -79,6 +80,11 @@ class Catalog:
 
     def by_name(self, name: str) -> Engine | None:
         return next((e for e in self.engines if e.name == name), None)
+
+    @functools.cached_property
+    def served(self) -> frozenset[str]:
+        """Every name any engine serves (active or not): what a metric's model label may be."""
+        return frozenset(n for e in self.engines for n in e.served)
 
     def models(self) -> list[str]:
         """Served names and aliases of active engines."""

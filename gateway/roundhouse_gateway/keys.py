@@ -11,7 +11,7 @@ import fnmatch
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -48,9 +48,12 @@ class KeyEntry(BaseModel):
 
 
 class KeyFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
     keys: list[KeyEntry] = Field(max_length=10000)
+    # Every answer to a limited key may carry the x-ratelimit-* headers, as OpenAI's do; they cost
+    # about 9% of the gateway's CPU a request (docs/benchmarks.md), so by default only 429s carry them.
+    rate_limit_headers: Literal["onRefusal", "always"] = "onRefusal"
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,10 @@ class Identity:
     monthly_token_budget: int | None = None
 
     def may_use_model(self, model: str) -> bool:
-        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+        return not self.models or model in self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
 
     def may_use_engine(self, engine: str) -> bool:
-        return not self.engines or any(fnmatch.fnmatchcase(engine, p) for p in self.engines)
+        return not self.engines or engine in self.engines or any(fnmatch.fnmatchcase(engine, p) for p in self.engines)
 
     @property
     def limited(self) -> bool:
@@ -82,6 +85,7 @@ class KeyRing:
 
     by_digest: dict[bytes, Identity] = field(default_factory=dict)
     source: str = ""
+    headers_always: bool = False  # x-ratelimit-* on every answer to a limited key, not only on 429s
 
     @property
     def enabled(self) -> bool:
@@ -132,7 +136,7 @@ def _entries(doc: dict[str, Any], source: str) -> KeyRing:
             raise KeyFileError(f"{source}: keys.{i}: the same key as entry {ring[digest].name!r}")
         ring[digest] = Identity(e.name, tuple(e.models), tuple(e.engines), e.requests_per_minute,
                                 e.tokens_per_minute, e.monthly_token_budget)  # fmt: skip
-    return KeyRing(ring, source)
+    return KeyRing(ring, source, parsed.rate_limit_headers == "always")
 
 
 def read_key_file(path: Path) -> KeyRing:

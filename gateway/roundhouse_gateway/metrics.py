@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -48,12 +51,33 @@ ACTIVATIONS = Counter("roundhouse_gateway_activations_total",
 WAIT_SECONDS = Histogram("roundhouse_gateway_activation_wait_seconds",
                          "Mode onDemand: how long a request waited for its engine, by outcome.", ["outcome"],
                          buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=REGISTRY)  # fmt: skip
-# Per key name: the names come from the key file, the models from the catalog ("" when none served it).
-KEY_REQUESTS = Counter("roundhouse_gateway_key_requests_total", "Requests answered, by key name and model.",
-                       ["key", "model"], registry=REGISTRY)  # fmt: skip
-KEY_ERRORS = Counter("roundhouse_gateway_key_errors_total", "Requests answered with an error, by key name, model"
-                     " and status.", ["key", "model", "status"], registry=REGISTRY)  # fmt: skip
-KEY_TOKENS = Counter("roundhouse_gateway_key_tokens_total", "Tokens from the engines' usage reports, by key name,"
-                     " model and type.", ["key", "model", "type"], registry=REGISTRY)  # fmt: skip
+
+
+class KeyUsage(Collector):
+    """Per key name, read from the gateway's usage counts when Prometheus scrapes: key names come from
+    the key file and models from the catalog ("" when none served it), so the label sets are bounded."""
+
+    def __init__(self) -> None:
+        self.usage: Any = None  # usage.Usage, given by the gateway's Auth
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("roundhouse_gateway_key_requests", "Requests answered, by key name and"
+                                       " model.", labels=["key", "model"])  # fmt: skip
+        tokens = CounterMetricFamily("roundhouse_gateway_key_tokens", "Tokens from the engines' usage reports, by"
+                                     " key name, model and type.", labels=["key", "model", "type"])  # fmt: skip
+        errors = CounterMetricFamily("roundhouse_gateway_key_errors", "Requests answered with an error, by key"
+                                     " name, model and status.", labels=["key", "model", "status"])  # fmt: skip
+        if self.usage is not None:
+            for (key, model), row in sorted(self.usage.totals.items()):
+                requests.add_metric([key, model], row.requests)
+                tokens.add_metric([key, model, "prompt"], row.prompt_tokens)
+                tokens.add_metric([key, model, "completion"], row.completion_tokens)
+            for (key, model, status), n in sorted(self.usage.errors.items()):
+                errors.add_metric([key, model, str(status)], n)
+        yield from (requests, tokens, errors)
+
+
+KEY_USAGE = KeyUsage()
+REGISTRY.register(KEY_USAGE)
 RATE_LIMITED = Counter("roundhouse_gateway_rate_limited_total", "Requests refused with 429, by key name and limit"
                        " (requests, tokens, insufficient_quota).", ["key", "limit"], registry=REGISTRY)  # fmt: skip

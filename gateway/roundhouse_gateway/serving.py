@@ -22,7 +22,7 @@ from .proxy import Proxying
 from .routing import Candidate, Decision, Features, route
 from .usage import CALL, Call
 from .waiting import Prelude
-from .wire import ClientError, Receive, Scope, Send, cancel_on_disconnect, parse_request, read_body, with_headers
+from .wire import ClientError, Receive, Scope, Send, cancel_on_disconnect, parse_request, read_body
 
 log = logging.getLogger("roundhouse.gateway")
 
@@ -77,24 +77,23 @@ class Serving(Proxying):
             raise ClientError(404, models.not_found(f.model), "model_not_found", "model")
         if who.engines:
             f = dataclasses.replace(f, engines=who.engines)
-        verdict = self.auth.limiter.admit(who, time.monotonic(), time.time())
+        verdict = self.auth.limiter.admit(who, time.monotonic(), time.time(), self.auth.clients.ring.headers_always)
         if verdict.refusal is not None:
             r = verdict.refusal
             metrics.child(metrics.RATE_LIMITED, who.name, r.type).inc()
             raise ClientError(429, r.message, r.code, None, r.type,
-                              {"Retry-After": str(max(1, r.retry_after)), **verdict.headers})  # fmt: skip
+                              {"Retry-After": str(max(1, r.retry_after)), **verdict.named()})  # fmt: skip
         if f.stream and self.auth.enabled and f.kind in ("chat", "completions"):
             options = body.get("stream_options") or {}
             if options.get("include_usage") is not True:
                 body = {**body, "stream_options": {**options, "include_usage": True}}
                 rewritten, call.strip_usage = True, True
-        if verdict.headers:
-            send = with_headers(send, verdict.headers)
+        call.headers = verdict.headers  # app.py adds them to whatever answer this request gets
         return f, body, rewritten, send
 
     def account(self, who: Identity, call: Call) -> None:
         """Count what a request used against its key: usage rows, metrics, token limits."""
-        model = call.model if any(call.model in e.served for e in self.catalog.engines) else ""
+        model = call.model if call.model in self.catalog.served else ""
         wall = time.time()
         self.auth.usage.record(who.name, model, call.engine, call.status or 499, call.prompt_tokens,
                                call.completion_tokens, wall)  # fmt: skip

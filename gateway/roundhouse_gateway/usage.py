@@ -9,10 +9,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import metrics
-
 DAYS_KEPT = 35  # a month of rows and a few days' grace
 MINUTES_KEPT = 60
+
+
+_DAY: list[Any] = [0.0, ""]  # [start, "YYYY-MM-DD"] of the last day asked for
+
+
+def day_of(wall: float) -> str:
+    """The UTC day of `wall` (remembered: formatting a date on every request costs microseconds)."""
+    if _DAY[0] <= wall < _DAY[0] + 86400:
+        return _DAY[1]  # type: ignore[no-any-return]
+    start = wall - wall % 86400  # UTC days are 86,400 s: leap seconds are not counted in epoch time
+    _DAY[:] = [start, datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d")]
+    return _DAY[1]  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -27,11 +37,13 @@ class Row:
 class Usage:
     rows: dict[tuple[str, str, str, str], Row] = field(default_factory=dict)  # (key, model, engine, day)
     minutes: deque[tuple[int, dict[str, int]]] = field(default_factory=deque)  # (epoch minute, tokens by key)
+    totals: dict[tuple[str, str], Row] = field(default_factory=dict)  # (key, model), since the start
+    errors: dict[tuple[str, str, int], int] = field(default_factory=dict)  # (key, model, status)
 
     def record(self, key: str, model: str, engine: str, status: int, prompt: int, completion: int,
                wall: float) -> None:  # fmt: skip
         """One answered request of `key` (model and engine are catalog names, or "" when none served it)."""
-        day = datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%d")
+        day = day_of(wall)
         row = self.rows.get((key, model, engine, day))
         if row is None:
             row = self.rows[(key, model, engine, day)] = Row()
@@ -41,13 +53,16 @@ class Usage:
         row.completion_tokens += completion
         error = status >= 400
         row.errors += error
-        metrics.child(metrics.KEY_REQUESTS, key, model).inc()
+        # What Prometheus reads (metrics.KeyUsage, at scrape time): plain counts here, no metric
+        # objects on the request path. Never pruned: bounded by key names x served models.
+        total = self.totals.get((key, model))
+        if total is None:
+            total = self.totals[(key, model)] = Row()
+        total.requests += 1
+        total.prompt_tokens += prompt
+        total.completion_tokens += completion
         if error:
-            metrics.child(metrics.KEY_ERRORS, key, model, str(status)).inc()
-        if prompt:
-            metrics.child(metrics.KEY_TOKENS, key, model, "prompt").inc(prompt)
-        if completion:
-            metrics.child(metrics.KEY_TOKENS, key, model, "completion").inc(completion)
+            self.errors[(key, model, status)] = self.errors.get((key, model, status), 0) + 1
         if prompt or completion:
             self._minute(key, prompt + completion, wall)
 
@@ -100,6 +115,7 @@ class Call:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     strip_usage: bool = False  # the gateway asked the engine for a usage chunk the client did not want
+    headers: list[tuple[bytes, bytes]] | None = None  # x-ratelimit-*, for every answer to this request
 
 
 CALL: ContextVar[Call | None] = ContextVar("roundhouse_call", default=None)

@@ -182,18 +182,6 @@ def strip_usage(pending: bytes, chunk: bytes) -> tuple[bytes, bytes, bytes | Non
     return b"".join(out), rest, usage
 
 
-def with_headers(send: Send, extra: dict[str, str]) -> Send:
-    """`send` that adds `extra` to the response's headers."""
-    added = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-
-    async def sending(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message["headers"], *added]}
-        await send(message)
-
-    return sending
-
-
 # The Responses API ends a stream with one of these events, and no [DONE].
 RESPONSE_ENDS = (b"response.completed", b"response.failed", b"response.incomplete")
 

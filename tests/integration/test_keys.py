@@ -47,12 +47,17 @@ def gw(llama: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pro
                     "endpoints": [llama.url]}}  # type: ignore[attr-defined]  # fmt: skip
     config = tmp_path_factory.mktemp("gw") / "keys.yaml"
     config.write_text(yaml.safe_dump(doc))
-    proc = processes.gateway(config, ARTIFACTS, [], [ADMIN], key_file=yaml.safe_dump({"keys": KEYS})).start()
+    proc = processes.gateway(config, ARTIFACTS, [], [ADMIN], key_file=key_file(KEYS)).start()
     wait_until(lambda: httpx.get(proc.url + "/v1/models", headers=bearer("sk-free")).json()["data"], 30,  # type: ignore[attr-defined]
                "the engine listed")  # fmt: skip
     wait_until(lambda: chat_status(proc, "sk-free") == 200, 30, "the engine answering")
     yield proc
     proc.stop()
+
+
+def key_file(keys: list[dict[str, Any]], headers: str | None = "always") -> str:
+    """The key file; `headers`: its rateLimitHeaders (None: the default, only 429s carry them)."""
+    return yaml.safe_dump({"keys": keys, **({"rateLimitHeaders": headers} if headers else {})})
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -172,15 +177,17 @@ def test_usage_by_key_model_engine_and_day_in_admin_and_prometheus(gw: Process) 
 def test_a_changed_key_file_is_in_force_within_two_seconds(gw: Process) -> None:
     path: Path = gw.key_file  # type: ignore[attr-defined]
     assert chat_status(gw, "sk-late") == 401
-    path.write_text(yaml.safe_dump({"keys": [*KEYS, {"name": "late", "key": "sk-late"}]}))
+    path.write_text(key_file([*KEYS, {"name": "late", "key": "sk-late", "requestsPerMinute": 100}], headers=None))
     changed = time.monotonic()
     wait_until(lambda: chat_status(gw, "sk-late") == 200, 5, "the new key accepted", interval=0.05)
     took = time.monotonic() - changed
+    # By default only a 429 carries the x-ratelimit-* headers (they cost CPU on every answer).
+    assert not [h for h in chat(gw, "sk-late").headers if h.startswith("x-ratelimit-")]
     path.write_text("keys: [{name: broken}]\n")  # unusable: the keys in force stay
     wait_until(lambda: httpx.get(gw.url + "/admin/keys", headers=bearer(ADMIN)).json()["reloadError"], 5,  # type: ignore[attr-defined]
                "the reload error shown")  # fmt: skip
     assert chat_status(gw, "sk-late") == 200
-    path.write_text(yaml.safe_dump({"keys": KEYS}))
+    path.write_text(key_file(KEYS))
     wait_until(lambda: chat_status(gw, "sk-late") == 401, 5, "the removed key refused", interval=0.05)
     assert took <= 2, took
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

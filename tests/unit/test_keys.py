@@ -62,13 +62,13 @@ def test_an_unusable_key_file_is_refused_naming_the_entry_and_field(text: str, w
 def test_requests_per_minute_refuse_with_openai_headers_then_free_up_as_the_window_slides() -> None:
     who, lim = Identity("t", requests_per_minute=2), Limiter()
     first = lim.admit(who, 100.0, MID_MONTH)
-    assert first.refusal is None and first.headers["x-ratelimit-remaining-requests"] == "1"
-    assert first.headers["x-ratelimit-limit-requests"] == "2" and first.headers["x-ratelimit-reset-requests"] == "1m0s"
+    assert first.refusal is None and first.named()["x-ratelimit-remaining-requests"] == "1"
+    assert first.named()["x-ratelimit-limit-requests"] == "2" and first.named()["x-ratelimit-reset-requests"] == "1m0s"
     assert lim.admit(who, 110.0, MID_MONTH).refusal is None
     third = lim.admit(who, 130.0, MID_MONTH)
     assert third.refusal is not None and third.refusal.type == "requests" and third.refusal.retry_after == 30
     assert "(RPM): Limit 2, Used 2, Requested 1. Please try again in 30s." in third.refusal.message
-    assert third.headers["x-ratelimit-remaining-requests"] == "0"
+    assert third.named()["x-ratelimit-remaining-requests"] == "0"
     assert lim.admit(who, 160.5, MID_MONTH).refusal is None  # the first request left the window
 
 
@@ -76,7 +76,7 @@ def test_tokens_per_minute_count_what_the_engines_reported() -> None:
     who, lim = Identity("t", tokens_per_minute=100), Limiter()
     assert lim.admit(who, 0.0, MID_MONTH).refusal is None
     lim.spend(who, 60, 0.0, MID_MONTH)
-    assert lim.admit(who, 10.0, MID_MONTH).headers["x-ratelimit-remaining-tokens"] == "40"
+    assert lim.admit(who, 10.0, MID_MONTH).named()["x-ratelimit-remaining-tokens"] == "40"
     lim.spend(who, 50, 10.0, MID_MONTH)
     refused = lim.admit(who, 20.0, MID_MONTH).refusal
     # Under the limit again once the first 60 tokens leave the window, at 60 s.
@@ -97,7 +97,7 @@ def test_a_monthly_budget_refuses_until_the_next_month() -> None:
 def test_a_key_without_limits_is_never_counted() -> None:
     lim = Limiter()
     for t in range(1000):
-        assert lim.admit(Identity("free"), float(t), MID_MONTH).headers == {}
+        assert not lim.admit(Identity("free"), float(t), MID_MONTH).headers
     assert lim.state == {}
 
 
@@ -164,3 +164,16 @@ def test_usage_is_read_in_each_endpoint_shape() -> None:
     assert usage_of(b'{"type": "response.completed", "response": {"usage": {"input_tokens": 1,'
                     b' "output_tokens": 2}}}') == (1, 2)  # fmt: skip
     assert usage_of(b"not json") == (0, 0) and usage_of(b'{"usage": {"prompt_tokens": "x"}}') == (0, 0)
+
+
+def test_a_window_holds_constant_memory_at_any_rate_and_forgets_after_a_minute() -> None:
+    from roundhouse_gateway.limits import Window
+
+    w = Window()
+    for i in range(100_000):  # 10,000 a second for 10 s
+        w.add(1000 + i / 10_000, 1)
+    assert w.total == 100_000 and len(w.buckets) == 60
+    w.advance(1065.0)  # seconds 1000-1005 left at 1060-1065
+    assert w.total == 40_000 and w.under_at(40_000) == 1066
+    w.advance(1200.0)
+    assert w.total == 0 and w.empty_at() == 1200
