@@ -5,6 +5,7 @@ Screenshots of each view are written to artifacts/ui/."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -276,11 +277,30 @@ def test_keyboard_labels_and_narrow_screen(stack: Stack, page: Page) -> None:
     expect(row(page, "qwen-vllm")).to_contain_text("healthy")
 
     page.set_viewport_size({"width": 390, "height": 844})
-    for view in ("Engines", "Engine mode", "Playground"):
+    for view in ("Engines", "Engine mode", "Playground", "Usage"):
         page.get_by_role("tab", name=view).click()
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{view}: the page scrolls sideways by {overflow}px on a narrow screen"
         shot(page, f"narrow-{view.lower().replace(' ', '-')}")
+
+
+def test_usage_tab_shows_each_keys_totals_and_tokens_per_minute(stack: Stack, page: Page) -> None:
+    three_families(stack, "vllm")
+    for _ in range(3):
+        stack.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    name = "key-" + hashlib.sha256(KEY.encode()).hexdigest()[:8]  # the old one-key form: named by its digest
+    open_ui(page, stack.url)
+    page.get_by_role("tab", name="Usage").click()
+    key_row = page.locator(f'#usage-body tr[data-key="{name}"]')
+    expect(key_row.locator("td").first).to_have_text("3")
+    expect(page.locator("#usage-chart rect.bar")).to_have_count(60)  # one bar a minute, the last hour
+    tokens = page.evaluate("[...document.querySelectorAll('#usage-chart rect.bar')].map(b => +b.dataset.tokens)")
+    report = stack.admin("GET", "/admin/usage").json()
+    assert sum(tokens) == report["totals"][name]["promptTokens"] + report["totals"][name]["completionTokens"] > 0
+    expect(page.locator("#usage-chart-summary")).to_contain_text(f"{sum(tokens)} tokens in the last 60 minutes")
+    expect(page.locator("#usage-scope")).to_contain_text("this gateway replica")
+    assert KEY not in page.content()  # usage never shows a key
+    shot(page, "usage")
 
 
 # --- against the local control plane --------------------------------------------------------------

@@ -56,7 +56,7 @@ def test_standalone_switch_is_timed_from_request_to_healthy_family() -> None:
     assert with_mode(ready, Mode.VLLM, now=5.0) is ready  # the mode in force: nothing changes
 
 
-@pytest.mark.parametrize("name", ["", "index.html", "app.js", "app.css"])
+@pytest.mark.parametrize("name", ["", "index.html", "app.js", "usage.js", "app.css"])
 def test_assets_ship_in_the_package_with_strict_headers(name: str) -> None:
     found = ui.asset(name)
     assert found is not None

@@ -494,7 +494,9 @@ let refreshing = false;
 async function refreshAll() {
   if (refreshing) return;
   refreshing = true;
-  try { await Promise.all([refreshEngines(), refreshMode(), loadModels()]); } finally { refreshing = false; }
+  try {
+    await Promise.all([refreshEngines(), refreshMode(), loadModels(), refreshUsage()]);
+  } finally { refreshing = false; }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
