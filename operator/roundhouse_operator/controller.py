@@ -28,29 +28,28 @@ from pydantic import ValidationError
 from roundhouse_api import (
     CEL_CONTEXT_KEY,
     EngineMode,
-    EngineModeStatus,
     EngineStatus,
     Family,
     InferenceEngine,
     Mode,
-    ModePhase,
     Phase,
-    SwitchPolicy,
     governs,
 )
 from roundhouse_api.demand import fold
-from roundhouse_api.families import DEFAULT_HELPER_IMAGE, FAMILIES
+from roundhouse_api.families import DEFAULT_HELPER_IMAGE
 from roundhouse_api.ondemand import Budget, DemandPlan, DemandView, plan_on_demand
 
 from . import metrics
 from .fit import estimate
 from .kube import Kube
-from .ondemand_status import Seen, budget_of, on_demand_status, views
+from .ondemand_status import Seen, budget_of, views
 from .plan import EnginePlan, EngineView, ModePlan, plan
+from .probes import Probing
 from .render import HASH_ANNOTATION, render, runs_workload
-from .status import Observed, condition, engine_status, keep_transition_times
+from .status import Observed, engine_status
+from .status_writes import StatusWriting
 from .store import Store
-from .switch import drain_deadline, mode_status
+from .switch import drain_deadline
 
 log = logging.getLogger("roundhouse.operator")
 RESYNC_SECONDS = 15.0
@@ -61,9 +60,6 @@ UNREACHABLE_BACKOFF_MAX = 5.0
 PROBE_TIMEOUT = 5.0
 SECRET_RECHECK_SECONDS = 3.0
 MAX_PARALLEL_APPLIES = 16
-# Conditions whose turn to False a user should see in `kubectl describe`, with the Event reason.
-# ("": the condition's own reason, e.g. MissingFallback or MissingSecret.)
-TRANSITION_EVENTS = {"ConfigValid": "InvalidSpec", "Scheduled": "Unschedulable", "References": ""}
 # API server answers that mean the rendered object itself is refused (not a passing failure).
 REFUSED_STATUSES = {400, 403, 422}
 
@@ -99,11 +95,6 @@ def config_error(raw: dict[str, Any]) -> tuple[InferenceEngine | None, str | Non
     return engine, None
 
 
-def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch from `old` to `new`: fields that disappeared are nulled, not left behind."""
-    return {**{k: None for k in (old or {}) if k not in new}, **new}
-
-
 def gpu_memory_mib(nodes: list[dict[str, Any]], engine: InferenceEngine) -> int | None:
     """Smallest per-GPU memory among GPU nodes the engine may land on (GPU Feature Discovery labels)."""
     sizes = []
@@ -120,15 +111,7 @@ def gpu_memory_mib(nodes: list[dict[str, Any]], engine: InferenceEngine) -> int 
     return min(sizes) if sizes else None
 
 
-def probe_url(engine: InferenceEngine) -> str:
-    """Health URL of an engine that runs elsewhere: its family's own health endpoint."""
-    if engine.spec.engine == Family.EXTERNAL and engine.spec.external:
-        return engine.spec.external.base_url.rstrip("/") + "/models"
-    base = (engine.spec.endpoints or [""])[0].rstrip("/")
-    return base + FAMILIES[engine.spec.engine].health_path
-
-
-class Controller:
+class Controller(Probing, StatusWriting):
     def __init__(self, store: Store, kube: Kube, helper_image: str | None = None) -> None:
         self.store = store
         self.kube = kube
@@ -230,38 +213,6 @@ class Controller:
             log.error("reconcile failed", exc_info=err,
                       extra={"namespace": namespace, "error": str(err), "retryIn": delay})  # fmt: skip
         self.mark_later(namespace, delay)
-
-    async def probe_all(self) -> None:
-        engines = []
-        for ns in self.store.namespaces():
-            for raw in self.store.all("InferenceEngine", ns):
-                engine, error = self.parse(raw)
-                if engine is not None and error is None and not runs_workload(engine):
-                    engines.append(engine)
-        await asyncio.gather(*(self.probe(e) for e in engines))
-
-    async def probe(self, engine: InferenceEngine) -> None:
-        """GET the family's health URL (an external API's /models with its key) and remember the verdict."""
-        key = (engine.metadata.namespace, engine.metadata.name)
-        url = probe_url(engine)
-        headers = {}
-        ref = engine.spec.external.api_key_secret_ref if engine.spec.external else None
-        if ref is not None:
-            api_key, problem = await asyncio.to_thread(
-                self.kube.secret_value, engine.metadata.namespace, ref.name, ref.key
-            )
-            if api_key is None:
-                self.missing_secrets[key] = f"spec.external.apiKeySecretRef: {problem}"
-                self.probes[key] = (False, self.missing_secrets[key])
-                return
-            self.missing_secrets.pop(key, None)
-            headers["Authorization"] = f"Bearer {api_key}"
-        try:
-            resp = await self.http.get(url, headers=headers)
-        except httpx.HTTPError as err:
-            self.probes[key] = (False, f"{url} unreachable: {type(err).__name__}")
-            return
-        self.probes[key] = (resp.status_code < 300, f"{url} answered HTTP {resp.status_code}")
 
     async def reconcile(self, namespace: str, only: set[str] | None = None) -> None:
         """Plan `namespace`; reconcile the engines in `only` (None: all) and those whose plan changed."""
@@ -502,87 +453,6 @@ class Controller:
                     raise
             self.store.put(obj["kind"], stored)
             metrics.APPLIES.labels(kind=obj["kind"]).inc()
-
-    async def _write_engine_status(
-        self, raw: dict[str, Any], status: EngineStatus, previous: EngineStatus | None
-    ) -> None:
-        """Patch the status if it changed; post an Event when a condition a user must see turns False."""
-        new = status.wire()
-        if previous is not None and previous.wire() == new:
-            return
-        meta = raw["metadata"]
-        patch = status_patch(raw.get("status"), new)
-        stored = await asyncio.to_thread(
-            self.kube.patch_status, "InferenceEngine", meta["namespace"], meta["name"], patch
-        )
-        self.store.put("InferenceEngine", stored)
-        if previous is None or previous.phase != status.phase:
-            metrics.PHASE_CHANGES.labels(phase=status.phase.value if status.phase else "").inc()
-            log.info("engine phase", extra={"engine": f"{meta['namespace']}/{meta['name']}",
-                                            "phase": status.phase, "reason": status.message})  # fmt: skip
-        old = {c.type: (c.status, c.message) for c in (previous.conditions if previous else [])}
-        for cond in status.conditions:
-            if cond.status != "False":
-                continue
-            if cond.type == "Applied" and old.get(cond.type) != ("False", cond.message):
-                # Once per distinct refusal: a new message is news, a retry of the same one is not.
-                await asyncio.to_thread(self.kube.event, raw, "Warning", cond.reason, cond.message)
-            elif (reason := TRANSITION_EVENTS.get(cond.type)) is not None and old.get(cond.type, ("",))[0] != "False":
-                await asyncio.to_thread(self.kube.event, raw, "Warning", reason or cond.reason, cond.message)
-
-    async def _write_invalid(
-        self, raw: dict[str, Any], error: str, previous: EngineStatus | None, now: datetime
-    ) -> None:
-        """A spec the models refuse: ConfigValid=False and phase Failed; nothing else is touched."""
-        gen = int(raw["metadata"].get("generation", 0))
-        conditions = keep_transition_times(
-            [condition("ConfigValid", False, "InvalidSpec", error, gen, now)], previous.conditions if previous else []
-        )
-        status = EngineStatus(phase=Phase.FAILED, message=error, observed_generation=gen, conditions=conditions)
-        await self._write_engine_status(raw, status, previous)
-
-    def _switch_gauges(self, mode: EngineMode, status: EngineModeStatus, now: datetime) -> None:
-        """How long the switch has run, and how long it may (the stuck-switch alert compares them)."""
-        labels = (mode.metadata.namespace, mode.metadata.name)
-        started = status.switch_started_at if status.phase == ModePhase.SWITCHING else None
-        metrics.SWITCH_AGE.labels(*labels).set((now - started).total_seconds() if started else 0)
-        policy = mode.spec.switch_policy or SwitchPolicy()
-        metrics.SWITCH_BOUND.labels(*labels).set(policy.drain_seconds + policy.max_hold_seconds)
-
-    async def _write_mode_status(
-        self, mode: EngineMode, p: ModePlan, engines: dict[str, tuple[Family, EngineStatus, bool]], now: datetime,
-        on_demand: tuple[DemandPlan, Budget, list[DemandView]] | None = None,
-        parsed: dict[str, tuple[dict[str, Any], InferenceEngine | None, str | None]] | None = None,
-    ) -> None:  # fmt: skip
-        if on_demand is not None:
-            status, events = on_demand_status(mode, *on_demand, engines, now)
-            for e in on_demand[0].events:  # each step on the engine too, with its timings
-                metrics.ON_DEMAND_STEPS.labels(step=e.reason).inc()
-                if parsed and e.engine in parsed:
-                    await asyncio.to_thread(self.kube.event, parsed[e.engine][0], "Normal", e.reason, e.message)
-            for event in events:
-                if event.reason == "Activated" and event.seconds is not None:
-                    metrics.ACTIVATION_SECONDS.observe(event.seconds)
-        else:
-            status, events = mode_status(mode, p, engines, now)
-        self._switch_gauges(mode, status, now)
-        old = mode.status.wire() if mode.status else None
-        new = status.wire()
-        if old == new:
-            return
-        meta = mode.metadata
-        body = {"apiVersion": mode.api_version, "kind": "EngineMode", "metadata": meta.model_dump()}
-        stored = await asyncio.to_thread(
-            self.kube.patch_status, "EngineMode", meta.namespace, meta.name, status_patch(old, new)
-        )
-        self.store.put("EngineMode", stored)
-        for event in events:
-            await asyncio.to_thread(self.kube.event, body, event.type, event.reason, event.message)
-            if event.reason == "SwitchCompleted" and status.last_switch_seconds is not None:
-                metrics.SWITCHES.inc()
-                metrics.SWITCH_SECONDS.observe(status.last_switch_seconds)
-        log.info("engine mode", extra={"mode": f"{meta.namespace}/{meta.name}", "phase": status.phase,
-                                       "activeMode": status.active_mode, "reason": status.message})  # fmt: skip
 
 
 def unreachable(err: Exception) -> bool:

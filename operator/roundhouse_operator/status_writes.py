@@ -1,0 +1,127 @@
+"""What the controller writes back: engine and mode status (patched only when they change), the Events
+a user must see, and the switch gauges the stuck-switch alert reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+from roundhouse_api import (
+    EngineMode,
+    EngineModeStatus,
+    EngineStatus,
+    Family,
+    InferenceEngine,
+    ModePhase,
+    Phase,
+    SwitchPolicy,
+)
+from roundhouse_api.ondemand import Budget, DemandPlan, DemandView
+
+from . import metrics
+from .kube import Kube
+from .ondemand_status import on_demand_status
+from .plan import ModePlan
+from .status import condition, keep_transition_times
+from .store import Store
+from .switch import mode_status
+
+log = logging.getLogger("roundhouse.operator")
+# Conditions whose turn to False a user should see in `kubectl describe`, with the Event reason.
+# ("": the condition's own reason, e.g. MissingFallback or MissingSecret.)
+TRANSITION_EVENTS = {"ConfigValid": "InvalidSpec", "Scheduled": "Unschedulable", "References": ""}
+
+
+def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from `old` to `new`: fields that disappeared are nulled, not left behind."""
+    return {**{k: None for k in (old or {}) if k not in new}, **new}
+
+
+class StatusWriting:
+    """The Controller's writing half; the state it reads is the Controller's."""
+
+    store: Store
+    kube: Kube
+
+    async def _write_engine_status(
+        self, raw: dict[str, Any], status: EngineStatus, previous: EngineStatus | None
+    ) -> None:
+        """Patch the status if it changed; post an Event when a condition a user must see turns False."""
+        new = status.wire()
+        if previous is not None and previous.wire() == new:
+            return
+        meta = raw["metadata"]
+        patch = status_patch(raw.get("status"), new)
+        stored = await asyncio.to_thread(
+            self.kube.patch_status, "InferenceEngine", meta["namespace"], meta["name"], patch
+        )
+        self.store.put("InferenceEngine", stored)
+        if previous is None or previous.phase != status.phase:
+            metrics.PHASE_CHANGES.labels(phase=status.phase.value if status.phase else "").inc()
+            log.info("engine phase", extra={"engine": f"{meta['namespace']}/{meta['name']}",
+                                            "phase": status.phase, "reason": status.message})  # fmt: skip
+        old = {c.type: (c.status, c.message) for c in (previous.conditions if previous else [])}
+        for cond in status.conditions:
+            if cond.status != "False":
+                continue
+            if cond.type == "Applied" and old.get(cond.type) != ("False", cond.message):
+                # Once per distinct refusal: a new message is news, a retry of the same one is not.
+                await asyncio.to_thread(self.kube.event, raw, "Warning", cond.reason, cond.message)
+            elif (reason := TRANSITION_EVENTS.get(cond.type)) is not None and old.get(cond.type, ("",))[0] != "False":
+                await asyncio.to_thread(self.kube.event, raw, "Warning", reason or cond.reason, cond.message)
+
+    async def _write_invalid(
+        self, raw: dict[str, Any], error: str, previous: EngineStatus | None, now: datetime
+    ) -> None:
+        """A spec the models refuse: ConfigValid=False and phase Failed; nothing else is touched."""
+        gen = int(raw["metadata"].get("generation", 0))
+        conditions = keep_transition_times(
+            [condition("ConfigValid", False, "InvalidSpec", error, gen, now)], previous.conditions if previous else []
+        )
+        status = EngineStatus(phase=Phase.FAILED, message=error, observed_generation=gen, conditions=conditions)
+        await self._write_engine_status(raw, status, previous)
+
+    def _switch_gauges(self, mode: EngineMode, status: EngineModeStatus, now: datetime) -> None:
+        """How long the switch has run, and how long it may (the stuck-switch alert compares them)."""
+        labels = (mode.metadata.namespace, mode.metadata.name)
+        started = status.switch_started_at if status.phase == ModePhase.SWITCHING else None
+        metrics.SWITCH_AGE.labels(*labels).set((now - started).total_seconds() if started else 0)
+        policy = mode.spec.switch_policy or SwitchPolicy()
+        metrics.SWITCH_BOUND.labels(*labels).set(policy.drain_seconds + policy.max_hold_seconds)
+
+    async def _write_mode_status(
+        self, mode: EngineMode, p: ModePlan, engines: dict[str, tuple[Family, EngineStatus, bool]], now: datetime,
+        on_demand: tuple[DemandPlan, Budget, list[DemandView]] | None = None,
+        parsed: dict[str, tuple[dict[str, Any], InferenceEngine | None, str | None]] | None = None,
+    ) -> None:  # fmt: skip
+        if on_demand is not None:
+            status, events = on_demand_status(mode, *on_demand, engines, now)
+            for e in on_demand[0].events:  # each step on the engine too, with its timings
+                metrics.ON_DEMAND_STEPS.labels(step=e.reason).inc()
+                if parsed and e.engine in parsed:
+                    await asyncio.to_thread(self.kube.event, parsed[e.engine][0], "Normal", e.reason, e.message)
+            for event in events:
+                if event.reason == "Activated" and event.seconds is not None:
+                    metrics.ACTIVATION_SECONDS.observe(event.seconds)
+        else:
+            status, events = mode_status(mode, p, engines, now)
+        self._switch_gauges(mode, status, now)
+        old = mode.status.wire() if mode.status else None
+        new = status.wire()
+        if old == new:
+            return
+        meta = mode.metadata
+        body = {"apiVersion": mode.api_version, "kind": "EngineMode", "metadata": meta.model_dump()}
+        stored = await asyncio.to_thread(
+            self.kube.patch_status, "EngineMode", meta.namespace, meta.name, status_patch(old, new)
+        )
+        self.store.put("EngineMode", stored)
+        for event in events:
+            await asyncio.to_thread(self.kube.event, body, event.type, event.reason, event.message)
+            if event.reason == "SwitchCompleted" and status.last_switch_seconds is not None:
+                metrics.SWITCHES.inc()
+                metrics.SWITCH_SECONDS.observe(status.last_switch_seconds)
+        log.info("engine mode", extra={"mode": f"{meta.namespace}/{meta.name}", "phase": status.phase,
+                                       "activeMode": status.active_mode, "reason": status.message})  # fmt: skip
