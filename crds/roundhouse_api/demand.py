@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 REPORT_PREFIX = "gateways.roundhouse.dev/"
 REPORT_INTERVAL = 10.0
 REPORT_TTL = 3 * REPORT_INTERVAL
+# A report this old is from a gateway that is gone (a restarted pod has a new name): the next report
+# any gateway writes removes it, so the annotations do not pile up over rollouts.
+REPORT_FORGET = 3600.0
 
 
 class GatewayReport(BaseModel):
@@ -49,6 +52,21 @@ class EngineDemand:
     demanded_at: float | None = None
     last_request_at: float | None = None
     in_flight: int = 0
+
+
+def forgotten(annotations: dict[str, str], now: float, keep: str) -> list[str]:
+    """Report keys other than `keep` whose reports are older than REPORT_FORGET (or unreadable)."""
+    out = []
+    for key, value in annotations.items():
+        if not key.startswith(REPORT_PREFIX) or key == keep:
+            continue
+        try:
+            at = GatewayReport.model_validate_json(value).at
+        except ValidationError:
+            at = None
+        if at is None or now - at > REPORT_FORGET:
+            out.append(key)
+    return sorted(out)
 
 
 def fold(annotations: dict[str, str], now: float) -> tuple[dict[str, EngineDemand], list[GatewayReport]]:

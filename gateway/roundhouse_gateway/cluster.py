@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from roundhouse_api import GROUP, VERSION, EngineMode, Family, InferenceEngine, Mode, governs
-from roundhouse_api.demand import GatewayReport, report_key
+from roundhouse_api.demand import GatewayReport, forgotten, report_key
 
 from .catalog import Catalog, Engine, engine_from_resource, mode_from_resource
 
@@ -201,11 +201,16 @@ class ClusterSource:
 
     # --- mode onDemand: this gateway's report on the EngineMode -------------------------------------
     async def write_report(self, report: GatewayReport) -> None:
-        """Merge-patch this gateway's own annotation on the governing EngineMode (no other key is touched)."""
+        """Merge-patch this gateway's own annotation on the governing EngineMode; reports older than an
+        hour (their gateways are gone) are removed in the same patch, no other key is touched."""
         names = sorted(self.objects["modes"], key=lambda n: (n != "default", n))
         if not names:
             return
-        body = {"metadata": {"annotations": {report_key(self.gateway_id): report.wire()}}}
+        mine = report_key(self.gateway_id)
+        annotations = (self.objects["modes"][names[0]].get("metadata") or {}).get("annotations") or {}
+        # Gone gateways' reports go in the same write (merge patch: null removes a key).
+        gone: dict[str, str | None] = {k: None for k in forgotten(annotations, report.at, mine)}
+        body = {"metadata": {"annotations": {**gone, mine: report.wire()}}}
         await asyncio.to_thread(
             self.custom.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, "enginemodes", names[0], body,
             _content_type="application/merge-patch+json",

@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from roundhouse_api.demand import GatewayReport, report_key
 from tests.integration.test_operator import small
 from tests.support import engines as real_engines
 from tests.support import processes, tinygguf
@@ -100,11 +101,17 @@ def test_a_request_for_a_standby_engine_is_answered_after_the_swap(
                "both engines on standby")  # fmt: skip
     models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert {m["id"] for m in models["data"]} >= {"alpha", "beta"}  # standby models stay listed
+    # A report left by a gateway pod gone for two hours: the next report written removes it.
+    gone = GatewayReport(at=time.time() - 7200, inFlight={"alpha": 3}).wire()
+    c.kubectl("annotate", "enginemode", "default", f"{report_key('gateway-gone')}={gone}", namespace=namespace)
 
     first = chat(url, "alpha")
     assert first.status_code == 200, first.text
     assert "activated:alpha:" in first.headers["x-roundhouse-route-reason"]
     assert pods_of(c, namespace) == {"alpha": 1}
+    annotations = c.get("em", "default", namespace)["metadata"]["annotations"]
+    reports = [k for k in annotations if k.startswith("gateways.roundhouse.dev/")]
+    assert len(reports) == 1 and report_key("gateway-gone") not in reports, reports
 
     seen: list[dict[str, int]] = []
     stop = threading.Event()

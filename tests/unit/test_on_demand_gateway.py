@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from roundhouse_api import Family, InferenceEngine, Mode
-from roundhouse_api.demand import GatewayReport, drained, fold, report_key
+from roundhouse_api.demand import REPORT_FORGET, GatewayReport, drained, fold, forgotten, report_key
 from roundhouse_gateway.catalog import Catalog, Engine, ModeState
 from roundhouse_gateway.demand import Demand
 from roundhouse_gateway.localcmd import CommandError, local_command
@@ -143,6 +143,16 @@ def test_reports_fold_per_engine_and_expire() -> None:
     idle = [GatewayReport(at=now, inFlight={}), GatewayReport(at=now - 1, inFlight={"other": 1})]
     assert drained(idle, "e", now - 0.5)  # one gateway wrote after the drain began, none has it in flight
     assert not drained(idle[1:], "e", now - 0.5)  # nobody has written since: not known to be drained
+
+
+def test_reports_of_gateways_gone_for_an_hour_are_forgotten_and_nothing_else() -> None:
+    now = 100_000.0
+    annotations = {report_key("me"): GatewayReport(at=now - 2 * REPORT_FORGET).wire(),  # mine: rewritten now
+                   report_key("live"): GatewayReport(at=now - 5).wire(),
+                   report_key("recent"): GatewayReport(at=now - REPORT_FORGET + 1).wire(),
+                   report_key("gone"): GatewayReport(at=now - REPORT_FORGET - 1).wire(),
+                   report_key("junk"): "not json", "kubectl.kubernetes.io/last-applied-configuration": ""}  # fmt: skip
+    assert forgotten(annotations, now, keep=report_key("me")) == [report_key("gone"), report_key("junk")]
 
 
 def test_report_keys_are_valid_annotation_names() -> None:
