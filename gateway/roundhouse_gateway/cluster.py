@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -30,6 +31,10 @@ log = logging.getLogger("roundhouse.gateway.cluster")
 SERVICE_LABEL = "kubernetes.io/service-name"
 RELIST_BACKOFF = 0.25  # doubled after each failed relist, up to RELIST_BACKOFF_MAX
 RELIST_BACKOFF_MAX = 2.0  # the API server's return is seen within this long (then one relist)
+# A list sent while the API server is still starting can hang (custom resources: 5 s); one that has
+# not answered in this long is sent again at once. Doubled after each timeout, so a namespace too
+# large to list in that time is still listed.
+LIST_TIMEOUT, LIST_TIMEOUT_MAX = 1.5, 60.0
 
 
 def slice_endpoints(slices: list[dict[str, Any]]) -> list[str]:
@@ -69,7 +74,13 @@ class ClusterSource:
                 config.load_kube_config()  # type: ignore[no-untyped-call]
         self.api: Any = client.ApiClient()
         self.custom: Any = client.CustomObjectsApi(self.api)
-        self.discovery: Any = client.DiscoveryV1Api(self.api)
+        # The watches retry on their own (with backoff, and at once after a list timed out): a client
+        # without urllib3's retries, whose three attempts would multiply every timeout.
+        watching = client.Configuration.get_default_copy()
+        watching.retries = 0
+        watch_api = client.ApiClient(watching)
+        self.watch_custom: Any = client.CustomObjectsApi(watch_api)
+        self.discovery: Any = client.DiscoveryV1Api(watch_api)
         self.core: Any = client.CoreV1Api(self.api)
         self.objects: dict[str, dict[str, dict[str, Any]]] = {"engines": {}, "modes": {}, "slices": {}}
         self.listed: set[str] = set()
@@ -84,7 +95,7 @@ class ClusterSource:
     # --- watching (threads) ---------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        ns, custom, discovery = self.namespace, self.custom.list_namespaced_custom_object, self.discovery
+        ns, custom, discovery = self.namespace, self.watch_custom.list_namespaced_custom_object, self.discovery
         lists: dict[str, Callable[..., Any]] = {
             "engines": lambda **kw: custom(GROUP, VERSION, ns, "inferenceengines", **kw),
             "modes": lambda **kw: custom(GROUP, VERSION, ns, "enginemodes", **kw),
@@ -101,10 +112,19 @@ class ClusterSource:
         return min(self.broken.values(), default=None)
 
     def _watch(self, kind: str, list_fn: Callable[..., Any]) -> None:
-        backoff = RELIST_BACKOFF
+        backoff, list_timeout = RELIST_BACKOFF, LIST_TIMEOUT
         while not self.stopping.is_set():
             try:
-                listing = list_fn()
+                try:
+                    listing = list_fn(_request_timeout=list_timeout)
+                except (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.MaxRetryError) as err:
+                    if not _timed_out(err):
+                        raise
+                    self.broken.setdefault(kind, time.time())
+                    log.warning("list timed out", extra={"kind": kind, "timeout": list_timeout})
+                    list_timeout = min(LIST_TIMEOUT_MAX, list_timeout * 2)
+                    continue  # the timeout was the wait: send it again at once
+                list_timeout = LIST_TIMEOUT
                 listing = listing if isinstance(listing, dict) else self.api.sanitize_for_serialization(listing)
                 items = {i["metadata"]["name"]: i for i in listing.get("items", [])}
                 self._hand_over(kind, "LIST", items)
@@ -229,3 +249,9 @@ class ClusterSource:
             {"spec": {"mode": mode.value}}, _content_type="application/merge-patch+json",
         )  # fmt: skip
         return {"mode": mode.value, "previous": previous, "engineMode": f"{self.namespace}/{name}"}
+
+
+def _timed_out(err: Exception) -> bool:
+    """A read timeout, bare or as the reason urllib3 gave up."""
+    reason = err.reason if isinstance(err, urllib3.exceptions.MaxRetryError) else err
+    return isinstance(reason, urllib3.exceptions.ReadTimeoutError)

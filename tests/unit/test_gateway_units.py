@@ -156,3 +156,15 @@ def test_an_engine_the_mode_selector_does_not_pick_always_runs(tmp_path: Path) -
     assert catalog.mode.active(catalog.by_name("l"))  # type: ignore[arg-type]
     assert not catalog.mode.active(catalog.by_name("o"))  # type: ignore[arg-type]
     assert catalog.models() == ["t"]
+
+
+def test_a_list_that_timed_out_is_told_from_other_failures() -> None:
+    import urllib3
+
+    from roundhouse_gateway.cluster import _timed_out
+
+    timeout = urllib3.exceptions.ReadTimeoutError(None, "/apis", "read timed out")
+    assert _timed_out(timeout)
+    assert _timed_out(urllib3.exceptions.MaxRetryError(None, "/apis", timeout))
+    refused = urllib3.exceptions.NewConnectionError(None, "refused")
+    assert not _timed_out(urllib3.exceptions.MaxRetryError(None, "/apis", refused))
