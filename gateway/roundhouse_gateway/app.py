@@ -101,7 +101,7 @@ class Gateway(Serving):
         self.engine_load = EngineLoad()
         self.drain = Drain()
         self.auth = Auth.from_keys(settings.api_keys, settings.admin_keys)  # main() gives it the key files
-        self.openapi = openapi.document(package_version())
+        self.openapi = openapi.serialized(package_version())  # GET /openapi.json: built once
         # Cluster mode: since when the view of engines and mode is the last one seen (None: current).
         self.stale_since: Callable[[], float | None] = lambda: None
 
@@ -254,7 +254,7 @@ class Gateway(Serving):
                 raise ClientError(404, models.not_found(model_id), "model_not_found", "model")
             await respond_json(send, 200, model)
         elif path == "/openapi.json" and method == "GET":
-            await respond_json(send, 200, self.openapi)
+            await respond(send, 200, self.openapi, {"Content-Type": "application/json"})
         elif path == "/healthz":
             await respond_json(send, 200, {"status": "ok"})
         elif path == "/readyz":

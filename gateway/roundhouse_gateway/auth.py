@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
-from .keys import Identity, KeyFileError, KeyRing, read_key_file
+from .keys import Identity, KeyFileError, KeyRing, parse_keys, read_key_file
 from .limits import Limiter
 from .usage import Usage
 from .wire import ClientError, Scope, header, iso_time
@@ -75,8 +75,6 @@ class Auth:
     @classmethod
     def from_keys(cls, api_keys: list[str], admin_keys: list[str]) -> Auth:
         """Keys given in code (tests, embedding): the old one-key-per-line form."""
-        from .keys import parse_keys
-
         return cls(KeySource(None, parse_keys("\n".join(api_keys))), KeySource(None, parse_keys("\n".join(admin_keys))))
 
     @property

@@ -165,19 +165,14 @@ class Limiter:
     @staticmethod
     def _headers(who: Identity, st: _State, now: float) -> list[tuple[bytes, bytes]]:
         out: list[tuple[bytes, bytes]] = []
-        if (rpm := who.requests_per_minute) is not None:
-            out += [
-                (b"x-ratelimit-limit-requests", b"%d" % rpm),
-                (b"x-ratelimit-remaining-requests", b"%d" % max(0, rpm - st.requests.total)),
-                (b"x-ratelimit-reset-requests", duration(max(0.0, st.requests.empty_at() - now)).encode()),
-            ]
-        if (tpm := who.tokens_per_minute) is not None:
-            out += [
-                (b"x-ratelimit-limit-tokens", b"%d" % tpm),
-                (b"x-ratelimit-remaining-tokens", b"%d" % max(0, tpm - st.tokens.total)),
-                (b"x-ratelimit-reset-tokens", duration(max(0.0, st.tokens.empty_at() - now)).encode()),
-            ]
-        return out  # fmt: skip
+        for what, limit, window in ((b"requests", who.requests_per_minute, st.requests),
+                                    (b"tokens", who.tokens_per_minute, st.tokens)):  # fmt: skip
+            if limit is not None:
+                reset = duration(max(0.0, window.empty_at() - now)).encode()
+                out += [(b"x-ratelimit-limit-" + what, b"%d" % limit),
+                        (b"x-ratelimit-remaining-" + what, b"%d" % max(0, limit - window.total)),
+                        (b"x-ratelimit-reset-" + what, reset)]  # fmt: skip
+        return out
 
     def spend(self, who: Identity, tokens: int, now: float, wall: float) -> None:
         """Count the tokens (prompt and completion) an engine reported for a request of `who`."""

@@ -153,7 +153,7 @@ def document(version: str) -> dict[str, Any]:
 
 @functools.cache
 def serialized(version: str) -> bytes:
-    """document(version) as the bytes GET /openapi.json answers with (built once per process)."""
+    """document(version) as the bytes GET /openapi.json answers with (the gateway builds them once)."""
     return json.dumps(document(version), indent=None, separators=(",", ":")).encode()
 
 

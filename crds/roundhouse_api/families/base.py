@@ -87,6 +87,12 @@ def repeated_managed_flags(extra_args: list[str], managed: frozenset[str]) -> li
     return [a for a in extra_args if a.split("=", 1)[0] in managed]
 
 
+# What every family's pinned version serves (read from each one's sources); families add their own.
+OPENAI_COMMON = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/responses"})
+# llama-server's and vLLM's further paths (vLLM also serves /v1/score).
+OPENAI_RERANK_TOKENIZE = frozenset({"/v1/rerank", "/tokenize", "/detokenize"})
+
+
 class EngineFamily:
     """One engine family. Subclasses set the class attributes and override what differs."""
 

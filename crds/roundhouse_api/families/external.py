@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..engine import Family, InferenceEngineSpec
-from .base import EngineFamily
+from .base import OPENAI_COMMON, EngineFamily
 
 
 class External(EngineFamily):
@@ -13,9 +13,7 @@ class External(EngineFamily):
     title: ClassVar[str] = "External API"
     health_path: ClassVar[str] = "/v1/models"
     gateway_probe_path: ClassVar[str] = "/v1/models"
-    openai_paths: ClassVar[frozenset[str]] = frozenset(
-        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/responses"}
-    )
+    openai_paths: ClassVar[frozenset[str]] = OPENAI_COMMON
 
     def runs_workload(self, spec: InferenceEngineSpec) -> bool:
         return False

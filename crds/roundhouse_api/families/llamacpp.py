@@ -14,7 +14,17 @@ from urllib.parse import urlparse
 
 from .. import managed_flags
 from ..engine import Family, InferenceEngineSpec, LlamaCppConfig
-from .base import ContainerPlan, EngineFamily, TokenCount, flag, gguf_bits, hf_token_env, served_names
+from .base import (
+    OPENAI_COMMON,
+    OPENAI_RERANK_TOKENIZE,
+    ContainerPlan,
+    EngineFamily,
+    TokenCount,
+    flag,
+    gguf_bits,
+    hf_token_env,
+    served_names,
+)
 
 BUILD = 11312
 COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
@@ -73,18 +83,7 @@ class LlamaCpp(EngineFamily):
     image: ClassVar[str | None] = f"ghcr.io/ggml-org/llama.cpp:server-cuda-b{BUILD}"
     version: ClassVar[str | None] = f"b{BUILD}"
     default_port: ClassVar[int | None] = 8080
-    openai_paths: ClassVar[frozenset[str]] = frozenset(
-        {
-            "/v1/chat/completions",
-            "/v1/completions",
-            "/v1/embeddings",
-            "/v1/models",
-            "/v1/responses",
-            "/v1/rerank",
-            "/tokenize",
-            "/detokenize",
-        }
-    )
+    openai_paths: ClassVar[frozenset[str]] = OPENAI_COMMON | OPENAI_RERANK_TOKENIZE
     metrics_path: ClassVar[str | None] = "/metrics"
     metrics: ClassVar[tuple[str, ...]] = (
         "llamacpp:requests_processing",

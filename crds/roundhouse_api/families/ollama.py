@@ -12,7 +12,7 @@ import posixpath
 from typing import ClassVar
 
 from ..engine import Family, InferenceEngineSpec
-from .base import ContainerPlan, EngineFamily, env, gguf_bits, json_names
+from .base import OPENAI_COMMON, ContainerPlan, EngineFamily, env, gguf_bits, json_names
 
 VERSION = "0.17.4"
 
@@ -32,9 +32,7 @@ class Ollama(EngineFamily):
     health_path: ClassVar[str] = "/api/version"
     # The server answers while the model is still being pulled: the gateway reads the model list.
     gateway_probe_path: ClassVar[str] = "/api/tags"
-    openai_paths: ClassVar[frozenset[str]] = frozenset(
-        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/responses"}
-    )
+    openai_paths: ClassVar[frozenset[str]] = OPENAI_COMMON
     managed_flags: ClassVar[frozenset[str]] = frozenset()
     # Its runner loads the slot with the longest common prefix (runner/ollamarunner/cache.go,
     # findLongestCacheSlot); it exports no metrics, so load is the gateway's own count.

@@ -11,7 +11,17 @@ from typing import Any, ClassVar
 
 from .. import managed_flags
 from ..engine import Family, InferenceEngineSpec, VLLMConfig
-from .base import ContainerPlan, EngineFamily, TokenCount, flag, gpu_count, hf_token_env, served_names
+from .base import (
+    OPENAI_COMMON,
+    OPENAI_RERANK_TOKENIZE,
+    ContainerPlan,
+    EngineFamily,
+    TokenCount,
+    flag,
+    gpu_count,
+    hf_token_env,
+    served_names,
+)
 
 VERSION = "0.33.0"
 DEFAULT_CONFIG = VLLMConfig()  # built once: construction runs CEL rules
@@ -28,19 +38,7 @@ class VLLM(EngineFamily):
     image: ClassVar[str | None] = f"vllm/vllm-openai:v{VERSION}"
     version: ClassVar[str | None] = VERSION
     default_port: ClassVar[int | None] = 8000
-    openai_paths: ClassVar[frozenset[str]] = frozenset(
-        {
-            "/v1/chat/completions",
-            "/v1/completions",
-            "/v1/embeddings",
-            "/v1/models",
-            "/v1/responses",
-            "/v1/rerank",
-            "/v1/score",
-            "/tokenize",
-            "/detokenize",
-        }
-    )
+    openai_paths: ClassVar[frozenset[str]] = OPENAI_COMMON | OPENAI_RERANK_TOKENIZE | {"/v1/score"}
     metrics_path: ClassVar[str | None] = "/metrics"
     metrics: ClassVar[tuple[str, ...]] = (
         "vllm:num_requests_running",
