@@ -123,7 +123,8 @@ class Gateway(Serving):
         self._tasks.append(asyncio.create_task(self.probe_forever(), name="probes"))
         self._tasks.append(asyncio.create_task(self.demand.run(), name="demand-reports"))
         self._tasks.append(asyncio.create_task(self.auth.watch(), name="key-files"))
-        self._tasks.append(asyncio.create_task(self.engine_load.run(lambda: self.catalog, self.upstream),
+        self._tasks.append(asyncio.create_task(self.engine_load.run(lambda: self.catalog, self.upstream,
+                                                                    self.outstanding),
                                                name="engine-load"))  # fmt: skip
         for hook in self.on_startup:
             hook()

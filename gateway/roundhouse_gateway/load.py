@@ -1,14 +1,16 @@
 """Engine-reported load: the requests each replica says it holds (running and waiting, from every
-gateway), scraped from its own metrics at a bounded interval. Routing weighs a replica by the larger
-of that and this gateway's own count of requests outstanding there: other gateways' traffic and an
-engine's queue show, and this gateway's requests are not counted twice. A reading older than
-STALE_INTERVALS intervals is ignored, never trusted: the gateway's own count is what remains."""
+gateway), scraped from its own metrics at a bounded interval. What a reading holds beyond this
+gateway's own requests there at that moment is other clients' traffic; routing weighs a replica by
+its own count now plus that. Its own requests are counted once, and only while they run: a reading
+taken while they ran does not keep a replica looking busy for an interval after they end, which
+would turn prefix affinity away from the replica holding the conversation's cache. A reading older
+than STALE_INTERVALS intervals is ignored, never trusted: the gateway's own count is what remains."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,23 +37,28 @@ def reported(text: str, names: tuple[str, ...]) -> float | None:
 
 
 class EngineLoad:
-    """The last queue each endpoint reported, with when."""
+    """The requests of other clients each endpoint last reported, with when."""
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
-        self.readings: dict[str, tuple[float, float]] = {}  # endpoint -> (requests held, monotonic time)
+        self.readings: dict[str, tuple[float, float]] = {}  # endpoint -> (others' requests, monotonic time)
 
-    def held(self, endpoint: str) -> float:
-        """The requests the endpoint last said it holds (0 when unknown or stale)."""
+    def others(self, endpoint: str) -> float:
+        """The requests the endpoint last said it holds beyond this gateway's own (0: unknown or stale)."""
         reading = self.readings.get(endpoint)
         if reading is None or time.monotonic() - reading[1] > STALE_INTERVALS * self.interval:
             return 0.0
         return reading[0]
 
-    async def scrape(self, upstream: Upstream, engine: Engine, endpoint: str) -> None:
+    def record(self, endpoint: str, held: float, own: int) -> None:
+        """A reading of `held` requests, taken while this gateway had up to `own` of its own there."""
+        self.readings[endpoint] = (max(0.0, held - own), time.monotonic())
+
+    async def scrape(self, upstream: Upstream, engine: Engine, endpoint: str, own: Mapping[str, int]) -> None:
         family = FAMILIES[engine.family]
         if not family.load_metrics or family.metrics_path is None:
             return
+        before = own.get(endpoint, 0)  # the engine's figure is from somewhere between the request and the answer
         try:
             async with asyncio.timeout(self.interval):
                 resp = await upstream.request("GET", endpoint, family.metrics_path, b"", [], self.interval,
@@ -64,14 +71,15 @@ class EngineLoad:
             return  # no reading: the last one goes stale
         value = reported(body.decode(errors="replace"), family.load_metrics)
         if value is not None:
-            self.readings[endpoint] = (value, time.monotonic())
+            self.record(endpoint, value, max(before, own.get(endpoint, 0)))
 
-    async def run(self, catalog: Callable[[], Catalog], upstream: Upstream) -> None:
-        """Scrape every endpoint each interval while the mode's rules use engine load."""
+    async def run(self, catalog: Callable[[], Catalog], upstream: Upstream, own: Mapping[str, int]) -> None:
+        """Scrape every endpoint each interval while the mode's rules use engine load; `own` is this
+        gateway's count of requests outstanding at an endpoint."""
         while True:
             cat = catalog()
             if cat.mode.rules.engine_load:  # only where there is a choice to make, or a cap to keep
-                await asyncio.gather(*(self.scrape(upstream, e, ep) for e in cat.engines for ep in e.endpoints
+                await asyncio.gather(*(self.scrape(upstream, e, ep, own) for e in cat.engines for ep in e.endpoints
                                        if len(e.endpoints) > 1 or e.max_concurrency is not None))  # fmt: skip
             for ep in [ep for ep in self.readings if ep not in {p for e in cat.engines for p in e.endpoints}]:
                 del self.readings[ep]

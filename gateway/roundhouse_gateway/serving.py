@@ -179,10 +179,10 @@ class Serving(Proxying):
             await asyncio.wait_for(self.changed.wait(), min(1.0, max(0.0, deadline - time.monotonic())))
 
     def load_of(self, endpoint: str) -> float:
-        """What routing weighs an endpoint by: this gateway's requests there, or what the engine says it
-        holds if that is more (fresh readings only, when the mode's rules use them)."""
+        """What routing weighs an endpoint by: this gateway's requests there, plus those of other clients
+        the engine last reported (fresh readings only, when the mode's rules use them)."""
         if self.catalog.mode.rules.engine_load:
-            return max(self.outstanding[endpoint], self.engine_load.held(endpoint))
+            return self.outstanding[endpoint] + self.engine_load.others(endpoint)
         return self.outstanding[endpoint]
 
     def at_cap(self, c: Candidate) -> bool:

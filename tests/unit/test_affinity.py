@@ -143,10 +143,23 @@ def test_load_is_read_from_each_familys_own_metrics() -> None:
 
 def test_a_stale_reading_is_ignored() -> None:
     load = EngineLoad(interval=0.05)
-    load.readings["ep"] = (7.0, time.monotonic())
-    assert load.held("ep") == 7.0
+    load.record("ep", 7.0, own=0)
+    assert load.others("ep") == 7.0
     time.sleep(0.2)
-    assert load.held("ep") == 0.0 and load.held("unknown") == 0.0
+    assert load.others("ep") == 0.0 and load.others("unknown") == 0.0
+
+
+def test_a_reading_counts_only_other_clients_requests() -> None:
+    """A replica read while this gateway's own two requests ran there is idle once they end: the
+    reading must not keep it looking busy (that turned affinity away from the replica holding a
+    conversation's cache). Requests beyond this gateway's own are others' and count until stale."""
+    load = EngineLoad()
+    load.record("home", 2.0, own=2)
+    assert load.others("home") == 0.0
+    load.record("shared", 5.0, own=2)
+    assert load.others("shared") == 3.0
+    load.record("racing", 1.0, own=3)  # ours started after the engine counted: never below zero
+    assert load.others("racing") == 0.0
 
 
 def test_the_simulators_prefix_cache_reuses_leading_blocks_and_evicts_the_oldest() -> None:
