@@ -5,11 +5,17 @@ Real part: REPLICAS real llama-server processes (CPU build; a random-weight mode
 `--parallel 2`, prompt caching on) behind the standalone gateway, one gateway per policy, fresh
 replicas for every (workload, policy) so no policy inherits another's cache. Simulated part: 16
 engine simulators with the prefix-cache model (tests/support/prefixcache.py), same workloads, more
-traffic. Workloads: (a) multi-turn chats, each with its own long system prompt; (b) independent
-random prompts; (c) one hot system prompt shared by every user. Policies: least-outstanding (the
+traffic. Workloads: (a) multi-turn chats, each with its own long system prompt, and a think time
+between a reply and the next turn; (b) independent random prompts; (c) one hot system prompt shared
+by every user. Policies: least-outstanding (the
 old rule), round-robin, prefix affinity, prefix affinity + engine-reported load. Cache hits are the
 engines' own usage.prompt_tokens_details.cached_tokens; load is each replica's requests in flight as it
-reports them (sampled every 20 ms, averaged over the run).
+reports them (sampled every 20 ms, averaged over the run); spills are the requests that prefix
+affinity sent past their own replica (bounded load).
+
+Why think time in (a): a client that sends its next turn the moment its reply ends finds the replica
+that served it with one request fewer than the others, so least-outstanding sends it back there and
+looks like affinity by accident. Users read a reply first, while others' requests arrive.
 Usage: .venv/bin/python bench/routing.py [--part real|sim|both] [--seed 1]
 """
 
@@ -54,6 +60,7 @@ class Result:
     tokens: int = 0
     seconds: float = 0.0
     load: list[float] = field(default_factory=list)
+    spills: int = 0
 
 
 def text(rng: random.Random, words: int) -> str:
@@ -69,14 +76,20 @@ def workload(name: str, rng: random.Random, scale: int) -> Script:
     if name == "a":  # multi-turn chats with long per-conversation system prompts
         return [[text(rng, 800), *(f"question {t}: {text(rng, 12)}" for t in range(4))] for _ in range(2 * scale)]
     if name == "b":  # independent random prompts
-        return [[text(rng, 800), text(rng, 12)] for _ in range(8 * scale)]
+        return [[text(rng, 800), text(rng, 12)] for _ in range(16 * scale)]  # twice (a)'s requests: p50 is noisy
     hot = text(rng, 800)  # (c) a hot prefix shared by many users
     return [[hot, f"user {i}: {text(rng, 12)}"] for i in range(10 * scale)]
 
 
-async def converse(s: aiohttp.ClientSession, url: str, script: list[str], res: Result, max_tokens: int) -> None:
+THINK_S = (0.3, 1.5)  # (a): seconds between a reply and the next turn, uniform
+
+
+async def converse(s: aiohttp.ClientSession, url: str, script: list[str], res: Result, max_tokens: int,
+                   think: random.Random) -> None:  # fmt: skip
     messages = [{"role": "system", "content": script[0]}]
-    for user in script[1:]:
+    for t, user in enumerate(script[1:]):
+        if t:
+            await asyncio.sleep(think.uniform(*THINK_S))
         messages.append({"role": "user", "content": user})
         body = {"model": "m", "messages": messages, "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
                 "stream_options": {"include_usage": True}}  # fmt: skip
@@ -84,6 +97,7 @@ async def converse(s: aiohttp.ClientSession, url: str, script: list[str], res: R
         async with s.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
             if r.status != 200:
                 raise RuntimeError(f"HTTP {r.status}: {(await r.text())[:300]}")
+            res.spills += ":spill" in r.headers.get("x-roundhouse-route-reason", "")
             async for raw in r.content:
                 line = raw.decode().strip()
                 if not line.startswith("data: {"):
@@ -118,9 +132,9 @@ async def drive(url: str, script: Script, concurrency: int, max_tokens: int, rep
     slots = asyncio.Semaphore(concurrency)
     load = [0.0] * len(replicas)
 
-    async def one(conv: list[str], s: aiohttp.ClientSession) -> None:
+    async def one(i: int, conv: list[str], s: aiohttp.ClientSession) -> None:
         async with slots:
-            await converse(s, url, conv, res, max_tokens)
+            await converse(s, url, conv, res, max_tokens, random.Random(i))
 
     async def sample(s: aiohttp.ClientSession) -> None:  # time-averaged load per replica
         while True:
@@ -131,7 +145,7 @@ async def drive(url: str, script: Script, concurrency: int, max_tokens: int, rep
     start = time.perf_counter()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
         sampler = asyncio.create_task(sample(s))
-        await asyncio.gather(*(one(c, s) for c in script))
+        await asyncio.gather(*(one(i, c, s) for i, c in enumerate(script)))
         sampler.cancel()
     res.seconds = time.perf_counter() - start
     res.load = load
@@ -188,9 +202,10 @@ def pct(values: list[float], p: float) -> float:
 
 
 def report(part: str, results: dict[tuple[str, str], Result]) -> None:
-    print(f"\n{part}: TTFT p50/p99 (s), completion tokens/s, cache hits, max/mean load per replica;"
-          " ratios to least-outstanding")  # fmt: skip
-    print(f"{'wl':3}{'policy':20}{'p50':>8}{'p99':>8}{'tok/s':>8}{'hits':>7}{'max/mean':>9}{'p50 x':>8}{'tok/s x':>8}")
+    print(f"\n{part}: TTFT p50/p99 (s), completion tokens/s, cache hits, max/mean load per replica, share of"
+          " requests spilled; ratios to least-outstanding")  # fmt: skip
+    print(f"{'wl':3}{'policy':20}{'p50':>8}{'p99':>8}{'tok/s':>8}{'hits':>7}{'max/mean':>9}{'spills':>7}"
+          f"{'p50 x':>8}{'tok/s x':>8}")  # fmt: skip
     for (wl, policy), r in results.items():
         base = results[(wl, "least-outstanding")]
         p50, bp50 = statistics.median(r.ttft), statistics.median(base.ttft)
@@ -198,7 +213,7 @@ def report(part: str, results: dict[tuple[str, str], Result]) -> None:
         hits = r.cached / r.prompt if r.prompt else 0.0
         balance = max(r.load) / statistics.mean(r.load) if r.load and statistics.mean(r.load) else 0.0
         print(f"{wl:3}{policy:20}{p50:8.3f}{pct(r.ttft, 0.99):8.3f}{tps:8.1f}{hits:7.2f}{balance:9.2f}"
-              f"{bp50 / p50:8.2f}{tps / btps:8.2f}")  # fmt: skip
+              f"{r.spills / len(r.ttft):7.2f}{bp50 / p50:8.2f}{tps / btps:8.2f}")  # fmt: skip
     a = statistics.median(results[("a", "least-outstanding")].ttft) / statistics.median(
         results[("a", "prefix+load")].ttft
     )
