@@ -215,6 +215,8 @@ class LocalEngines:
 
     async def close(self) -> None:
         for loc in self.engines.values():
+            if loc.state != "failed":  # stopping them is not a crash (watch() would report one)
+                loc.state, loc.message = "stopping", "the gateway is shutting down"
             await self._terminate(loc)
         await self.http.aclose()
 
