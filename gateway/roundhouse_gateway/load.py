@@ -81,6 +81,7 @@ class EngineLoad:
             if cat.mode.rules.engine_load:  # only where there is a choice to make, or a cap to keep
                 await asyncio.gather(*(self.scrape(upstream, e, ep, own) for e in cat.engines for ep in e.endpoints
                                        if len(e.endpoints) > 1 or e.max_concurrency is not None))  # fmt: skip
-            for ep in [ep for ep in self.readings if ep not in {p for e in cat.engines for p in e.endpoints}]:
+            current = {p for e in cat.engines for p in e.endpoints}
+            for ep in [ep for ep in self.readings if ep not in current]:
                 del self.readings[ep]
             await asyncio.sleep(self.interval)
