@@ -131,6 +131,18 @@ def next_month(wall: float) -> datetime:
     return datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
 
 
+def _over(name: str, kind: str, unit: str, window: Window, limit: int | None, now: float,
+          requested: str) -> Refusal | None:  # fmt: skip
+    """The refusal for a per-minute limit that is reached (OpenAI's wording), or None."""
+    if limit is None or window.total < limit:
+        return None
+    wait = window.under_at(limit) - now
+    return Refusal(kind, "rate_limit_exceeded",
+                   f"Rate limit reached for key `{name}` on {kind} per min ({unit}): Limit {limit},"
+                   f" Used {window.total}{requested}. Please try again in {duration(wait)}.",
+                   math.ceil(wait))  # fmt: skip
+
+
 class Limiter:
     """Every key's windows and month. `now` is monotonic seconds, `wall` epoch seconds."""
 
@@ -146,18 +158,8 @@ class Limiter:
         self._expire(st, now, wall)
         refusal = self._budget(who, st, wall)
         rpm, tpm = who.requests_per_minute, who.tokens_per_minute
-        if refusal is None and tpm is not None and st.tokens.total >= tpm:
-            wait = st.tokens.under_at(tpm) - now
-            refusal = Refusal("tokens", "rate_limit_exceeded",
-                              f"Rate limit reached for key `{who.name}` on tokens per min (TPM): Limit {tpm},"
-                              f" Used {st.tokens.total}. Please try again in {duration(wait)}.",
-                              math.ceil(wait))  # fmt: skip
-        if refusal is None and rpm is not None and st.requests.total >= rpm:
-            wait = st.requests.under_at(rpm) - now
-            refusal = Refusal("requests", "rate_limit_exceeded",
-                              f"Rate limit reached for key `{who.name}` on requests per min (RPM): Limit {rpm},"
-                              f" Used {st.requests.total}, Requested 1. Please try again in {duration(wait)}.",
-                              math.ceil(wait))  # fmt: skip
+        refusal = refusal or _over(who.name, "tokens", "TPM", st.tokens, tpm, now, "")
+        refusal = refusal or _over(who.name, "requests", "RPM", st.requests, rpm, now, ", Requested 1")
         if refusal is None and rpm is not None:
             st.requests.add(now, 1)
         return Verdict(refusal, self._headers(who, st, now) if headers or refusal else None)
