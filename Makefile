@@ -5,17 +5,45 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
+# What each README command builds or installs before its real work (each a target below).
+DEMO_SETUP := venv control-plane engines images node-deps
+TEST_SETUP := $(DEMO_SETUP) browser promtool
+TIERS := lint crds-check chart-check test-unit test-contract test-integration test-e2e
+SETUP_JOBS ?= 3
+# A phase's command, timed: hack/setup.py prints how long it took (or that it was already in place).
+timed = hack/setup.py run $(1) --
 
 .DEFAULT_GOAL := help
+
+# `make demo` and `make test` from nothing: the set-up phases run side by side (the compiles leave the
+# cores idle while modules, wheels and Debian packages download), then the tiers one after another.
+ifneq ($(filter demo test setup,$(MAKECMDGOALS)),)
+MAKEFLAGS += --jobs=$(SETUP_JOBS)
+$(TEST_SETUP): | setup-plan
+lint: | $(TEST_SETUP)
+crds-check: | lint
+chart-check: | crds-check
+test-unit: | chart-check
+test-contract: | test-unit
+test-integration: | test-contract
+test-e2e: | test-integration
+endif
+
+.PHONY: setup-plan
+setup-plan:
+	@hack/setup.py plan $(firstword $(filter demo test setup,$(MAKECMDGOALS)) setup) \
+	  $(if $(filter test setup,$(MAKECMDGOALS)),$(TEST_SETUP),$(DEMO_SETUP))
+
+.PHONY: setup
+setup: $(TEST_SETUP) ## build and install everything both README commands use (what `make demo` and `make test` do first)
 
 .PHONY: help
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip==25.3
-	$(PY) -m pip install --quiet -e '.[test]'
+	@$(call timed,venv) bash -c 'set -e; test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	  $(PY) -m pip install --quiet --upgrade pip==25.3; $(PY) -m pip install --quiet -e ".[test]"'
 	@rm -f $(VENV)/.installed-*; touch $@
 
 .PHONY: venv
@@ -36,12 +64,12 @@ lint: venv ## ruff, ruff format --check, mypy
 	$(VENV)/bin/mypy
 
 .PHONY: control-plane
-control-plane: ## build (once, cached in ~/.cache/roundhouse) kube-apiserver, etcd, kwok, helm from Go modules
-	hack/build-control-plane.sh k8s etcd kwok helm
+control-plane: ## build (once, cached in ~/.cache/roundhouse) kube-apiserver, kubelet, kubectl, etcd, kwok, helm from Go modules
+	@$(call timed,control-plane) hack/build-control-plane.sh k8s etcd kwok helm
 
 .PHONY: engines
 engines: ## build (once, cached in ~/.cache/roundhouse) llama-server, ollama and vLLM's argument parser
-	hack/build-engines.sh
+	@$(call timed,engines) hack/build-engines.sh
 
 .PHONY: vllm-parser
 vllm-parser: ## only vLLM's own argument parser, in a cached venv (vLLM without its GPU dependencies)
@@ -61,16 +89,14 @@ test-unit: venv ## unit tests (pure functions, models, renderers)
 
 .PHONY: browser
 browser: ## Debian's chromium for the admin page's browser tests (apt-get, once; Playwright drives it)
-	@command -v chromium >/dev/null || { \
-	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
-	  $$sudo apt-get install -y -q chromium || { $$sudo apt-get update -q && $$sudo apt-get install -y -q chromium; }; }
+	@$(call timed,browser) hack/apt-install chromium
 
 .PHONY: test-contract
 test-contract: venv engines ## each family's rendered command lines run by the real engines of the pinned versions
 	$(PY) -m pytest tests/contract -q $(PYTEST_ARGS)
 
 .PHONY: test-integration
-test-integration: venv control-plane engines browser ## integration tests against the real local control plane (and the admin page in Chromium)
+test-integration: venv control-plane engines browser promtool ## integration tests against the real local control plane (and the admin page in Chromium)
 	$(PY) -m pytest tests/integration -q $(PYTEST_ARGS)
 
 .PHONY: manifests
@@ -78,8 +104,7 @@ manifests: ## render manifests/install.yaml from the Helm chart
 	hack/render-install.sh
 
 .PHONY: chart-check
-chart-check: venv ## helm lint, helm template, and install.yaml drift check (helm is built from Go modules, cached)
-	hack/build-control-plane.sh helm
+chart-check: venv control-plane ## helm lint, helm template, and install.yaml drift check (helm is built from Go modules, cached)
 	$$(hack/build-control-plane.sh paths | grep helm)/helm lint --strict charts/roundhouse
 	$$(hack/build-control-plane.sh paths | grep helm)/helm template t charts/roundhouse >/dev/null
 	$$(hack/build-control-plane.sh paths | grep helm)/helm lint --strict charts/roundhouse \
@@ -97,10 +122,10 @@ test-e2e-kind: venv ## end to end on kind (needs Docker and kind; skipped with t
 	$(PY) -m pytest tests/e2e/test_kind.py -q -rs $(PYTEST_ARGS)
 
 .PHONY: test
-test: lint crds-check chart-check test-unit test-contract test-integration test-e2e ## everything CI runs
+test: $(TIERS) ## everything CI runs (installs what the tiers use first)
 
 .PHONY: demo
-demo: venv engines ## the demo: local cluster, operator, gateway, engines, a live mode switch (Ctrl-C stops it)
+demo: $(DEMO_SETUP) ## the demo: local cluster, operator, gateway, engines, a live mode switch (Ctrl-C stops it)
 	$(PY) hack/demo.py $(DEMO_ARGS)
 
 .PHONY: golden
@@ -112,21 +137,15 @@ E2E_CLUSTER_DIR ?= $(CURDIR)/.local-cluster-e2e
 
 .PHONY: node-deps
 node-deps: ## Debian's containerd, runc, CNI plugins, iptables and conntrack for real nodes (apt-get, once)
-	@missing=$$(for p in containerd runc containernetworking-plugins iptables conntrack; do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); [ -z "$$missing" ] || { \
-	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
-	  $$sudo apt-get install -y -q $$missing || { $$sudo apt-get update -q && $$sudo apt-get install -y -q $$missing; }; }
+	@$(call timed,node-deps) hack/apt-install containerd runc containernetworking-plugins iptables conntrack
 
 .PHONY: promtool
 promtool: ## Debian's prometheus package, for promtool: the chart's alert rules are checked with it (apt-get, once)
-	@command -v promtool >/dev/null || { \
-	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
-	  $$sudo apt-get install -y -q --no-install-recommends prometheus || { $$sudo apt-get update -q && \
-	  $$sudo apt-get install -y -q --no-install-recommends prometheus; }; }
+	@$(call timed,promtool) hack/apt-install --no-install-recommends prometheus
 
 .PHONY: images
 images: engines ## build (cached by content) the OCI images: pause, llama-server, ollama, roundhouse, vLLM stand-in
-	hack/build-images.py
+	@$(call timed,images) hack/build-images.py
 
 .PHONY: cluster-up-real
 cluster-up-real: control-plane images node-deps ## the local cluster plus one real node (root; kubelet, containerd, CNI bridge, kube-proxy)

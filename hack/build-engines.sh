@@ -23,20 +23,7 @@ log() { printf '[build-engines %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 llama_dir() { echo "$CACHE_ROOT/llama.cpp-b$LLAMA_BUILD"; }
 ollama_dir() { echo "$CACHE_ROOT/ollama-$OLLAMA_VERSION"; }
 
-apt_install() {
-  local missing=()
-  # Installed means "install ok installed": a removed package keeps its config files, and `dpkg -s` still
-  # answers 0 for it.
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-  done
-  [ ${#missing[@]} = 0 ] && return
-  log "apt-get install ${missing[*]}"
-  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -q "${missing[@]}" >/dev/null \
-    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "${missing[@]}" >/dev/null; }
-}
+apt_install() { "$HERE/apt-install" "$@"; }
 
 build_llama() {
   local dir; dir="$(llama_dir)"

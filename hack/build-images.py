@@ -52,6 +52,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CACHE_ROOT = Path(os.environ.get("ROUNDHOUSE_CACHE", Path.home() / ".cache" / "roundhouse"))
 CACHE = CACHE_ROOT / "images"
+APT_INSTALL = REPO / "hack" / "apt-install"  # every apt-get of the project, under one lock
 RECIPE_VERSION = "1"  # bump to rebuild every image whatever the inputs say
 
 # The tags the operator pins for the upstream images (crds/roundhouse_api/families/*.py) and the ones
@@ -395,7 +396,7 @@ def busybox_static() -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run(["apt-get", "download", "busybox-static"], cwd=tmp, capture_output=True, text=True)
         if proc.returncode != 0:
-            run("apt-get", "update", "-q")
+            run(str(APT_INSTALL), "--update")  # under the project's apt lock: other set-up installs meanwhile
             run("apt-get", "download", "busybox-static", cwd=tmp)
         deb = next(Path(tmp).glob("busybox-static_*.deb"))
         run("dpkg-deb", "-x", str(deb), str(Path(tmp) / "x"))
@@ -530,10 +531,7 @@ def ensure_debootstrap() -> None:
     if shutil.which("debootstrap") is not None:
         return
     log("installing debootstrap (apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], capture_output=True, env=env).returncode:
-        run("apt-get", "update", "-q")
-        run("apt-get", "install", "-y", "-q", "debootstrap", env=env)
+    run(str(APT_INSTALL), "debootstrap")
 
 
 def debootstrap_version() -> str:

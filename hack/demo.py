@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from tests.support import chart  # noqa: E402
+from tests.support import chart, tools  # noqa: E402
 from tests.support import cluster as lc  # noqa: E402
 
 NS = "roundhouse-system"
@@ -35,10 +35,23 @@ WORK = REPO / ".demo"
 STEPS = 7
 BOLD, DIM, OFF = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 SWITCHED = {"roundhouse.dev/demo": "switched"}  # the engines the EngineMode governs
+# What the tour runs: `make demo` depends on the targets that install these (tests/unit/test_setup.py checks).
+NEEDS = ("kube-apiserver", "etcd", "kubectl", "helm", "ollama", *tools.REAL_NODE)
+
+
+_STEP_STARTED: list[float] = []
 
 
 def step(n: int, text: str) -> None:
+    """Start step n, saying how long the step before it took."""
+    finished()
+    _STEP_STARTED.append(time.monotonic())
     print(f"\n{BOLD}[{n}/{STEPS}] {text}{OFF}", flush=True)
+
+
+def finished() -> None:
+    if _STEP_STARTED:
+        note(f"{DIM}({time.monotonic() - _STEP_STARTED[-1]:.1f}s){OFF}")
 
 
 def note(text: str) -> None:
@@ -56,6 +69,7 @@ class Demo:
         self.cluster: lc.Cluster | None = None
 
     def run(self, wait: bool) -> None:
+        tools.require(*NEEDS)  # one line naming the make target, before anything starts
         WORK.mkdir(exist_ok=True)
         step(1, "Local cluster: a real control plane and a real node (kubelet + containerd on this machine)")
         if lc.is_up() and has_real_node(lc.Cluster()):
@@ -63,8 +77,7 @@ class Demo:
         elif lc.is_up():
             raise lc.ClusterError("a local cluster without a real node is running: `hack/local-cluster down` first")
         else:
-            note("first run builds the control plane, the engines and their images (about 15 minutes on two cores);"
-                 " later runs take under a minute")  # fmt: skip
+            note("starting the control plane and the real node (built by `make demo` before this: about a minute)")
             env = {**os.environ, "ROUNDHOUSE_GPU_NODES": "0", "ROUNDHOUSE_CPU_NODES": "0"}
             subprocess.run([str(lc.LOCAL_CLUSTER), "up", "--real-nodes", "1"], check=True, env=env)
             self.started_cluster = True
@@ -131,6 +144,7 @@ class Demo:
       open {url}/ui/ in a browser: admin key admin-demo, API key sk-demo (engines, mode cards, playground)
       kubectl -n {NS} logs deployment/{chart.fullname(RELEASE)}-operator
 """)
+        finished()
         if wait:
             print(f"{BOLD}Running. Press Ctrl-C to stop everything the demo started.{OFF}", flush=True)
             while True:
@@ -189,15 +203,20 @@ class Demo:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--no-wait", action="store_true", help="stop after the tour instead of waiting for Ctrl-C")
+    parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                        help="after the tour, keep everything running until Ctrl-C (default: when run from a"
+                             " terminal, and not in CI)")  # fmt: skip
     args = parser.parse_args()
+    wait = args.wait if args.wait is not None else sys.stdin.isatty() and not os.environ.get("CI")
+    # Ctrl-C even where the shell that started it ignores SIGINT (a background job inherits that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     demo = Demo()
     try:
-        demo.run(wait=not args.no_wait)
+        demo.run(wait=wait)
     except KeyboardInterrupt:
         return 130
-    except (lc.ClusterError, RuntimeError, AssertionError, subprocess.CalledProcessError) as err:
+    except (lc.ClusterError, tools.ToolMissing, RuntimeError, AssertionError, subprocess.CalledProcessError) as err:
         print(f"\ndemo failed: {err}", file=sys.stderr)
         return 1
     finally:

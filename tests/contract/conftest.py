@@ -1,6 +1,6 @@
 """The contract tier: each family's rendered command line run by the real engine of the pinned version.
 
-Engines come from hack/build-engines.sh (cached under ~/.cache/roundhouse); a missing one fails the
+Engines come from `make engines` (hack/build-engines.sh, cached under ~/.cache/roundhouse); a missing one fails the
 run with the command that builds it, never skips.
 """
 
@@ -25,7 +25,11 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tinygguf.write(tmp_path_factory.mktemp("model") / "tiny.gguf", context_length=131072)
 
 
+NEEDS = ("llama-server", "ollama", "vllm-python")  # make test-contract depends on `make engines` for these
+
+
 def need(name: str) -> Path:
+    assert name in NEEDS, name
     try:
         return engines.binary(name)
     except engines.EngineMissing as err:

@@ -7,15 +7,21 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import cluster as lc
-from tests.support import processes
+from tests.support import processes, tools
 from tests.support.manifests import REPO
 from tests.support.processes import Process
+
+CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd", "kwok")
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[lc.Cluster]:
     """Bring the local control plane up (or reuse a running one). Never skips: a cluster that cannot
     start fails the run with the reason."""
+    try:
+        tools.require(*CONTROL_PLANE)
+    except tools.ToolMissing as err:
+        pytest.fail(str(err), pytrace=False)
     started_here = not lc.is_up()
     if started_here:
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_operator import small, wait_phase
-from tests.support import processes
+from tests.support import processes, tools
 from tests.support.cluster import Cluster, wait_until
 
 pytestmark = pytest.mark.integration
@@ -98,9 +97,11 @@ def test_every_query_names_a_metric_the_gateway_or_operator_exports(scraped: lis
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    if shutil.which("promtool") is None:
-        pytest.fail("promtool is needed: make promtool (Debian's prometheus package)", pytrace=False)
-    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=120)
+    try:
+        binary = tools.path("promtool")
+    except tools.ToolMissing as err:
+        pytest.fail(str(err), pytrace=False)
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
 
 
 def test_promtool_accepts_the_rules() -> None:

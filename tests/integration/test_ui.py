@@ -6,9 +6,7 @@ Screenshots of each view are written to artifacts/ui/."""
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.support import processes
+from tests.support import processes, tools
 from tests.support.cluster import Cluster, wait_until
 from tests.support.gateway_stack import ADMIN, KEY, Stack
 from tests.support.processes import Process
@@ -33,11 +31,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 
 
 def chromium_path() -> str:
-    path = os.environ.get("ROUNDHOUSE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).exists():
-        pytest.fail("the browser tests need Debian's chromium: run `make browser` (apt-get install chromium)",
-                    pytrace=False)  # fmt: skip
-    return path
+    try:
+        return tools.path("chromium")  # ROUNDHOUSE_CHROMIUM, else Debian's on PATH
+    except tools.ToolMissing as err:
+        pytest.fail(str(err), pytrace=False)
 
 
 @pytest.fixture(scope="module")

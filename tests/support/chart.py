@@ -8,15 +8,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.support import engines, tinygguf
+from tests.support import engines, tinygguf, tools
 from tests.support.cluster import REPO, Cluster
 
 GPU_TOLERATION = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
 def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    binary = next(Path(d) / "helm" for d in cluster.bin_dirs if (Path(d) / "helm").exists())
-    return subprocess.run([str(binary), "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True,
+    return subprocess.run([tools.path("helm"), "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True,
                           text=True, check=check, timeout=300)  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tests.support import tools
 from tests.support.processes import Process, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ IMAGE_BINARIES = {"/app/llama-server": "llama-server", "ollama": "ollama", "vllm
 
 
 class EngineMissing(RuntimeError):
-    """An engine binary is not built: `hack/build-engines.sh` builds it."""
+    """An engine binary is not built: `make engines` builds it."""
 
 
 @cache
@@ -36,7 +37,7 @@ def binary(name: str) -> Path:
     """The built binary `name` (llama-server, ollama, vllm-python); EngineMissing when absent."""
     path = paths().get(name)
     if path is None or not path.exists():
-        raise EngineMissing(f"{name} is not built: run `hack/build-engines.sh` (it caches under ~/.cache/roundhouse)")
+        raise EngineMissing(tools.message(name))
     return path
 
 
