@@ -129,15 +129,17 @@ def _probes(engine: InferenceEngine, plan: ContainerPlan) -> dict[str, Any]:
     probes_cfg = engine.spec.probes
     period = probes_cfg.period_seconds if probes_cfg else 10
     startup_timeout = probes_cfg.startup_timeout_seconds if probes_cfg else 1800
+    # Fast while starting (never slower than the period after startup), over the same total window.
+    startup_period = min(period, FAMILIES[engine.spec.engine].startup_probe_period_seconds)
     http = {"httpGet": {"path": plan.health_path, "port": "http"}}
     ready_check: dict[str, Any] = {"exec": {"command": plan.readiness_exec}} if plan.readiness_exec else http
     return {
         # Large models take many minutes to load; liveness must not kill them meanwhile.
         "startupProbe": {
             **ready_check,
-            "periodSeconds": period,
+            "periodSeconds": startup_period,
             "timeoutSeconds": 5,
-            "failureThreshold": max(1, startup_timeout // period),
+            "failureThreshold": max(1, startup_timeout // startup_period),
         },
         "readinessProbe": {**ready_check, "periodSeconds": period, "failureThreshold": 3, "timeoutSeconds": 5},
         "livenessProbe": {**http, "periodSeconds": period, "failureThreshold": 6, "timeoutSeconds": 5},

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from roundhouse_api import InferenceEngine
+from roundhouse_api.engine import Probes
 from roundhouse_api.families import DEFAULT_HELPER_IMAGE
 from roundhouse_api.families.llamacpp import gguf_files
 from roundhouse_operator.render import render
@@ -177,6 +178,20 @@ def test_probes_allow_long_loads_then_check_readiness() -> None:
     assert startup["httpGet"]["path"] == "/health"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    # A started engine is noticed within a second; after startup, probes keep their period.
+    assert startup["periodSeconds"] == 1
+    assert c["readinessProbe"]["periodSeconds"] == c["livenessProbe"]["periodSeconds"] == 10
+
+
+@pytest.mark.parametrize(("period", "timeout"), [(10, 1800), (1, 10), (30, 86400), (5, 15)])
+def test_the_fast_startup_probe_keeps_the_whole_startup_window(period: int, timeout: int) -> None:
+    engine = example("llama-3-1-70b")
+    engine.spec.probes = Probes(period_seconds=period, startup_timeout_seconds=timeout)
+    c = next(o for o in render(engine, 1) if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] == min(period, 1)
+    assert startup["periodSeconds"] * startup["failureThreshold"] == timeout
+    assert c["readinessProbe"]["periodSeconds"] == period and c["livenessProbe"]["periodSeconds"] == period
 
 
 def test_spec_change_changes_hash_and_replicas_only_change_replicas() -> None:

@@ -105,6 +105,10 @@ class EngineFamily:
     # for Ollama, whose server answers before the model is there).
     health_path: ClassVar[str] = "/health"
     gateway_probe_path: ClassVar[str] = "/health"
+    # How often the kubelet checks a starting engine: an engine up in 0.1 s is seen as started within
+    # this long (the next readiness probe runs at once after it), not at the next 10 s tick. The
+    # failure threshold keeps the whole startup window (spec.probes.startupTimeoutSeconds).
+    startup_probe_period_seconds: ClassVar[int] = 1
     # The OpenAI-compatible paths the pinned version serves (read from its sources): the gateway
     # sends a family nothing else.
     openai_paths: ClassVar[frozenset[str]] = frozenset()
