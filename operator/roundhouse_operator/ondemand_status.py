@@ -12,6 +12,7 @@ from roundhouse_api.families.base import gpu_count
 from roundhouse_api.mode import GovernedEngine
 from roundhouse_api.ondemand import Budget, DemandPlan, DemandView
 
+from . import timeline
 from .switch import ModeEvent, set_conditions
 
 STEADY = ("active", "standby")
@@ -72,9 +73,11 @@ def views(mode: EngineMode, seen: list[Seen], demand: dict[str, EngineDemand],
 
 
 def on_demand_status(mode: EngineMode, p: DemandPlan, budget: Budget, seen: list[DemandView],
-                     engines: dict[str, tuple[Family, EngineStatus, bool]],
-                     now: datetime) -> tuple[EngineModeStatus, list[ModeEvent]]:  # fmt: skip
-    """The EngineMode status in mode onDemand: each engine's state and times, the budget, and events."""
+                     engines: dict[str, tuple[Family, EngineStatus, bool]], now: datetime,
+                     pod_times: dict[str, dict[str, float]] | None = None,
+                     ) -> tuple[EngineModeStatus, list[ModeEvent]]:  # fmt: skip
+    """The EngineMode status in mode onDemand: each engine's state and times, the budget, and events.
+    `pod_times`: when each engine's newest pod reached each milestone (the Activated event's timeline)."""
     prev = mode.status or EngineModeStatus()
     before = {e.name: e for e in prev.engines}
     by_name = {v.name: v for v in seen}
@@ -93,14 +96,23 @@ def on_demand_status(mode: EngineMode, p: DemandPlan, budget: Budget, seen: list
         old = before.get(name)
         if old is not None and old.state == "starting" and d.state == "active" and old.activated_at is not None:
             took = (now - old.activated_at).total_seconds()
-            events.append(ModeEvent("Normal", "Activated", f"{name} is ready {took:.1f}s after it was started", took))
+            phases = tuple(timeline.activation(epoch(old.demanded_at), epoch(old.activated_at),
+                                               (pod_times or {}).get(name, {})))  # fmt: skip
+            why = f"{name} is ready {took:.1f}s after it was started" + (f": {timeline.describe(list(phases))}"
+                                                                        if phases else "")  # fmt: skip
+            events.append(ModeEvent("Normal", "Activated", why, took, phases))
+        # The request that started it is kept until it runs: the gateway may be answered (and stop
+        # reporting the wait) before the operator sees the pod Ready.
+        demanded = v.demanded_at
+        if demanded is None and d.state == "starting" and old is not None and old.state == "starting":
+            demanded = epoch(old.demanded_at)
         if d.state == "waiting" and (old is None or old.state != "waiting"):
             events.append(ModeEvent("Normal" if "to stop" in d.note else "Warning", "Waiting", f"{name}: {d.note}"))
         if d.state not in STEADY:
             (stuck if "more than the budget" in d.note else busy).append(f"{name}: {d.note}")
         governed.append(GovernedEngine(
             name=name, family=family, active=d.replicas > 0, phase=st.phase, message=d.note, state=d.state,
-            demanded_at=when(v.demanded_at), activated_at=when(d.activated_at), draining_since=when(d.draining_since),
+            demanded_at=when(demanded), activated_at=when(d.activated_at), draining_since=when(d.draining_since),
             last_request_at=when(v.last_request_at),
         ))  # fmt: skip
     status = EngineModeStatus(

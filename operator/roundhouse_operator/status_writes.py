@@ -97,7 +97,9 @@ class StatusWriting:
         parsed: dict[str, tuple[dict[str, Any], InferenceEngine | None, str | None]] | None = None,
     ) -> None:  # fmt: skip
         if on_demand is not None:
-            status, events = on_demand_status(mode, *on_demand, engines, now)
+            starting = [g.name for g in (mode.status.engines if mode.status else []) if g.state == "starting"]
+            times = {n: self.store.pod_times(mode.metadata.namespace, n) for n in starting}
+            status, events = on_demand_status(mode, *on_demand, engines, now, times)
             for e in on_demand[0].events:  # each step on the engine too, with its timings
                 metrics.ON_DEMAND_STEPS.labels(step=e.reason).inc()
                 if parsed and e.engine in parsed:
@@ -105,8 +107,13 @@ class StatusWriting:
             for event in events:
                 if event.reason == "Activated" and event.seconds is not None:
                     metrics.ACTIVATION_SECONDS.observe(event.seconds)
+                    for phase, seconds in event.phases:
+                        metrics.ACTIVATION_PHASE_SECONDS.labels(phase=phase).observe(seconds)
         else:
-            status, events = mode_status(mode, p, engines, now)
+            active = [n for n, e in p.engines.items() if e.active]
+            status, events = mode_status(
+                mode, p, engines, now, {n: self.store.pod_times(mode.metadata.namespace, n) for n in active}
+            )
         self._switch_gauges(mode, status, now)
         old = mode.status.wire() if mode.status else None
         new = status.wire()
@@ -123,5 +130,7 @@ class StatusWriting:
             if event.reason == "SwitchCompleted" and status.last_switch_seconds is not None:
                 metrics.SWITCHES.inc()
                 metrics.SWITCH_SECONDS.observe(status.last_switch_seconds)
+                for phase, seconds in event.phases:
+                    metrics.SWITCH_PHASE_SECONDS.labels(phase=phase).observe(seconds)
         log.info("engine mode", extra={"mode": f"{meta.namespace}/{meta.name}", "phase": status.phase,
                                        "activeMode": status.active_mode, "reason": status.message})  # fmt: skip

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
+from . import timeline
 from .render import ENGINE_LABEL
 
 Key = tuple[str, str]  # (namespace, name)
@@ -13,10 +16,13 @@ Key = tuple[str, str]  # (namespace, name)
 class Store:
     """Latest body of each watched object, by kind, namespace and name."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._objects: dict[str, dict[str, dict[str, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
         # (kind, namespace, engine) -> names of objects labelled for that engine: owned() without a scan.
         self._by_engine: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        # Pod uid -> when each milestone was first seen (timeline.py): where an activation's time went.
+        self._pod_times: dict[str, dict[str, float]] = {}
+        self.clock = clock
 
     def put(self, kind: str, body: dict[str, Any]) -> str:
         """Keep `body` unless the store already holds a newer version of the object.
@@ -27,6 +33,8 @@ class Store:
         body = slim(kind, body)
         meta = body["metadata"]
         current = self._objects[kind][meta["namespace"]].get(meta["name"])
+        if kind == "Pod" and (uid := meta.get("uid")):
+            self._pod_times[uid] = timeline.stamp(self._pod_times.get(uid, {}), body, self.clock())
         if current is None or not _older(meta, current["metadata"]):
             if current is not None:
                 self._unindex(kind, current)
@@ -66,7 +74,13 @@ class Store:
         current = self._objects[kind][meta["namespace"]].pop(meta["name"], None)
         if current is not None:
             self._unindex(kind, current)
+            self._pod_times.pop(current["metadata"].get("uid", ""), None)
         return str(meta["namespace"])
+
+    def pod_times(self, namespace: str, engine: str) -> dict[str, float]:
+        """When the engine's newest pod was first seen at each milestone (empty without a pod)."""
+        pod = timeline.newest(self.owned("Pod", namespace, engine))
+        return dict(self._pod_times.get(pod["metadata"].get("uid", ""), {})) if pod else {}
 
     def _unindex(self, kind: str, body: dict[str, Any]) -> None:
         meta = body["metadata"]

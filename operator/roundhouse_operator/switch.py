@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from roundhouse_api import EngineMode, EngineModeStatus, EngineStatus, Family, ModePhase, Phase
 from roundhouse_api.mode import GovernedEngine
 
+from . import timeline
 from .plan import ModePlan
 from .status import condition, keep_transition_times
 
@@ -18,6 +19,7 @@ class ModeEvent:
     reason: str
     message: str
     seconds: float | None = None  # how long the step took, for the metrics
+    phases: tuple[tuple[str, float], ...] = ()  # an activation's timeline (timeline.py), for the metrics
 
 
 def drain_deadline(mode: EngineMode, now: datetime) -> datetime | None:
@@ -37,12 +39,17 @@ def switch_starting(mode: EngineMode) -> bool:
 
 
 def mode_status(
-    mode: EngineMode, p: ModePlan, engines: dict[str, tuple[Family, EngineStatus, bool]], now: datetime
+    mode: EngineMode,
+    p: ModePlan,
+    engines: dict[str, tuple[Family, EngineStatus, bool]],
+    now: datetime,
+    pod_times: dict[str, dict[str, float]] | None = None,
 ) -> tuple[EngineModeStatus, list[ModeEvent]]:
     """The EngineMode status after this reconcile, from observed state only.
 
     `engines` maps each governed engine to (family, status, runs a workload here); engines that
-    run elsewhere are listed but do not hold a switch up."""
+    run elsewhere are listed but do not hold a switch up. `pod_times`: when each engine's newest pod
+    reached each milestone (the SwitchCompleted event's timeline)."""
     prev = mode.status or EngineModeStatus()
     target = mode.spec.mode
     events: list[ModeEvent] = []
@@ -79,7 +86,11 @@ def mode_status(
             status.switch_completed_at = now
             status.last_switch_seconds = round((now - started_at).total_seconds(), 3)
             took = f"now {target} (from {previous or 'nothing'}) in {status.last_switch_seconds}s"
-            events.append(ModeEvent("Normal", "SwitchCompleted", took))
+            phases = switch_timeline(started_at, p, engines, pod_times or {})
+            if phases:
+                took += f": {timeline.describe(list(phases[1]))} ({phases[0]}, the last to start)"
+            events.append(ModeEvent("Normal", "SwitchCompleted", took, status.last_switch_seconds,
+                                    phases[1] if phases else ()))  # fmt: skip
     elif unschedulable and not p.switching:
         status.phase, status.active_mode = ModePhase.DEGRADED, target
         status.message = "cannot fit every engine: " + "; ".join(unschedulable)
@@ -108,3 +119,21 @@ def set_conditions(status: EngineModeStatus, prev: EngineModeStatus, gen: int | 
                   gen or 0, now),
     ]  # fmt: skip
     status.conditions = keep_transition_times(conditions, prev.conditions)
+
+
+def switch_timeline(
+    started: datetime,
+    p: ModePlan,
+    engines: dict[str, tuple[Family, EngineStatus, bool]],
+    pod_times: dict[str, dict[str, float]],
+) -> tuple[str, tuple[tuple[str, float], ...]] | None:
+    """The incoming engine Ready last, and its timeline from the switch's start: the outgoing pods
+    drained and gone (until its pod was created), then its pod's milestones."""
+    incoming = [(t["ready"], n, t) for n, t in pod_times.items()
+                if n in p.engines and p.engines[n].active and engines.get(n, (None, None, False))[2] and "ready" in t
+                and t.get("created", 0) >= started.timestamp()]  # fmt: skip
+    if not incoming:
+        return None
+    _, name, times = max(incoming)
+    phases = timeline.activation(started.timestamp(), None, times)
+    return name, tuple(("drain-and-gone" if ph == "created" else ph, s) for ph, s in phases)
