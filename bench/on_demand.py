@@ -7,7 +7,15 @@ The real llama-server (CPU build, the tests' tiny GGUF), in one run, interleaved
   model is a swap: drain and SIGTERM the running engine, start the wanted one): request sent to
   first content token, for the first request (nothing running) and for swaps.
 The added time is gateway minus alone (medians); target: under 1 s.
-Usage: .venv/bin/python bench/on_demand.py [--reps 5]
+
+With --cluster, the same on Kubernetes, in the same run: the local cluster's real node (kubelet +
+containerd here; root), the chart's operator and gateway as pods, three llama-server engines as
+real pods (one GPU each, mode onDemand, budget 2), requests through the gateway's Service. Each rep
+is a start (the budget raised to 3, so nothing is stopped) and a swap (budget 2 again: the request
+needs another engine stopped first). Printed with the timeline the operator's Activated event gives,
+the gateway's own wait (request to an endpoint it can route to, from its metrics) and the first
+token. Targets: a start adds <= 1.5 s and a swap <= 2.5 s over the engine started alone.
+Usage: .venv/bin/python bench/on_demand.py [--reps 5] [--cluster]
 """
 
 from __future__ import annotations
@@ -87,7 +95,13 @@ def alone(gguf: Path, env: dict[str, str]) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--cluster", action="store_true", help="also on the local cluster's real node (root)")
     args = p.parse_args()
+    if args.cluster:
+        from bench.on_demand_cluster import run_cluster  # only with --cluster: it needs the real node
+
+        run_cluster(args.reps, alone)
+        return
     work = Path(tempfile.mkdtemp(prefix="rh-bench-on-demand-"))
     gguf = tinygguf.write(work / "tiny.gguf")
     env = {**os.environ, "PATH": f"{engines.binary('llama-server').parent}:{os.environ['PATH']}"}

@@ -10,7 +10,7 @@ import asyncio
 import importlib.metadata
 import logging
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +25,7 @@ from .auth import Auth
 from .catalog import Catalog, Engine, switch_finished
 from .demand import Demand
 from .drain import Drain
+from .early import EARLY_PROBE_SECONDS, still_starting, to_probe, with_early
 from .health import Health, probe_ok, probe_path
 from .load import EngineLoad
 from .serving import Serving
@@ -84,6 +85,10 @@ class Gateway(Serving):
     def __init__(self, settings: Settings, catalog: Catalog | None = None, set_mode: ModeSetter | None = None) -> None:
         self.settings = settings
         self.catalog = catalog or Catalog()
+        self.source = self.catalog  # as the config or the cluster says; self.catalog adds early replicas
+        self.early: set[str] = set()  # starting replicas that answered the gateway's probe (early.py)
+        self.waiting_for: Counter[str] = Counter()  # requests waiting for each engine to start
+        self._early_probes: dict[str, asyncio.Task[None]] = {}
         self.synced = catalog is not None
         self.health = Health()
         self.outstanding: dict[str, int] = defaultdict(int)
@@ -107,7 +112,9 @@ class Gateway(Serving):
 
     # --- catalog updates (from the config file or the cluster watchers) -----------------------
     def update(self, catalog: Catalog) -> None:
-        self.catalog = catalog
+        self.source = catalog
+        self.early = still_starting(catalog, self.early)
+        self.catalog = with_early(catalog, self.early)
         self.synced = True
         self.health.forget_except({ep for e in catalog.engines for ep in e.endpoints})
         self.demand.catalog_changed(catalog)
@@ -158,7 +165,32 @@ class Gateway(Serving):
         incoming = [ep for e in self.catalog.engines if mode.active(e) and e.governed for ep in e.endpoints]
         return any(self.health.healthy(ep) for ep in incoming)
 
-    async def probe(self, engine: Engine, endpoint: str) -> None:
+    def wait_for(self, engines: set[str], delta: int) -> None:
+        """A request starts (+1) or stops (-1) waiting for `engines`; while any waits, their starting
+        replicas are probed every EARLY_PROBE_SECONDS and routed to once one answers."""
+        for name in engines:
+            self.waiting_for[name] += delta
+            if self.waiting_for[name] > 0 and name not in self._early_probes:
+                self._early_probes[name] = asyncio.create_task(self._probe_starting(name), name=f"early-{name}")
+        self.waiting_for = +self.waiting_for  # drop the zeros
+
+    async def _probe_starting(self, name: str) -> None:
+        try:
+            while self.waiting_for[name] > 0:
+                for engine, endpoint in to_probe(self.source, {name}, self.early):
+                    ok, _ = await self.check(engine, endpoint)
+                    if ok and endpoint in {ep for e in self.source.engines for ep in e.starting}:
+                        self.early.add(endpoint)
+                        self.catalog = with_early(self.source, self.early)
+                        self.health.probed(endpoint, True)
+                        log.info("starting replica answers", extra={"engine": name, "endpoint": endpoint})
+                        self.notify()
+                await asyncio.sleep(EARLY_PROBE_SECONDS)
+        finally:
+            self._early_probes.pop(name, None)
+
+    async def check(self, engine: Engine, endpoint: str) -> tuple[bool, str]:
+        """One active probe of `endpoint`, judged the way the engine's family means it."""
         headers = [("Authorization", f"Bearer {engine.api_key}")] if engine.api_key else []
         try:
             async with asyncio.timeout(engine.timeouts.connect + 2):
@@ -170,6 +202,10 @@ class Gateway(Serving):
                     r.release()
         except (UpstreamError, TimeoutError) as err:
             ok, why = False, f"unreachable: {type(err).__name__}"
+        return ok, why
+
+    async def probe(self, engine: Engine, endpoint: str) -> None:
+        ok, why = await self.check(engine, endpoint)
         was = self.health.healthy(endpoint)
         self.health.probed(endpoint, ok, why)
         metrics.child(metrics.HEALTHY, engine.name, endpoint).set(1 if self.health.healthy(endpoint) else 0)

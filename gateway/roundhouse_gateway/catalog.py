@@ -51,6 +51,7 @@ class Engine:
     api_key: str | None = None  # external APIs: sent upstream as Bearer
     phase: str | None = None  # as the operator reports it (None standalone)
     message: str | None = None  # why it is in that phase, in words
+    starting: tuple[str, ...] = ()  # replicas whose pods start (not ready yet, not terminating): early.py
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,11 @@ class Catalog:
 
 
 def engine_from_resource(
-    ie: InferenceEngine, endpoints: list[str] | None = None, api_key: str | None = None, governed: bool = True
+    ie: InferenceEngine,
+    endpoints: list[str] | None = None,
+    api_key: str | None = None,
+    governed: bool = True,
+    starting: list[str] | None = None,
 ) -> Engine:
     """An Engine from an InferenceEngine; `endpoints` (base URLs) override spec.endpoints/status;
     `governed`: whether the EngineMode's selector picks it (an ungoverned engine always runs)."""
@@ -117,6 +122,7 @@ def engine_from_resource(
         family=spec.engine,
         served=frozenset([spec.model.served_name, *spec.model.aliases]),
         endpoints=tuple(urls),
+        starting=tuple(u.rstrip("/") for u in starting or ()),
         upstream_model=upstream,
         ready=ready,
         governed=governed,

@@ -37,8 +37,9 @@ RELIST_BACKOFF_MAX = 2.0  # the API server's return is seen within this long (th
 LIST_TIMEOUT, LIST_TIMEOUT_MAX = 1.5, 60.0
 
 
-def slice_endpoints(slices: list[dict[str, Any]]) -> list[str]:
-    """Ready addresses of an engine's EndpointSlices as base URLs (one per replica). Pure."""
+def slice_endpoints(slices: list[dict[str, Any]], starting: bool = False) -> list[str]:
+    """Ready addresses of an engine's EndpointSlices as base URLs (one per replica); with `starting`,
+    those of pods not ready yet and not terminating instead (early.py). Pure."""
     urls = []
     for s in slices:
         ports = s.get("ports") or []
@@ -48,7 +49,9 @@ def slice_endpoints(slices: list[dict[str, Any]]) -> list[str]:
         if port is None:
             continue
         for ep in s.get("endpoints") or []:
-            if (ep.get("conditions") or {}).get("ready") is False:
+            conditions = ep.get("conditions") or {}
+            not_ready = conditions.get("ready") is False
+            if not_ready != starting or (starting and conditions.get("terminating") is True):
                 continue
             for addr in ep.get("addresses") or []:
                 host = f"[{addr}]" if ":" in addr else addr
@@ -195,13 +198,14 @@ class ClusterSource:
                 ie = InferenceEngine.model_validate(raw)
             except ValidationError:
                 continue  # the operator reports it as ConfigValid=False
-            endpoints = None
+            endpoints, starting = None, None
             if ie.metadata.name in self.endpoint_map:
                 endpoints = [self.endpoint_map[ie.metadata.name]]
             elif ie.spec.engine != Family.EXTERNAL and not ie.spec.endpoints:
                 endpoints = slice_endpoints(slices_by_service.get(ie.metadata.name, []))
+                starting = slice_endpoints(slices_by_service.get(ie.metadata.name, []), starting=True)
             governed = governs(mode, ie.metadata.labels)
-            engines.append(engine_from_resource(ie, endpoints, self.api_key(ie), governed))
+            engines.append(engine_from_resource(ie, endpoints, self.api_key(ie), governed, starting))
         return Catalog(tuple(engines), mode_from_resource(mode))
 
     def api_key(self, ie: InferenceEngine) -> str | None:

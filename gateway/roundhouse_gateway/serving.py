@@ -35,6 +35,7 @@ class Serving(Proxying):
     engine_load: EngineLoad
     changed: asyncio.Event
     turn: int
+    wait_for: Callable[[set[str], int], None]
 
     async def completion(self, scope: Scope, receive: Receive, send: Send, rid: str, kind: str,
                          who: Identity) -> None:  # fmt: skip
@@ -134,10 +135,14 @@ class Serving(Proxying):
         queue_deadline = time.monotonic() + self.catalog.mode.rules.queue_timeout_seconds
         waiter: Waiter | None = None
         outcome = "gave-up"
+        waited_for: set[str] = set()  # engines this request waits for: their starting replicas are probed
         try:
             while True:
                 self.turn += 1
                 d = route(f, self.catalog, self.health.healthy, self.load_of, self.turn)
+                if new := self.starting_for(d) - waited_for:
+                    waited_for |= new
+                    self.wait_for(new, +1)
                 if d.activate is not None:
                     if waiter is None or waiter.engine != d.activate:
                         if waiter is not None:
@@ -173,6 +178,15 @@ class Serving(Proxying):
         finally:
             if waiter is not None:
                 waiter.end(outcome)
+            self.wait_for(waited_for, -1)
+
+    def starting_for(self, d: Decision) -> set[str]:
+        """The engines a held request waits for: the one it activates, or the switch's incoming family."""
+        if d.activate is not None:
+            return {d.activate}
+        if d.hold_for is not None:
+            return {e.name for e in self.catalog.engines if e.family == d.hold_for and e.starting}
+        return set()
 
     async def wait_change(self, deadline: float) -> None:
         with contextlib.suppress(TimeoutError):

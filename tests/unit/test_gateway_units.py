@@ -134,6 +134,9 @@ def test_endpointslices_give_one_url_per_ready_address() -> None:
         {"ports": [], "endpoints": [{"addresses": ["10.1.0.9"]}]},
     ]  # fmt: skip
     assert slice_endpoints(slices) == ["http://10.1.0.5:8000", "http://10.1.0.7:8000", "http://[fd00::1]:8000"]
+    # Starting replicas: not ready and not terminating (a terminating pod never comes back).
+    slices[0]["endpoints"].append({"addresses": ["10.1.0.8"], "conditions": {"ready": False, "terminating": True}})
+    assert slice_endpoints(slices, starting=True) == ["http://10.1.0.6:8000"]
 
 
 def test_an_engine_the_mode_selector_does_not_pick_always_runs(tmp_path: Path) -> None:
