@@ -38,14 +38,15 @@ class Phase:
     after: tuple[str, ...] = ()  # phases it waits for (its make prerequisites among the phases)
 
 
-# Cold durations from `make demo` on a fresh machine of this kind (2 cores, 24 GiB), measured with the
-# phases running side by side as make runs them (so each includes its share of the shared CPUs).
+# Cold durations from `make demo` on a fresh machine of this kind (2 cores, 24 GiB), 2026-12-03, measured with
+# the phases running side by side as make runs them (so each includes its share of the shared CPUs); browser
+# and promtool from the `make test` after it. Every cold run appends its own to ~/.cache/roundhouse/setup-times.jsonl.
 PHASES: dict[str, Phase] = {
-    "venv": Phase("Python virtualenv (.venv)", 120),
-    "control-plane": Phase("Kubernetes control plane, etcd, kwok, helm (Go modules)", 780),
-    "engines": Phase("llama-server, Ollama, vLLM's parser (registry sources)", 960),
-    "images": Phase("OCI images (pause, engines, Roundhouse)", 150, after=("engines",)),
-    "node-deps": Phase("containerd, runc, CNI plugins (Debian)", 60),
+    "venv": Phase("Python virtualenv (.venv)", 105),
+    "control-plane": Phase("Kubernetes control plane, etcd, kwok, helm (Go modules)", 1000),
+    "engines": Phase("llama-server, Ollama, vLLM's parser (registry sources)", 1290),
+    "images": Phase("OCI images (pause, engines, Roundhouse)", 85, after=("engines",)),
+    "node-deps": Phase("containerd, runc, CNI plugins (Debian)", 20),
     "browser": Phase("chromium (Debian)", 90),
     "promtool": Phase("prometheus, for promtool (Debian)", 40),
 }

@@ -7,6 +7,7 @@ under load, and an image that cannot be had reported on the engine."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from roundhouse_operator import timeline
 from tests.support import chart
 from tests.support.cluster import REPO, Cluster, wait_until
 
@@ -351,3 +353,13 @@ def test_on_demand_swaps_real_engine_pods_within_the_budget(engines_up: Cluster)
     assert not engine_pods(c, old) and phase(c, old) == "Standby"
     reasons = [e["reason"] for e in c.list("events", NS) if e["involvedObject"]["kind"] == "EngineMode"]
     assert {"Draining", "Stopped", "Activating"} <= set(reasons), reasons
+    # Where the activation's time went: every phase, in order, from the request to the pod Ready.
+    words = [timeline.WORDS[p] for p in timeline.PHASES]
+
+    def activated() -> str | None:
+        return next((e["message"] for e in c.list("events", NS) if e["involvedObject"]["kind"] == "EngineMode"
+                     and e["reason"] == "Activated" and e["message"].startswith(f"{new} is ready")), None)  # fmt: skip
+
+    message = wait_until(activated, 30, f"the Activated event of {new}")
+    shown = [m.group(1) for m in re.finditer(r"(?:: |, )([a-zA-Z -]+?) \d+\.\d+s", message)]
+    assert shown == words, message
