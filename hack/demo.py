@@ -123,6 +123,13 @@ class Demo:
                 raise RuntimeError(f"the switch did not finish in 240 s: {line}")
             time.sleep(0.2)
         note(f"switch took {st.get('lastSwitchSeconds')}s (the vLLM pod was gone before the Ollama pod was created)")
+        for _ in range(30):  # where the time went, as the operator saw it (its event follows the status)
+            done = [e for e in c.list("events", NS) if e["involvedObject"]["kind"] == "EngineMode"
+                    and e["reason"] == "SwitchCompleted"]  # fmt: skip
+            if done:
+                note(f"{DIM}{max(done, key=lambda e: e['metadata']['creationTimestamp'])['message']}{OFF}")
+                break
+            time.sleep(0.1)
 
         step(6, "The same model name, now served by the real Ollama pod")
         lc.wait_until(lambda: self.ask(client, "qwen", quiet=True) == "qwen-ollama", 60, "routing to Ollama")
