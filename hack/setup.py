@@ -47,8 +47,8 @@ PHASES: dict[str, Phase] = {
     "engines": Phase("llama-server, Ollama, vLLM's parser (registry sources)", 1290),
     "images": Phase("OCI images (pause, engines, Roundhouse)", 85, after=("engines",)),
     "node-deps": Phase("containerd, runc, CNI plugins (Debian)", 20),
-    "browser": Phase("chromium (Debian)", 90),
-    "promtool": Phase("prometheus, for promtool (Debian)", 40),
+    "browser": Phase("chromium (Debian)", 20),
+    "promtool": Phase("prometheus, for promtool (Debian)", 25),
 }
 
 

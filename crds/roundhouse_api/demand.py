@@ -99,3 +99,15 @@ def drained(reports: list[GatewayReport], engine: str, since: float) -> bool:
     """Whether a drain that began at `since` is over: some gateway wrote after it began, and no fresh
     report has a request in flight on the engine."""
     return any(r.at >= since for r in reports) and not any(r.in_flight.get(engine, 0) for r in reports)
+
+
+def switch_drained(reports: list[GatewayReport], engines: list[str], since: float) -> bool:
+    """Whether a manual switch that began at `since` may stop its outgoing `engines` before its drain
+    deadline: every gateway with a fresh report has written since the switch began (so each has seen
+    it and stopped sending there) and none has a request in flight on them. No report: no (the
+    deadline decides)."""
+    return (
+        bool(reports)
+        and all(r.at >= since for r in reports)
+        and not any(r.in_flight.get(e, 0) for r in reports for e in engines)
+    )

@@ -62,7 +62,8 @@ class SwitchPolicy(ApiModel):
         default=30,
         ge=0,
         le=3600,
-        description="Grace for in-flight requests before the outgoing family stops.",
+        description="Grace for in-flight requests before the outgoing family stops; it ends sooner once every"
+        " gateway reports none left on it.",
     )
 
 

@@ -34,6 +34,7 @@ class Demand:
         self.in_flight: Counter[str] = Counter()
         self.last_request: dict[str, float] = {}
         self.acked: set[str] = set()  # draining engines this gateway has reported on
+        self.acked_switch: float | None = None  # the manual switch (its start) this gateway has reported on
         self.dirty = asyncio.Event()
         self.written_at = 0.0
         self.writes = 0
@@ -75,11 +76,17 @@ class Demand:
                 self.dirty.set()
 
     def catalog_changed(self, catalog: Catalog) -> None:
-        """Acknowledge each engine that started to drain (with what is in flight on it)."""
-        draining = {e.name for e in catalog.engines if e.phase == "Draining"}
-        if draining - self.acked:
+        """Acknowledge each engine that started to drain (with what is in flight on it): on demand, or
+        switched off by a manual switch (the operator stops it early once every gateway has)."""
+        mode = catalog.mode
+        draining = {e.name for e in catalog.engines if e.phase == "Draining"
+                    or (mode.switching and e.governed and e.endpoints and not mode.active(e))}  # fmt: skip
+        # A switch the operator has taken up is answered once more: the operator ends its drain early
+        # only on reports written after the switch began.
+        switch = mode.switch_started_at if mode.switching else None
+        if draining - self.acked or (switch is not None and switch != self.acked_switch):
             self.dirty.set()
-        self.acked = draining
+        self.acked, self.acked_switch = draining, switch
 
     # --- reporting -----------------------------------------------------------------------------------
     def report(self) -> GatewayReport:

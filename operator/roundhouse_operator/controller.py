@@ -49,7 +49,7 @@ from .render import HASH_ANNOTATION, render, runs_workload
 from .status import Observed, engine_status
 from .status_writes import StatusWriting
 from .store import Store
-from .switch import drain_deadline
+from .switch import drain_deadline, drain_over
 
 log = logging.getLogger("roundhouse.operator")
 RESYNC_SECONDS = 15.0
@@ -241,7 +241,7 @@ class Controller(Probing, StatusWriting):
                 continue
             views = [self._view(namespace, parsed[n][0], parsed[n][1], mode is not None) for n in names]
             deadline = drain_deadline(mode, now) if mode else None
-            draining = deadline is not None and now < deadline
+            draining = deadline is not None and now < deadline and not self._drained(mode, views, now)
             if draining and deadline is not None:
                 self.mark_later(namespace, (deadline - now).total_seconds() + 0.05)
             p = plan(mode.spec.mode if mode else None, views, draining=draining)
@@ -263,6 +263,14 @@ class Controller(Probing, StatusWriting):
             mode_plan = next((p for (m, p) in plans.values() if m is not None and m.metadata.name == name), ModePlan())
             await self._write_mode_status(mode, mode_plan, statuses.get(mode.metadata.name, {}), now,
                                           on_demand.get(name), parsed)  # fmt: skip
+
+    def _drained(self, mode: EngineMode | None, views: list[EngineView], now: datetime) -> bool:
+        """A switch's drain ends early once every gateway says nothing is in flight on the outgoing engines."""
+        if mode is None:
+            return False
+        wanted = plan(mode.spec.mode, views).engines
+        outgoing = [v.name for v in views if v.runs_workload and v.deployed_replicas and not wanted[v.name].active]
+        return drain_over(mode, outgoing, fold(mode.metadata.annotations, now.timestamp())[1])
 
     async def _plan_on_demand(
         self, namespace: str, mode: EngineMode, names: list[str],

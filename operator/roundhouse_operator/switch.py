@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from roundhouse_api import EngineMode, EngineModeStatus, EngineStatus, Family, ModePhase, Phase
+from roundhouse_api.demand import GatewayReport, switch_drained
 from roundhouse_api.mode import GovernedEngine
 
 from . import timeline
@@ -31,6 +32,18 @@ def drain_deadline(mode: EngineMode, now: datetime) -> datetime | None:
     if not status or status.phase != ModePhase.SWITCHING or not status.switch_started_at:
         return None
     return status.switch_started_at + drain
+
+
+def drain_over(mode: EngineMode, outgoing: list[str], reports: list[GatewayReport]) -> bool:
+    """Whether this switch may stop its `outgoing` engines before its drain deadline: the status holds
+    this switch's start (before the operator takes it up, it holds the last one's), and every gateway
+    has reported since then with nothing in flight on them."""
+    status = mode.status
+    if status is None or switch_starting(mode) or status.phase != ModePhase.SWITCHING or not outgoing:
+        return False
+    return status.switch_started_at is not None and switch_drained(
+        reports, outgoing, status.switch_started_at.timestamp()
+    )
 
 
 def switch_starting(mode: EngineMode) -> bool:

@@ -142,9 +142,15 @@ def test_endpointslice_replicas_are_judged_one_by_one(
             r = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                            json={"model": "m", "messages": [{"role": "user", "content": "x"}]}, timeout=10)  # fmt: skip
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].startswith("r2")
-        engines = httpx.get(url + "/admin/engines", headers={"Authorization": f"Bearer {ADMIN}"}).json()["engines"]
-        health = {e["url"]: e["health"] for e in engines[0]["endpoints"]}
-        assert health["http://10.213.2.2:8000"] == "ok" and health["http://10.213.1.2:8000"] != "ok"
+
+        def health() -> dict[str, str]:
+            engines = httpx.get(url + "/admin/engines", headers={"Authorization": f"Bearer {ADMIN}"}).json()["engines"]
+            return {e["url"]: e["health"] for e in engines[0]["endpoints"]}
+
+        # The 20 requests may all have gone to r2 (one prompt, one replica by prefix affinity) within one
+        # probe interval: the dead replica is then judged by the next active probe.
+        wait_until(lambda: health()["http://10.213.1.2:8000"] != "ok", 5, "the dead replica judged down")
+        assert health()["http://10.213.2.2:8000"] == "ok"
     finally:
         for s in sims:
             s.stop()

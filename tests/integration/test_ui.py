@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -315,7 +317,10 @@ def test_mode_cards_patch_the_real_engine_mode(
     operator: Process, crds: Cluster, namespace: str, page: Page, tmp_path: Path
 ) -> None:
     # Real pods on the simulated GPU nodes; their traffic goes to simulators (--endpoint-map).
-    sims = {f: processes.enginesim(f, f[0], ["m"], ARTIFACTS).start() for f in ("vllm", "ollama")}
+    # A stream on the vLLM simulator lasts 60 x 100 ms: the one in flight when the switch starts holds
+    # the drain to its 4 s deadline (an idle drain ends at once: test_switch_drain.py).
+    knobs: dict[str, dict[str, Any]] = {"vllm": {"tokens": 60, "itl_ms": 100}, "ollama": {}}
+    sims = {f: processes.enginesim(f, f[0], ["m"], ARTIFACTS, **knobs[f]).start() for f in ("vllm", "ollama")}
     mapping = ("--endpoint-map", f"c-vllm={sims['vllm'].url}",  # type: ignore[attr-defined]
                "--endpoint-map", f"c-ollama={sims['ollama'].url}")  # type: ignore[attr-defined]  # fmt: skip
     gw = processes.cluster_gateway(namespace, crds.kubeconfig, tmp_path, ARTIFACTS, [CLUSTER_KEY], [CLUSTER_ADMIN],
@@ -334,6 +339,11 @@ def test_mode_cards_patch_the_real_engine_mode(
         expect(page.locator("#mode-scope")).to_contain_text(f"EngineMode {namespace}/default")
         expect(page.locator("#mode-phase")).to_contain_text("Ready: vLLM is active")
 
+        in_flight = threading.Thread(target=lambda: httpx.post(
+            gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLUSTER_KEY}"}, timeout=60,  # type: ignore[attr-defined]
+            json={"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}))  # fmt: skip
+        in_flight.start()
+        time.sleep(0.5)  # running on c-vllm
         page.get_by_role("button", name="Switch to Ollama").click()
         page.locator("#mode-confirm").get_by_role("button", name="Switch").click()
         # The operator drains for 4 s: the page shows the switch in progress with its elapsed time.
@@ -348,6 +358,7 @@ def test_mode_cards_patch_the_real_engine_mode(
         status = crds.get("em", "default", namespace)["status"]
         assert status["activeMode"] == "ollama" and status["phase"] == "Ready"
         assert status["lastSwitchSeconds"] >= 4  # the drain, then the vLLM pod gone, then the Ollama pod Ready
+        in_flight.join(30)
         expect(row(page, "c-ollama").locator("td").nth(2)).to_have_text("Ready")
         expect(row(page, "c-vllm").locator("td").nth(3)).to_have_text("No (mode)")
         expect(page.locator("#mode-phase")).to_contain_text(f"took {status['lastSwitchSeconds']} s")

@@ -269,3 +269,39 @@ def test_models_list_standby_engines_with_their_phase_and_hide_switched_off_ones
     switched = Catalog((eng("o", model="llama", family=Family.OLLAMA, ready=True),), ModeState(mode=Mode.VLLM))
     assert model_object(switched, "llama") is None and model_list(switched)["data"] == []
     assert model_object(standby, "nothing") is None
+
+
+def test_a_manual_switch_drains_until_every_gateway_has_seen_it_and_nothing_runs() -> None:
+    from roundhouse_api.demand import switch_drained
+
+    since = 1000.0
+    idle_after = GatewayReport(at=since + 1, inFlight={})
+    busy_after = GatewayReport(at=since + 1, inFlight={"old": 1, "other": 3})
+    idle_before = GatewayReport(at=since - 1, inFlight={})  # it has not seen the switch: it may send there
+    assert switch_drained([idle_after], ["old"], since)
+    assert switch_drained([idle_after, GatewayReport(at=since + 2, inFlight={"other": 3})], ["old"], since)
+    assert not switch_drained([busy_after], ["old"], since)
+    assert not switch_drained([idle_after, idle_before], ["old"], since)
+    assert not switch_drained([], ["old"], since)  # no gateway says anything: the deadline decides
+
+
+def test_a_gateway_reports_again_when_the_operator_takes_a_switch_up() -> None:
+    old = Engine(name="old", family=Family.VLLM, served=frozenset(["m"]), endpoints=("http://o",), upstream_model="m")
+    new = Engine(name="new", family=Family.OLLAMA, served=frozenset(["m"]), endpoints=(), upstream_model="m")
+    d = Demand()
+    d.catalog_changed(Catalog((old, new), ModeState(mode=Mode.VLLM)))
+    assert not d.dirty.is_set()
+    # Patched: the gateway stops sending to the outgoing engine and says what it has in flight there.
+    d.catalog_changed(Catalog((old, new), ModeState(mode=Mode.OLLAMA, switching=True)))
+    assert d.dirty.is_set() and d.acked == {"old"}
+    d.dirty.clear()
+    # The operator's status names the switch's start: one more report, written after it.
+    d.catalog_changed(Catalog((old, new), ModeState(mode=Mode.OLLAMA, switching=True, switch_started_at=5.0)))
+    assert d.dirty.is_set()
+    d.dirty.clear()
+    d.catalog_changed(Catalog((old, new), ModeState(mode=Mode.OLLAMA, switching=True, switch_started_at=5.0)))
+    assert not d.dirty.is_set()
+    # The last request on the outgoing engine ending is reported too.
+    d.request_begin("old")
+    d.request_end("old")
+    assert d.dirty.is_set()

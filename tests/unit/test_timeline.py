@@ -186,3 +186,26 @@ def test_switch_completed_names_its_phases() -> None:
     assert done.message.startswith("now ollama (from vllm) in 3.5s: outgoing drained and gone, incoming pod created")
     assert "engine healthy 0.50s, pod Ready 0.10s (in, the last to start)" in done.message
     assert done.phases[0][0] == "drain-and-gone"
+
+
+def test_a_switch_drain_ends_early_only_on_reports_written_since_this_switch_began() -> None:
+    from roundhouse_api.demand import GatewayReport
+    from roundhouse_operator.switch import drain_over
+
+    started = datetime.fromtimestamp(T, UTC).isoformat()
+    idle = [GatewayReport(at=T + 0.5, inFlight={})]
+
+    def mode(spec: str, active: str, phase: str) -> EngineMode:
+        return EngineMode.model_validate({
+            "metadata": {"name": "default", "namespace": "ns", "generation": 2}, "spec": {"mode": spec},
+            "status": {"activeMode": active, "phase": phase, "switchStartedAt": started},
+        })  # fmt: skip
+
+    assert drain_over(mode("ollama", "vllm", "Switching"), ["v"], idle)
+    assert not drain_over(mode("ollama", "vllm", "Switching"), ["v"], [GatewayReport(at=T + 0.5, inFlight={"v": 1})])
+    assert not drain_over(mode("ollama", "vllm", "Switching"), ["v"], [GatewayReport(at=T - 0.5, inFlight={})])
+    assert not drain_over(mode("ollama", "vllm", "Switching"), ["v"], [])
+    assert not drain_over(mode("ollama", "vllm", "Switching"), [], idle)
+    # Patched again after an earlier switch: the start in the status is that one's, and the gateways'
+    # reports since then say nothing about this switch yet.
+    assert not drain_over(mode("vllm", "ollama", "Ready"), ["o"], idle)
