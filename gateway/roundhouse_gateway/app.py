@@ -179,7 +179,7 @@ class Gateway(Serving):
             while self.waiting_for[name] > 0:
                 for engine, endpoint in to_probe(self.source, {name}, self.early):
                     ok, _ = await self.check(engine, endpoint)
-                    if ok and endpoint in {ep for e in self.source.engines for ep in e.starting}:
+                    if ok and still_starting(self.source, {endpoint}):  # it may have gone meanwhile
                         self.early.add(endpoint)
                         self.catalog = with_early(self.source, self.early)
                         self.health.probed(endpoint, True)

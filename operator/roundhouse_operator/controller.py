@@ -43,7 +43,7 @@ from . import metrics
 from .fit import estimate
 from .kube import Kube
 from .ondemand_status import Seen, budget_of, views
-from .plan import EnginePlan, EngineView, ModePlan, plan
+from .plan import EnginePlan, EngineView, ModePlan, plan, wanted
 from .probes import Probing
 from .render import HASH_ANNOTATION, render, runs_workload
 from .status import Observed, engine_status
@@ -268,8 +268,8 @@ class Controller(Probing, StatusWriting):
         """A switch's drain ends early once every gateway says nothing is in flight on the outgoing engines."""
         if mode is None:
             return False
-        wanted = plan(mode.spec.mode, views).engines
-        outgoing = [v.name for v in views if v.runs_workload and v.deployed_replicas and not wanted[v.name].active]
+        outgoing = [v.name for v in views if v.governed and v.runs_workload and v.deployed_replicas
+                    and not wanted(mode.spec.mode, v.family)]  # fmt: skip
         return drain_over(mode, outgoing, fold(mode.metadata.annotations, now.timestamp())[1])
 
     async def _plan_on_demand(

@@ -30,17 +30,16 @@ ACTIVATION_SECONDS = Histogram(
     "roundhouse_operator_activation_duration_seconds", "Mode onDemand: from an engine's start to its readiness.",
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
 )  # fmt: skip
+PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 120, 600)  # one step of an activation or switch
 ACTIVATION_PHASE_SECONDS = Histogram(
     "roundhouse_operator_activation_phase_seconds",
     "Mode onDemand: each phase of an activation, from the request that asked for the engine to its pod Ready"
-    " (scale-up, created, scheduled, sandbox, started, healthy, ready).", ["phase"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 120, 600),
+    " (scale-up, created, scheduled, sandbox, started, healthy, ready).", ["phase"], buckets=PHASE_BUCKETS,
 )  # fmt: skip
 SWITCH_PHASE_SECONDS = Histogram(
     "roundhouse_operator_switch_phase_seconds",
     "Engine-mode switches: each phase, from the switch's start to the last incoming pod Ready"
-    " (drain-and-gone, scheduled, sandbox, started, healthy, ready).", ["phase"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 120, 600),
+    " (drain-and-gone, scheduled, sandbox, started, healthy, ready).", ["phase"], buckets=PHASE_BUCKETS,
 )  # fmt: skip
 LEADER = Gauge("roundhouse_operator_leader", "1 while this replica holds the leader lease (or runs without election).")
 ENGINE_OK = Gauge(

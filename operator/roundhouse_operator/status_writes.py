@@ -26,7 +26,7 @@ from .ondemand_status import on_demand_status
 from .plan import ModePlan
 from .status import condition, keep_transition_times
 from .store import Store
-from .switch import mode_status
+from .switch import mode_status, switch_starting
 
 log = logging.getLogger("roundhouse.operator")
 # Conditions whose turn to False a user should see in `kubectl describe`, with the Event reason.
@@ -110,7 +110,9 @@ class StatusWriting:
                     for phase, seconds in event.phases:
                         metrics.ACTIVATION_PHASE_SECONDS.labels(phase=phase).observe(seconds)
         else:
-            active = [n for n, e in p.engines.items() if e.active]
+            # Pod times only while a switch is under way: only its completion reads them.
+            switching = switch_starting(mode) or (mode.status is not None and mode.status.phase == ModePhase.SWITCHING)
+            active = [n for n, e in p.engines.items() if e.active] if switching else []
             status, events = mode_status(
                 mode, p, engines, now, {n: self.store.pod_times(mode.metadata.namespace, n) for n in active}
             )
