@@ -5,7 +5,9 @@
 - The floor for the same work without the operator, in the same run: the Deployments and Services
   the operator would render for those engines, server-side applied from 16 threads (as the
   operator does), until every Deployment is available.
-- A mode switch with 100 governed engines: `kubectl patch enginemode` to EngineMode Ready.
+- A mode switch with 100 governed engines: `kubectl patch enginemode` to EngineMode Ready, and its
+  floor: the same Deployments scaled down, their pods waited out, the incoming ones scaled up.
+- Where an engine's time goes from ADDED to Ready, over every engine of the run (`timeline`).
 A fresh operator process per run; the cluster is a separate one (its own state directory).
 Usage: .venv/bin/python bench/operator_scale.py [--sizes 10,100,1000] [--no-floor]
 """
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,7 @@ from kubernetes import watch as k8s_watch  # noqa: E402
 
 from roundhouse_api import GROUP, VERSION, InferenceEngine  # noqa: E402
 from roundhouse_operator.kube import Kube  # noqa: E402
-from roundhouse_operator.render import render  # noqa: E402
+from roundhouse_operator.render import ENGINE_LABEL, render  # noqa: E402
 from tests.support import cluster as lc  # noqa: E402
 from tests.support import processes  # noqa: E402
 
@@ -59,6 +62,17 @@ def api_requests(metrics_url: str) -> float:
     text = httpx.get(metrics_url).text
     return sum(float(m.group(1)) for m in re.finditer(r"^roundhouse_operator_api_requests_total\{[^}]*\} (\S+)$",
                                                        text, re.M))  # fmt: skip
+
+
+def passes(metrics_url: str) -> tuple[float, float]:
+    """How many namespace passes the operator made, and the seconds they took together."""
+    text = httpx.get(metrics_url).text
+
+    def value(name: str) -> float:
+        m = re.search(rf"^roundhouse_operator_reconcile_duration_seconds_{name} (\S+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    return value("count"), value("sum")
 
 
 def wait_all_ready(c: lc.Cluster, ns: str, n: int, timeout: float = 600) -> None:
@@ -87,6 +101,42 @@ def wait_all_ready(c: lc.Cluster, ns: str, n: int, timeout: float = 600) -> None
                 break
 
 
+def _at(stamp: str | None) -> float | None:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+
+
+def _ready_at(obj: dict[str, Any], kind: str = "Ready") -> float | None:
+    return next((_at(c.get("lastTransitionTime")) for c in (obj.get("status") or {}).get("conditions") or []
+                 if c.get("type") == kind and c.get("status") == "True"), None)  # fmt: skip
+
+
+def timeline(c: lc.Cluster, ns: str) -> dict[str, Any]:
+    """Where one engine's time from ADDED to Ready goes, over every engine (the API server's timestamps
+    are whole seconds: medians and the 90th percentile over many engines, not one engine's figure)."""
+    engines = {i["metadata"]["name"]: i for i in c.list("ie", ns)}
+    deployments = {d["metadata"]["name"]: d for d in c.list("deploy", ns)}
+    pods = {(p["metadata"].get("labels") or {}).get(ENGINE_LABEL): p for p in c.list("pods", ns)}
+    steps: dict[str, list[float]] = {"engine created -> Deployment created": [], "Deployment -> pod created": [],
+                                     "pod created -> pod Ready": [], "pod Ready -> engine Ready": [],
+                                     "engine created -> engine Ready": []}  # fmt: skip
+    for name, ie in engines.items():
+        d, pod = deployments.get(name), pods.get(name)
+        if d is None or pod is None:
+            continue
+        t = [_at(ie["metadata"]["creationTimestamp"]), _at(d["metadata"]["creationTimestamp"]),
+             _at(pod["metadata"]["creationTimestamp"]), _ready_at(pod), _ready_at(ie)]  # fmt: skip
+        if None in t:
+            continue
+        for key, (a, b) in zip(steps, [(0, 1), (1, 2), (2, 3), (3, 4), (0, 4)], strict=True):
+            steps[key].append(t[b] - t[a])  # type: ignore[operator]
+
+    def pct(xs: list[float], q: float) -> float:
+        return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+    return {k: {"median_s": pct(v, 0.5), "p90_s": pct(v, 0.9), "max_s": max(v, default=float("nan"))}
+            for k, v in steps.items()}  # fmt: skip
+
+
 def gone(c: lc.Cluster, ns: str) -> None:
     """Delete the namespace and wait until it is gone: garbage-collecting thousands of objects in
     the background would otherwise slow whatever is measured next."""
@@ -107,7 +157,10 @@ def run_size(c: lc.Cluster, n: int) -> dict[str, Any]:
         assert [(i.get("status") or {}).get("phase") for i in c.list("ie", ns)].count("Ready") == n
         cpu, rss = proc_stats(op.proc.pid)  # type: ignore[union-attr]
         reqs = api_requests(op.metrics_url)  # type: ignore[attr-defined]
+        count, seconds = passes(op.metrics_url)  # type: ignore[attr-defined]
+        print(json.dumps({"engines": n, "timeline": timeline(c, ns)}), flush=True)
         return {"engines": n, "apply_s": round(applied, 2), "all_ready_s": round(elapsed, 2),
+                "passes": int(count), "pass_seconds": round(seconds, 1),
                 "operator_cpu_s": round(cpu, 2), "operator_peak_rss_mib": round(rss, 1),
                 "api_requests_per_engine": round(reqs / n, 2)}  # fmt: skip
     finally:
@@ -119,13 +172,8 @@ def run_floor(c: lc.Cluster, n: int) -> dict[str, Any]:
     """The same Deployments and Services applied directly, no operator: what the control plane alone needs."""
     ns = c.create_namespace(f"floor{n}")
     try:
-        objects = []
-        for i in range(n):
-            doc = engine(f"e{i:04d}", "vllm")
-            doc["metadata"].update(namespace=ns, uid=f"floor-{i}", generation=1)
-            for obj in render(InferenceEngine.model_validate(doc), 1):
-                obj["metadata"].pop("ownerReferences", None)  # no engine object owns them here
-                objects.append(obj)
+        docs = [engine(f"e{i:04d}", "vllm") for i in range(n)]
+        objects = _rendered(ns, docs, {"vllm": 1})
         k8s_config.load_kube_config(str(c.kubeconfig))
         kube = Kube()
         apps = k8s_client.AppsV1Api(k8s_config.new_client_from_config(str(c.kubeconfig)))
@@ -133,15 +181,78 @@ def run_floor(c: lc.Cluster, n: int) -> dict[str, Any]:
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(kube.apply, objects))
         applied = time.monotonic() - start
-        available: set[str] = set()
-        w = k8s_watch.Watch()
-        for ev in w.stream(apps.list_namespaced_deployment, ns, timeout_seconds=600):
-            d = ev["object"]
-            if (d.status.available_replicas or 0) >= 1:
-                available.add(d.metadata.name)
-            if len(available) >= n:
-                w.stop()
+        _until_available(apps, ns, {d["metadata"]["name"] for d in docs})
         return {"engines": n, "apply_s": round(applied, 2), "all_available_s": round(time.monotonic() - start, 2)}
+    finally:
+        gone(c, ns)
+
+
+def _rendered(ns: str, docs: list[dict[str, Any]], replicas: dict[str, int]) -> list[dict[str, Any]]:
+    """The Deployments and Services the operator renders for `docs`, with no owner (none exists here)."""
+    out = []
+    for i, doc in enumerate(docs):
+        doc = {**doc, "metadata": {**doc["metadata"], "namespace": ns, "uid": f"floor-{i}", "generation": 1}}
+        for obj in render(InferenceEngine.model_validate(doc), replicas[doc["spec"]["engine"]]):
+            obj["metadata"].pop("ownerReferences", None)
+            out.append(obj)
+    return out
+
+
+def _until_available(apps: Any, ns: str, names: set[str]) -> None:
+    available: set[str] = set()
+    w = k8s_watch.Watch()
+    for ev in w.stream(apps.list_namespaced_deployment, ns, timeout_seconds=600):
+        d = ev["object"]
+        if d.metadata.name in names and (d.status.available_replicas or 0) >= 1:
+            available.add(d.metadata.name)
+        if available >= names:
+            w.stop()
+
+
+def switch_docs(n: int) -> list[dict[str, Any]]:
+    return [engine(f"v{i:03d}", "vllm") for i in range(n // 2)] + [engine(f"o{i:03d}", "ollama")
+                                                                   for i in range(n // 2)]  # fmt: skip
+
+
+def run_switch_floor(c: lc.Cluster, n: int = 100) -> dict[str, Any]:
+    """What a switch must do, without the operator: scale the vLLM engines' Deployments to zero, wait until
+    their pods are gone (the GPUs free), then scale the Ollama ones up and wait until they are available."""
+    ns = c.create_namespace("switchfloor")
+    try:
+        docs = switch_docs(n)
+        k8s_config.load_kube_config(str(c.kubeconfig))
+        kube = Kube()
+        api = k8s_config.new_client_from_config(str(c.kubeconfig))
+        apps, core = k8s_client.AppsV1Api(api), k8s_client.CoreV1Api(api)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(kube.apply, _rendered(ns, docs, {"vllm": 1, "ollama": 0})))
+        _until_available(apps, ns, {d["metadata"]["name"] for d in docs if d["spec"]["engine"] == "vllm"})
+        start = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(
+                pool.map(
+                    kube.apply,
+                    [
+                        o
+                        for o in _rendered(ns, docs, {"vllm": 0, "ollama": 0})
+                        if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("v")
+                    ],
+                )
+            )
+        lc.wait_until(lambda: not core.list_namespaced_pod(ns).items, 600, "vLLM pods gone", interval=0.2)
+        with ThreadPoolExecutor(16) as pool:
+            list(
+                pool.map(
+                    kube.apply,
+                    [
+                        o
+                        for o in _rendered(ns, docs, {"vllm": 0, "ollama": 1})
+                        if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("o")
+                    ],
+                )
+            )
+        _until_available(apps, ns, {d["metadata"]["name"] for d in docs if d["spec"]["engine"] == "ollama"})
+        return {"governed_engines": n, "floor_s": round(time.monotonic() - start, 2)}
     finally:
         gone(c, ns)
 
@@ -152,9 +263,7 @@ def run_switch(c: lc.Cluster, n: int = 100) -> dict[str, Any]:
     try:
         mode = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode", "metadata": {"name": "default"},
                 "spec": {"mode": "vllm", "switchPolicy": {"drainSeconds": 0}}}  # fmt: skip
-        docs = [engine(f"v{i:03d}", "vllm") for i in range(n // 2)] + [engine(f"o{i:03d}", "ollama")
-                                                                       for i in range(n // 2)]  # fmt: skip
-        c.apply([mode, *docs], ns)
+        c.apply([mode, *switch_docs(n)], ns)
         lc.wait_until(lambda: (c.get("em", "default", ns).get("status") or {}).get("phase") == "Ready", 300,
                       "initial mode Ready", interval=0.5)  # fmt: skip
         start = time.monotonic()
@@ -195,6 +304,10 @@ def main() -> None:
                       flush=True)  # fmt: skip
         results["switch"] = run_switch(c)
         print(json.dumps(results["switch"]), flush=True)
+        if not args.no_floor:
+            floor = results["switch_floor"] = run_switch_floor(c)
+            print(json.dumps({"switch_floor": floor, "switch_over_floor": round(
+                results["switch"]["patch_to_ready_s"] / floor["floor_s"], 2)}), flush=True)  # fmt: skip
     finally:
         subprocess.run([str(lc.LOCAL_CLUSTER), "down"], env={**os.environ, "ROUNDHOUSE_CLUSTER_DIR": str(STATE)})
     print(json.dumps(results, indent=2))

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Awaitable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +61,13 @@ UNREACHABLE_BACKOFF_MAX = 5.0
 PROBE_TIMEOUT = 5.0
 SECRET_RECHECK_SECONDS = 3.0
 MAX_PARALLEL_APPLIES = 16
+# A Deployment just applied is acted on by the controller-manager, the scheduler and the kubelet within
+# about a second; its engine's status is written once that settles, not at each step (at 1,000 engines,
+# writing every step cost an API request per engine more than the apply itself).
+SETTLE_SECONDS = 1.0
+# Passes back to back are spaced by this many times the last one's planning time (at most PACE_MAX_SECONDS):
+# a namespace of 1,000 engines takes about 20 ms to plan, and planning on every event used a whole core.
+PACE, PACE_MAX_SECONDS = 20.0, 1.0
 # API server answers that mean the rendered object itself is refused (not a passing failure).
 REFUSED_STATUSES = {400, 403, 422}
 
@@ -140,6 +148,15 @@ class Controller(Probing, StatusWriting):
         self._plans: dict[tuple[str, str], EnginePlan] = {}
         self._statuses: dict[tuple[str, str], tuple[str, Family, EngineStatus, bool]] = {}
         self.http = httpx.AsyncClient(timeout=PROBE_TIMEOUT)
+        # An engine's apply and status write run as a task of their own, so that a pass never waits
+        # for the API server: at 1,000 engines a pass that awaited them took about 4.6 s, and an
+        # engine created meanwhile waited that long for its Deployment. One task per engine at a
+        # time; an engine marked while its task runs is reconciled again once it is done.
+        self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._again: set[tuple[str, str]] = set()
+        self._settle: dict[tuple[str, str], float] = {}  # engine -> loop time its status may be written
+        self.settle_seconds = SETTLE_SECONDS
+        self._planning = 0.0  # seconds the last pass spent planning, which paces the next one
 
     def mark(self, namespace: str, engine: str | None = None) -> None:
         """Reconcile `engine` (None: every engine and mode of `namespace`) on the next pass."""
@@ -147,6 +164,11 @@ class Controller(Probing, StatusWriting):
             self.dirty[namespace] = None if engine is None else {engine}
         elif (engines := self.dirty[namespace]) is not None:
             engines.add(engine)
+        self.wake.set()
+
+    def mark_mode(self, namespace: str) -> None:
+        """Plan `namespace` and write its modes' status on the next pass, without touching any engine."""
+        self.dirty.setdefault(namespace, set())
         self.wake.set()
 
     def mark_later(self, namespace: str, seconds: float) -> None:
@@ -176,27 +198,33 @@ class Controller(Probing, StatusWriting):
                     self.mark(namespace)
             self.wake.clear()
             # Let a burst of watch events land before acting on it.
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(max(0.05, min(PACE_MAX_SECONDS, PACE * self._planning)))
             batch, self.dirty = self.dirty, {}
+            self._planning = 0.0
             for namespace in sorted(batch):
-                await self.reconcile_safely(namespace, batch[namespace])
+                await self.reconcile_safely(namespace, batch[namespace], wait=False)
 
-    async def reconcile_safely(self, namespace: str, engines: set[str] | None = None) -> None:
+    async def reconcile_safely(self, namespace: str, engines: set[str] | None = None, wait: bool = True) -> None:
         started = time.perf_counter()
-        try:
-            await self.reconcile(namespace, engines)
+        if await self._guarded(namespace, self.reconcile(namespace, engines, wait=wait)):
             metrics.RECONCILES.labels(result="ok").inc()
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    async def _guarded(self, namespace: str, work: Awaitable[Any]) -> bool:
+        """Run a pass or an engine's task; a failure is logged and the namespace retried with backoff."""
+        try:
+            await work
             self.failures.pop(namespace, None)
+            return True
         except ApiException as err:
             gone = err.status == 404 and '"kind":"namespaces"' in str(err.body).replace(" ", "")
             if gone or (err.status == 403 and "NamespaceTerminating" in str(err.body)):
                 log.info("namespace is being deleted", extra={"namespace": namespace})
-                return
+                return False
             self._failed(namespace, err, api_message(err))
         except Exception as err:  # one bad namespace must not stop the others; retry with backoff
             self._failed(namespace, err)
-        finally:
-            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        return False
 
     def _failed(self, namespace: str, err: Exception, api_error: str | None = None) -> None:
         """Count the failure and retry the namespace later, backing off exponentially. An API server's
@@ -214,8 +242,10 @@ class Controller(Probing, StatusWriting):
                       extra={"namespace": namespace, "error": str(err), "retryIn": delay})  # fmt: skip
         self.mark_later(namespace, delay)
 
-    async def reconcile(self, namespace: str, only: set[str] | None = None) -> None:
-        """Plan `namespace`; reconcile the engines in `only` (None: all) and those whose plan changed."""
+    async def reconcile(self, namespace: str, only: set[str] | None = None, wait: bool = True) -> None:
+        """Plan `namespace`; reconcile the engines in `only` (None: all) and those whose plan changed.
+        Without `wait` the engines' API calls go on after the pass returns (the run loop's way)."""
+        planning = time.perf_counter()
         now = datetime.now(UTC)
         modes = []
         for raw in sorted(self.store.all("EngineMode", namespace), key=lambda m: m["metadata"]["name"]):
@@ -251,9 +281,11 @@ class Controller(Probing, StatusWriting):
         targets = [name for name in parsed if only is None or name in only
                    or self._plans.get((namespace, name)) != plans[name][1].engines.get(name)]  # fmt: skip
         nodes = await asyncio.to_thread(self.kube.nodes) if targets else []
-        await asyncio.gather(*(
-            self._reconcile_engine(namespace, *parsed[name], plans[name], nodes, now) for name in targets
-        ))  # fmt: skip
+        started = [self._start_engine(namespace, name, self._reconcile_engine(
+            namespace, *parsed[name], plans[name], nodes, now)) for name in targets]  # fmt: skip
+        self._planning += time.perf_counter() - planning
+        if wait:
+            await asyncio.gather(*(t for t in started if t is not None))
         statuses: dict[str, dict[str, tuple[Family, EngineStatus, bool]]] = {}
         for name in parsed:
             if cached := self._statuses.get((namespace, name)):
@@ -263,6 +295,36 @@ class Controller(Probing, StatusWriting):
             mode_plan = next((p for (m, p) in plans.values() if m is not None and m.metadata.name == name), ModePlan())
             await self._write_mode_status(mode, mode_plan, statuses.get(mode.metadata.name, {}), now,
                                           on_demand.get(name), parsed)  # fmt: skip
+
+    def _start_engine(self, namespace: str, name: str, work: Coroutine[Any, Any, bool]) -> asyncio.Task[None] | None:
+        """Run an engine's reconcile as its own task, or, while one runs, once more after it."""
+        key = (namespace, name)
+        if key in self._inflight:
+            work.close()
+            self._again.add(key)
+            return None
+        task = self._inflight[key] = asyncio.create_task(self._engine_task(key, work))
+        return task
+
+    async def _engine_task(self, key: tuple[str, str], work: Coroutine[Any, Any, bool]) -> None:
+        namespace, name = key
+        wrote = False
+
+        async def run() -> None:
+            nonlocal wrote
+            wrote = await work
+
+        try:
+            await self._guarded(namespace, run())
+        finally:
+            del self._inflight[key]
+        if self.store.get("InferenceEngine", namespace, name) is None:
+            self.forget(namespace, name)  # deleted while its task ran: what the task recorded goes too
+        elif key in self._again:
+            self._again.discard(key)
+            self.mark(namespace, name)
+        elif wrote and key in self._statuses:
+            self.mark_mode(namespace)  # the mode's status is built from its engines' statuses
 
     def _drained(self, mode: EngineMode | None, views: list[EngineView], now: datetime) -> bool:
         """A switch's drain ends early once every gateway says nothing is in flight on the outgoing engines."""
@@ -325,7 +387,7 @@ class Controller(Probing, StatusWriting):
         mode_plan: tuple[EngineMode | None, ModePlan],
         nodes: list[dict[str, Any]],
         now: datetime,
-    ) -> None:
+    ) -> bool:
         name = raw["metadata"]["name"]
         mode, p = mode_plan
         key = (namespace, name)
@@ -334,15 +396,15 @@ class Controller(Probing, StatusWriting):
         if engine is None:
             self._statuses.pop(key, None)
             self.count_phase(namespace, name, Phase.FAILED.value)
-            await self._write_invalid(raw, error or "invalid spec", previous, now)
-            return
+            return await self._write_invalid(raw, error or "invalid spec", previous, now)
         ep = p.engines[name]
         if raw["metadata"].get("deletionTimestamp"):
-            return  # being deleted: the garbage collector takes its objects away
+            return False  # being deleted: the garbage collector takes its objects away
         apply_error = None
         if error is None:
             try:
-                await self._apply_changed(namespace, self.render(engine, ep.replicas))
+                if await self._apply_changed(namespace, self.render(engine, ep.replicas)):
+                    self._settling(key)
                 self.apply_failures.pop(key, None)
             except ApplyRefused as refused:
                 apply_error = (refused.kind, refused.message)
@@ -371,7 +433,18 @@ class Controller(Probing, StatusWriting):
             self._statuses[key] = (mode.metadata.name, engine.spec.engine, status, runs_workload(engine))
         else:
             self._statuses.pop(key, None)
-        await self._write_engine_status(raw, status, previous)
+        if self._settle.get(key, 0.0) > asyncio.get_running_loop().time():
+            return previous is None or previous.wire() != status.wire()  # written once it settles
+        self._settle.pop(key, None)
+        return await self._write_engine_status(raw, status, previous)
+
+    def _settling(self, key: tuple[str, str]) -> None:
+        """Hold the engine's status write until what was just applied has settled, then reconcile it."""
+        if self.settle_seconds <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._settle[key] = loop.time() + self.settle_seconds
+        loop.call_later(self.settle_seconds + 0.01, self.mark, *key)
 
     def parse(self, raw: dict[str, Any]) -> tuple[InferenceEngine | None, str | None]:
         meta = raw["metadata"]
@@ -411,6 +484,7 @@ class Controller(Probing, StatusWriting):
         self.missing_secrets.pop((namespace, name), None)
         self._plans.pop((namespace, name), None)
         self._statuses.pop((namespace, name), None)
+        self._settle.pop((namespace, name), None)
         for key in [k for k in self._parsed if k[0] == uid]:
             del self._parsed[key]
         for rkey in [k for k in self._rendered if k[0] == uid]:
@@ -424,18 +498,12 @@ class Controller(Probing, StatusWriting):
 
     def referencing(self, namespace: str, name: str) -> list[str]:
         """Engines of the namespace whose spec.routing.fallback names `name`."""
-        out = []
-        for raw in self.store.all("InferenceEngine", namespace):
-            fallback = ((raw.get("spec") or {}).get("routing") or {}).get("fallback") or []
-            if name in fallback:
-                out.append(raw["metadata"]["name"])
-        return out
+        return self.store.referencing(namespace, name)
 
     def missing_fallbacks(self, namespace: str, engine: InferenceEngine) -> list[str]:
         """The engines spec.routing.fallback names that do not exist in the namespace."""
         wanted = engine.spec.routing.fallback if engine.spec.routing else []
-        present = {raw["metadata"]["name"] for raw in self.store.all("InferenceEngine", namespace)}
-        return [n for n in wanted if n not in present]
+        return [n for n in wanted if self.store.get("InferenceEngine", namespace, n) is None]
 
     def _refused(self, key: tuple[str, str], refused: ApplyRefused) -> None:
         """One structured line (no traceback) and a retry with exponential backoff."""
@@ -446,7 +514,9 @@ class Controller(Probing, StatusWriting):
         metrics.RECONCILES.labels(result="refused").inc()
         self.mark_later(key[0], delay)
 
-    async def _apply_changed(self, namespace: str, objects: list[dict[str, Any]]) -> None:
+    async def _apply_changed(self, namespace: str, objects: list[dict[str, Any]]) -> bool:
+        """Apply the objects whose rendered hash differs from the stored one; whether a Deployment was."""
+        deployment = False
         for obj in objects:
             current = self.store.get(obj["kind"], namespace, obj["metadata"]["name"])
             current_hash = ((current or {}).get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
@@ -461,6 +531,8 @@ class Controller(Probing, StatusWriting):
                     raise
             self.store.put(obj["kind"], stored)
             metrics.APPLIES.labels(kind=obj["kind"]).inc()
+            deployment = deployment or obj["kind"] == "Deployment"
+        return deployment
 
 
 def unreachable(err: Exception) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import threading
 from typing import Any
 
 from roundhouse_operator.controller import Controller
@@ -70,7 +71,9 @@ def controller(*objects: tuple[str, dict[str, Any]]) -> tuple[Controller, FakeKu
     kube.store = store  # type: ignore[attr-defined]
     for kind, body in objects:
         store.put(kind, body)
-    return Controller(store, kube), kube  # type: ignore[arg-type]
+    c = Controller(store, kube)  # type: ignore[arg-type]
+    c.settle_seconds = 0  # statuses written in the pass that changes them (settling has its own test)
+    return c, kube
 
 
 def test_a_pod_event_reconciles_only_its_engine() -> None:
@@ -184,3 +187,65 @@ def test_an_unreachable_api_server_is_retried_within_seconds_and_a_refusal_backs
 
     assert asyncio.run(delays(refused))[0] <= UNREACHABLE_BACKOFF_MAX
     assert asyncio.run(delays(ApiException(status=422)))[0] > 30
+
+
+class SlowKube(FakeKube):
+    """Applies for the engines named in `held` wait until released, as under a loaded API server."""
+
+    def __init__(self, held: set[str]) -> None:
+        super().__init__()
+        self.held, self.release = held, threading.Event()
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if obj["metadata"]["name"] in self.held:
+            assert self.release.wait(5)
+        return super().apply(obj)
+
+
+def test_a_pass_does_not_wait_for_an_engine_whose_api_calls_are_slow() -> None:
+    kube = SlowKube(held={"slow"})
+    store = Store()
+    kube.store = store  # type: ignore[attr-defined]
+    store.put("InferenceEngine", ie("slow"))
+    c = Controller(store, kube)  # type: ignore[arg-type]
+    c.settle_seconds = 0
+
+    async def scenario() -> None:
+        await c.reconcile(NS, wait=False)  # the pass returns while slow's apply hangs
+        store.put("InferenceEngine", ie("new"))
+        await c.reconcile(NS, {"new", "slow"}, wait=False)  # slow is still in flight: once more, later
+        for _ in range(100):
+            if "InferenceEngine/new" in kube.status_patched:
+                break
+            await asyncio.sleep(0.01)
+        assert "Deployment/new" in kube.applied and "Deployment/slow" not in kube.applied
+        assert c.dirty == {}
+        kube.release.set()
+        for _ in range(100):
+            if c.dirty:
+                break
+            await asyncio.sleep(0.01)
+        assert c.dirty == {NS: {"slow"}}  # marked while in flight: reconciled again now that it is done
+        assert kube.status_patched.count("InferenceEngine/slow") == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_fresh_deployments_engine_status_is_written_once_it_settles() -> None:
+    """Created, scheduled and ready within the settling time: one status write, with the last of them."""
+    c, kube = controller(("InferenceEngine", ie("a")))
+    c.settle_seconds = 0.3
+
+    async def scenario() -> None:
+        await c.reconcile(NS)
+        assert kube.applied == ["Deployment/a", "Service/a"] and kube.status_patched == []
+        c.store.put("Pod", pod("a"))
+        await c.reconcile(NS, {"a"})  # a pod event while settling: still nothing written
+        assert kube.status_patched == []
+        assert c.phases[(NS, "a")] == "Starting"  # the gauges and the mode's view do not wait
+        await asyncio.sleep(0.35)
+        assert c.dirty == {NS: {"a"}}  # the settling time ran out: the engine is reconciled again
+        await c.reconcile(NS, {"a"})
+        assert kube.status_patched == ["InferenceEngine/a"]
+
+    asyncio.run(scenario())

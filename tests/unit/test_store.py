@@ -43,3 +43,22 @@ def test_holds_recognises_an_echo_of_what_is_stored_but_not_news() -> None:
     assert s.holds("Pod", pod("a", "e1", rv="4"))  # an event queued before it
     assert not s.holds("Pod", pod("a", "e1", rv="6"))  # somebody else changed it since
     assert not s.holds("Pod", pod("a", "e1", rv="5", uid="other"))  # deleted and created again
+
+
+def engine(name: str, fallback: list[str], rv: str = "1") -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ns", "uid": "u" + name, "resourceVersion": rv},
+            "spec": {"engine": "vllm", "routing": {"fallback": fallback}}}  # fmt: skip
+
+
+def test_referencing_follows_each_engines_fallback_list_through_edits_and_deletes() -> None:
+    s = Store()
+    s.put("InferenceEngine", engine("a", ["big", "small"]))
+    s.put("InferenceEngine", engine("b", ["big"]))
+    s.put("InferenceEngine", {"metadata": {"name": "c", "namespace": "ns", "uid": "uc"}, "spec": {}})
+    assert s.referencing("ns", "big") == ["a", "b"] and s.referencing("ns", "small") == ["a"]
+    s.put("InferenceEngine", engine("a", ["small"], rv="2"))  # big dropped from a's list
+    assert s.referencing("ns", "big") == ["b"]
+    s.put("InferenceEngine", engine("a", ["big"], rv="1"))  # a stale event changes nothing
+    assert s.referencing("ns", "big") == ["b"] and s.referencing("ns", "small") == ["a"]
+    s.remove("InferenceEngine", engine("b", ["big"]))
+    assert s.referencing("ns", "big") == [] and s.referencing("other", "small") == []
