@@ -61,8 +61,8 @@ UNREACHABLE_BACKOFF_MAX = 5.0
 PROBE_TIMEOUT = 5.0
 SECRET_RECHECK_SECONDS = 3.0
 MAX_PARALLEL_APPLIES = 16
-# A Deployment just applied is acted on by the controller-manager, the scheduler and the kubelet within
-# about a second; its engine's status is written once that settles, not at each step (at 1,000 engines,
+# A new engine's Deployment is acted on by the controller-manager, the scheduler and the kubelet within
+# about a second; its first status is written once that settles, not at each step (at 1,000 engines,
 # writing every step cost an API request per engine more than the apply itself).
 SETTLE_SECONDS = 1.0
 # Passes back to back are spaced by this many times the last one's planning time (at most PACE_MAX_SECONDS):
@@ -403,7 +403,8 @@ class Controller(Probing, StatusWriting):
         apply_error = None
         if error is None:
             try:
-                if await self._apply_changed(namespace, self.render(engine, ep.replicas)):
+                # Only a new engine's first status waits: a changed engine's must not say Ready meanwhile.
+                if await self._apply_changed(namespace, self.render(engine, ep.replicas)) and not raw.get("status"):
                     self._settling(key)
                 self.apply_failures.pop(key, None)
             except ApplyRefused as refused:

@@ -247,5 +247,12 @@ def test_a_fresh_deployments_engine_status_is_written_once_it_settles() -> None:
         assert c.dirty == {NS: {"a"}}  # the settling time ran out: the engine is reconciled again
         await c.reconcile(NS, {"a"})
         assert kube.status_patched == ["InferenceEngine/a"]
+        stored = copy.deepcopy(c.store.get("InferenceEngine", NS, "a"))
+        assert stored is not None and stored["status"]["phase"] == "Starting"
+        stored["spec"]["replicas"] = 3
+        stored["metadata"].update(generation=2, resourceVersion="999")
+        c.store.put("InferenceEngine", stored)
+        await c.reconcile(NS, {"a"})  # a changed engine's status is written at once: never a stale Ready
+        assert kube.status_patched == ["InferenceEngine/a"] * 2
 
     asyncio.run(scenario())
