@@ -117,14 +117,15 @@ def timeline(c: lc.Cluster, ns: str) -> dict[str, Any]:
     deployments = {d["metadata"]["name"]: d for d in c.list("deploy", ns)}
     pods = {(p["metadata"].get("labels") or {}).get(ENGINE_LABEL): p for p in c.list("pods", ns)}
     steps: dict[str, list[float]] = {"engine created -> Deployment created": [], "Deployment -> pod created": [],
-                                     "pod created -> pod Ready": [], "pod Ready -> engine Ready": [],
+                                     "pod created -> Deployment available": [],
+                                     "Deployment available -> engine Ready": [],
                                      "engine created -> engine Ready": []}  # fmt: skip
     for name, ie in engines.items():
         d, pod = deployments.get(name), pods.get(name)
         if d is None or pod is None:
             continue
         t = [_at(ie["metadata"]["creationTimestamp"]), _at(d["metadata"]["creationTimestamp"]),
-             _at(pod["metadata"]["creationTimestamp"]), _ready_at(pod), _ready_at(ie)]  # fmt: skip
+             _at(pod["metadata"]["creationTimestamp"]), _ready_at(d, "Available"), _ready_at(ie)]  # fmt: skip
         if None in t:
             continue
         for key, (a, b) in zip(steps, [(0, 1), (1, 2), (2, 3), (3, 4), (0, 4)], strict=True):

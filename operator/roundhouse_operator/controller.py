@@ -62,12 +62,14 @@ PROBE_TIMEOUT = 5.0
 SECRET_RECHECK_SECONDS = 3.0
 MAX_PARALLEL_APPLIES = 16
 # A new engine's Deployment is acted on by the controller-manager, the scheduler and the kubelet within
-# about a second; its first status is written once that settles, not at each step (at 1,000 engines,
-# writing every step cost an API request per engine more than the apply itself).
-SETTLE_SECONDS = 1.0
+# seconds; its first Pending or Starting status waits that long, so that a quick engine's first write
+# says Ready (at 1,000 engines, writing every step cost an API request per engine more than the apply).
+SETTLE_SECONDS = 2.0
+SETTLING_PHASES = (Phase.PENDING, Phase.STARTING)  # Ready, Failed and Standby are written at once
 # Passes back to back are spaced by this many times the last one's planning time (at most PACE_MAX_SECONDS):
 # a namespace of 1,000 engines takes about 20 ms to plan, and planning on every event used a whole core.
 PACE, PACE_MAX_SECONDS = 20.0, 1.0
+FAMILY_NAMES = {f.value: f for f in Family}
 # API server answers that mean the rendered object itself is refused (not a passing failure).
 REFUSED_STATUSES = {400, 403, 422}
 
@@ -156,6 +158,7 @@ class Controller(Probing, StatusWriting):
         self._again: set[tuple[str, str]] = set()
         self._settle: dict[tuple[str, str], float] = {}  # engine -> loop time its status may be written
         self.settle_seconds = SETTLE_SECONDS
+        self._gpu_memo: tuple[list[dict[str, Any]] | None, dict[str | None, int | None]] = (None, {})
         self._planning = 0.0  # seconds the last pass spent planning, which paces the next one
 
     def mark(self, namespace: str, engine: str | None = None) -> None:
@@ -280,7 +283,7 @@ class Controller(Probing, StatusWriting):
 
         targets = [name for name in parsed if only is None or name in only
                    or self._plans.get((namespace, name)) != plans[name][1].engines.get(name)]  # fmt: skip
-        nodes = await asyncio.to_thread(self.kube.nodes) if targets else []
+        nodes = await self._nodes() if targets else []
         started = [self._start_engine(namespace, name, self._reconcile_engine(
             namespace, *parsed[name], plans[name], nodes, now)) for name in targets]  # fmt: skip
         self._planning += time.perf_counter() - planning
@@ -295,6 +298,12 @@ class Controller(Probing, StatusWriting):
             mode_plan = next((p for (m, p) in plans.values() if m is not None and m.metadata.name == name), ModePlan())
             await self._write_mode_status(mode, mode_plan, statuses.get(mode.metadata.name, {}), now,
                                           on_demand.get(name), parsed)  # fmt: skip
+
+    async def _nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes; a worker thread only when the cache is stale. A pass must not wait in the
+        executor's queue behind the engines' API calls (seconds, under a loaded API server)."""
+        cached = self.kube.cached_nodes()
+        return cached if cached is not None else await asyncio.to_thread(self.kube.nodes)
 
     def _start_engine(self, namespace: str, name: str, work: Coroutine[Any, Any, bool]) -> asyncio.Task[None] | None:
         """Run an engine's reconcile as its own task, or, while one runs, once more after it."""
@@ -348,11 +357,7 @@ class Controller(Probing, StatusWriting):
             deployment = self.store.get("Deployment", namespace, n)
             seen.append(Seen(n, engine, deployment, len(self.store.owned("Pod", namespace, n))))
         demand, reports = fold(mode.metadata.annotations, now.timestamp())
-        nodes = (
-            await asyncio.to_thread(self.kube.nodes)
-            if not (mode.spec.on_demand and mode.spec.on_demand.gpu_budget is not None)
-            else []
-        )
+        nodes = await self._nodes() if not (mode.spec.on_demand and mode.spec.on_demand.gpu_budget is not None) else []
         budget = budget_of(mode, nodes)
         dviews = views(mode, seen, demand, reports)
         dplan = plan_on_demand(dviews, budget, now.timestamp())
@@ -367,13 +372,13 @@ class Controller(Probing, StatusWriting):
         name = raw["metadata"]["name"]
         deployment = self.store.get("Deployment", namespace, name)
         deployed = int(((deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
-        family = Family(raw["spec"].get("engine", "vllm")) if raw["spec"].get("engine") in list(Family) else Family.VLLM
+        family = engine.spec.engine if engine else FAMILY_NAMES.get(raw["spec"].get("engine"), Family.VLLM)
         return EngineView(
             name=name,
             family=family,
             spec_replicas=engine.spec.replicas if engine else deployed,
             deployed_replicas=deployed,
-            pods=len(self.store.owned("Pod", namespace, name)),
+            pods=self.store.count_owned("Pod", namespace, name),
             runs_workload=runs_workload(engine) if engine else True,
             governed=governed,
         )
@@ -419,7 +424,7 @@ class Controller(Probing, StatusWriting):
             plan=ep,
             deployment=self.store.get("Deployment", namespace, name),
             pods=self.store.owned("Pod", namespace, name),
-            fit=estimate(engine.spec, gpu_memory_mib(nodes, engine)),
+            fit=estimate(engine.spec, self._gpu_memory(nodes, engine)),
             config_error=error,
             probe_ok=self.probes.get((namespace, name), (None, ""))[0],
             probe_message=self.probes.get((namespace, name), (None, ""))[1],
@@ -434,7 +439,7 @@ class Controller(Probing, StatusWriting):
             self._statuses[key] = (mode.metadata.name, engine.spec.engine, status, runs_workload(engine))
         else:
             self._statuses.pop(key, None)
-        if self._settle.get(key, 0.0) > asyncio.get_running_loop().time():
+        if status.phase in SETTLING_PHASES and self._settle.get(key, 0.0) > asyncio.get_running_loop().time():
             return previous is None or previous.wire() != status.wire()  # written once it settles
         self._settle.pop(key, None)
         return await self._write_engine_status(raw, status, previous)
@@ -446,6 +451,15 @@ class Controller(Probing, StatusWriting):
         loop = asyncio.get_running_loop()
         self._settle[key] = loop.time() + self.settle_seconds
         loop.call_later(self.settle_seconds + 0.01, self.mark, *key)
+
+    def _gpu_memory(self, nodes: list[dict[str, Any]], engine: InferenceEngine) -> int | None:
+        """gpu_memory_mib, once per node listing and GPU product (the listing is cached by Kube)."""
+        if self._gpu_memo[0] is not nodes:
+            self._gpu_memo = (nodes, {})
+        product = engine.spec.gpu_product
+        if product not in self._gpu_memo[1]:
+            self._gpu_memo[1][product] = gpu_memory_mib(nodes, engine)
+        return self._gpu_memo[1][product]
 
     def parse(self, raw: dict[str, Any]) -> tuple[InferenceEngine | None, str | None]:
         meta = raw["metadata"]

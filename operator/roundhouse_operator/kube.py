@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -93,7 +94,7 @@ class Kube:
             for chunk in resp.response.stream(64 * 1024, decode_content=False):
                 *lines, pending = (pending + chunk).split(b"\n")
                 if lines:
-                    yield [json.loads(line) for line in lines if line.strip()]
+                    yield [orjson.loads(line) for line in lines if line.strip()]
         finally:
             # Left early, the connection still has bytes in flight; urllib3 drops a pooled
             # connection that is readable before reusing it (test_operator_watch checks).
@@ -116,7 +117,7 @@ class Kube:
         resp.read()
         if not 200 <= resp.status < 300:
             raise ApiException(http_resp=resp)
-        return json.loads(resp.data)  # type: ignore[no-any-return]
+        return orjson.loads(resp.data)  # type: ignore[no-any-return]
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply with the field manager `roundhouse`; returns the object as stored."""
@@ -171,11 +172,16 @@ class Kube:
             return None, f"Secret {name} has no key {key!r}"
         return base64.b64decode(data).decode(), None
 
+    def cached_nodes(self) -> list[dict[str, Any]] | None:
+        """The nodes listed less than NODE_CACHE_SECONDS ago, or None: no thread needed to read them."""
+        at, cached = self._nodes
+        return cached if time.monotonic() - at < NODE_CACHE_SECONDS else None
+
     def nodes(self) -> list[dict[str, Any]]:
         """Nodes (labels and allocatable), cached briefly: only used for the ModelFits estimate."""
-        at, cached = self._nodes
-        if time.monotonic() - at < NODE_CACHE_SECONDS:
+        if (cached := self.cached_nodes()) is not None:
             return cached
+        cached = self._nodes[1]
         metrics.API_REQUESTS.labels(verb="list_nodes").inc()
         try:
             items = self.core.list_node().items

@@ -109,6 +109,10 @@ class Store:
         objs = self._objects[kind][namespace]
         return [objs[n] for n in self._by_engine.get((kind, namespace, engine), ()) if n in objs]
 
+    def count_owned(self, kind: str, namespace: str, engine: str) -> int:
+        """How many objects of `kind` are labelled as belonging to `engine` (owned() without the list)."""
+        return len(self._by_engine.get((kind, namespace, engine), ()))
+
     def namespaces(self) -> set[str]:
         return {ns for by_ns in self._objects.values() for ns, objs in by_ns.items() if objs}
 

@@ -45,6 +45,9 @@ class FakeKube:
     def nodes(self) -> list[dict[str, Any]]:
         return []
 
+    def cached_nodes(self) -> list[dict[str, Any]] | None:
+        return None
+
 
 def ie(name: str, family: str = "vllm") -> dict[str, Any]:
     return {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine",
@@ -231,28 +234,37 @@ def test_a_pass_does_not_wait_for_an_engine_whose_api_calls_are_slow() -> None:
     asyncio.run(scenario())
 
 
-def test_a_fresh_deployments_engine_status_is_written_once_it_settles() -> None:
-    """Created, scheduled and ready within the settling time: one status write, with the last of them."""
-    c, kube = controller(("InferenceEngine", ie("a")))
+def test_a_new_engines_first_status_waits_while_it_settles_but_never_holds_back_ready() -> None:
+    """Created, scheduled and ready within the settling time: one status write, saying Ready."""
+    c, kube = controller(("InferenceEngine", ie("a")), ("InferenceEngine", ie("b")))
     c.settle_seconds = 0.3
 
     async def scenario() -> None:
         await c.reconcile(NS)
-        assert kube.applied == ["Deployment/a", "Service/a"] and kube.status_patched == []
-        c.store.put("Pod", pod("a"))
-        await c.reconcile(NS, {"a"})  # a pod event while settling: still nothing written
+        assert sorted(kube.applied) == ["Deployment/a", "Deployment/b", "Service/a", "Service/b"]
         assert kube.status_patched == []
-        assert c.phases[(NS, "a")] == "Starting"  # the gauges and the mode's view do not wait
-        await asyncio.sleep(0.35)
-        assert c.dirty == {NS: {"a"}}  # the settling time ran out: the engine is reconciled again
-        await c.reconcile(NS, {"a"})
+        c.store.put("Pod", pod("a"))
+        c.store.put("Pod", pod("b"))
+        await c.reconcile(NS, {"a", "b"})  # pod events while settling: nothing written yet
+        assert kube.status_patched == [] and c.phases[(NS, "a")] == "Starting"  # the gauges do not wait
+        ready = copy.deepcopy(c.store.get("Deployment", NS, "a"))
+        assert ready is not None
+        ready["status"] = {"replicas": 1, "readyReplicas": 1}
+        ready["metadata"]["resourceVersion"] = "900"
+        c.store.put("Deployment", ready)
+        await c.reconcile(NS, {"a"})  # a is Ready: written at once, settling or not
         assert kube.status_patched == ["InferenceEngine/a"]
-        stored = copy.deepcopy(c.store.get("InferenceEngine", NS, "a"))
+        assert c.store.get("InferenceEngine", NS, "a")["status"]["phase"] == "Ready"  # type: ignore[index]
+        await asyncio.sleep(0.35)
+        assert c.dirty == {NS: {"a", "b"}}  # the settling time ran out: reconciled again
+        await c.reconcile(NS, {"b"})
+        assert kube.status_patched == ["InferenceEngine/a", "InferenceEngine/b"]  # b: still Starting
+        stored = copy.deepcopy(c.store.get("InferenceEngine", NS, "b"))
         assert stored is not None and stored["status"]["phase"] == "Starting"
         stored["spec"]["replicas"] = 3
         stored["metadata"].update(generation=2, resourceVersion="999")
         c.store.put("InferenceEngine", stored)
-        await c.reconcile(NS, {"a"})  # a changed engine's status is written at once: never a stale Ready
-        assert kube.status_patched == ["InferenceEngine/a"] * 2
+        await c.reconcile(NS, {"b"})  # a changed engine's status is written at once: never a stale Ready
+        assert kube.status_patched[-1] == "InferenceEngine/b" and len(kube.status_patched) == 3
 
     asyncio.run(scenario())
