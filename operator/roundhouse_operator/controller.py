@@ -299,6 +299,11 @@ class Controller(Probing, StatusWriting):
             await self._write_mode_status(mode, mode_plan, statuses.get(mode.metadata.name, {}), now,
                                           on_demand.get(name), parsed)  # fmt: skip
 
+    def stop(self) -> None:
+        """Cancel the engines' tasks still running: a replica that lost the lease must stop writing."""
+        for task in list(self._inflight.values()):
+            task.cancel()
+
     async def _nodes(self) -> list[dict[str, Any]]:
         """The cluster's nodes; a worker thread only when the cache is stale. A pass must not wait in the
         executor's queue behind the engines' API calls (seconds, under a loaded API server)."""

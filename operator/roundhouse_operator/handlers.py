@@ -71,6 +71,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     def step_down() -> None:
         if (task := STATE.get("task")) is not None:
             task.cancel()
+        controller.stop()
         # Exit rather than linger: the kubelet restarts the container as a fresh standby.
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -151,6 +152,8 @@ async def cleanup(**_: Any) -> None:
     for key in ("task", "elector"):
         if (task := STATE.get(key)) is not None:
             task.cancel()
+    if (controller := STATE.get("controller")) is not None:
+        controller.stop()
     if (stop := STATE.get("stop")) is not None:
         stop.set()
 
