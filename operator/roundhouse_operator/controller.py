@@ -322,14 +322,8 @@ class Controller(Probing, StatusWriting):
 
     async def _engine_task(self, key: tuple[str, str], work: Coroutine[Any, Any, bool]) -> None:
         namespace, name = key
-        wrote = False
-
-        async def run() -> None:
-            nonlocal wrote
-            wrote = await work
-
         try:
-            await self._guarded(namespace, run())
+            await self._guarded(namespace, work)
         finally:
             del self._inflight[key]
         if self.store.get("InferenceEngine", namespace, name) is None:
@@ -337,8 +331,10 @@ class Controller(Probing, StatusWriting):
         elif key in self._again:
             self._again.discard(key)
             self.mark(namespace, name)
-        elif wrote and key in self._statuses:
-            self.mark_mode(namespace)  # the mode's status is built from its engines' statuses
+        elif key in self._statuses:
+            # The mode's status is built from its engines' statuses, and the pass that started this
+            # task wrote it before the task was done.
+            self.mark_mode(namespace)
 
     def _drained(self, mode: EngineMode | None, views: list[EngineView], now: datetime) -> bool:
         """A switch's drain ends early once every gateway says nothing is in flight on the outgoing engines."""

@@ -185,20 +185,29 @@ def test_past_max_wait_a_503_with_retry_after_and_the_engine_says_why(operator: 
                                                                        namespace: str,
                                                                        gateway: Process) -> None:  # fmt: skip
     c, url = crds, gateway.url  # type: ignore[attr-defined]
-    mode(namespace, c, maxWaitSeconds=2)
+    mode(namespace, c, maxWaitSeconds=4)
     engines(namespace, c, gpus={"beta": 16})  # more than the budget: it can never start
     wait_until(lambda: phase(c, "beta", namespace) == "Standby", 20, "beta on standby")
     r = chat(url, "beta")
     assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
     err = r.json()["error"]
-    assert err["code"] == "engine_starting" and "maxWaitSeconds (2s)" in err["message"]
-    streamed = chat(url, "beta", stream=True)  # the stream had started: the error is its last event
+    assert err["code"] == "engine_starting" and "maxWaitSeconds (4s)" in err["message"]
+    # While a request waits for it, the mode says why beta cannot start (the gateways report the wait).
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: answers.append(chat(url, "beta", stream=True)))
+    waiting.start()
+
+    def degraded() -> dict[str, Any] | None:
+        st = c.get("em", "default", namespace).get("status") or {}
+        return st if st.get("phase") == "Degraded" else None
+
+    em = wait_until(degraded, 4, "the mode Degraded while beta's request waits", interval=0.2)
+    assert "needs 16 GPUs, more than the budget of 8" in em["message"], em
+    assert next(e for e in em["engines"] if e["name"] == "beta")["state"] == "waiting"
+    waiting.join(30)
+    streamed = answers[0]  # the stream had started: the error is its last event
     assert streamed.status_code == 200 and '"code": "engine_starting"' in streamed.text
     assert streamed.text.rstrip().endswith("data: [DONE]")
-    em = c.get("em", "default", namespace)["status"]
-    assert em["phase"] == "Degraded" and "needs 16 GPUs, more than the budget of 8" in em["message"]
-    beta = next(e for e in em["engines"] if e["name"] == "beta")
-    assert beta["state"] == "waiting"
 
 
 def test_an_idle_engine_scales_to_zero_and_frees_the_budget(operator: Process, crds: Cluster, namespace: str,
