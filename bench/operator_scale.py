@@ -180,8 +180,7 @@ def run_floor(c: lc.Cluster, n: int) -> dict[str, Any]:
         kube = Kube()
         apps = k8s_client.AppsV1Api(k8s_config.new_client_from_config(str(c.kubeconfig)))
         start = time.monotonic()
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(kube.apply, objects))
+        apply_all(kube, objects)
         applied = time.monotonic() - start
         _until_available(apps, ns, {d["metadata"]["name"] for d in docs})
         return {"engines": n, "apply_s": round(applied, 2), "all_available_s": round(time.monotonic() - start, 2)}
@@ -211,6 +210,22 @@ def _until_available(apps: Any, ns: str, names: set[str]) -> None:
             w.stop()
 
 
+def apply_all(kube: Kube, objects: list[dict[str, Any]]) -> None:
+    """Server-side apply from 16 threads, as the operator does."""
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(kube.apply, objects))
+
+
+def names(docs: list[dict[str, Any]], family: str) -> set[str]:
+    return {d["metadata"]["name"] for d in docs if d["spec"]["engine"] == family}
+
+
+def deployments(ns: str, docs: list[dict[str, Any]], family: str, replicas: int) -> list[dict[str, Any]]:
+    """The Deployments of `family`'s engines among `docs`, rendered at `replicas`."""
+    ours = [d for d in docs if d["spec"]["engine"] == family]
+    return [o for o in _rendered(ns, ours, {family: replicas}) if o["kind"] == "Deployment"]
+
+
 def switch_docs(n: int) -> list[dict[str, Any]]:
     return [engine(f"v{i:03d}", "vllm") for i in range(n // 2)] + [engine(f"o{i:03d}", "ollama")
                                                                    for i in range(n // 2)]  # fmt: skip
@@ -226,34 +241,13 @@ def run_switch_floor(c: lc.Cluster, n: int = 100) -> dict[str, Any]:
         kube = Kube()
         api = k8s_config.new_client_from_config(str(c.kubeconfig))
         apps, core = k8s_client.AppsV1Api(api), k8s_client.CoreV1Api(api)
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(kube.apply, _rendered(ns, docs, {"vllm": 1, "ollama": 0})))
-        _until_available(apps, ns, {d["metadata"]["name"] for d in docs if d["spec"]["engine"] == "vllm"})
+        apply_all(kube, _rendered(ns, docs, {"vllm": 1, "ollama": 0}))
+        _until_available(apps, ns, names(docs, "vllm"))
         start = time.monotonic()
-        with ThreadPoolExecutor(16) as pool:
-            list(
-                pool.map(
-                    kube.apply,
-                    [
-                        o
-                        for o in _rendered(ns, docs, {"vllm": 0, "ollama": 0})
-                        if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("v")
-                    ],
-                )
-            )
+        apply_all(kube, deployments(ns, docs, "vllm", 0))
         lc.wait_until(lambda: not core.list_namespaced_pod(ns).items, 600, "vLLM pods gone", interval=0.2)
-        with ThreadPoolExecutor(16) as pool:
-            list(
-                pool.map(
-                    kube.apply,
-                    [
-                        o
-                        for o in _rendered(ns, docs, {"vllm": 0, "ollama": 1})
-                        if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("o")
-                    ],
-                )
-            )
-        _until_available(apps, ns, {d["metadata"]["name"] for d in docs if d["spec"]["engine"] == "ollama"})
+        apply_all(kube, deployments(ns, docs, "ollama", 1))
+        _until_available(apps, ns, names(docs, "ollama"))
         return {"governed_engines": n, "floor_s": round(time.monotonic() - start, 2)}
     finally:
         gone(c, ns)

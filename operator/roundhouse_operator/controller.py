@@ -310,7 +310,7 @@ class Controller(Probing, StatusWriting):
         cached = self.kube.cached_nodes()
         return cached if cached is not None else await asyncio.to_thread(self.kube.nodes)
 
-    def _start_engine(self, namespace: str, name: str, work: Coroutine[Any, Any, bool]) -> asyncio.Task[None] | None:
+    def _start_engine(self, namespace: str, name: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         """Run an engine's reconcile as its own task, or, while one runs, once more after it."""
         key = (namespace, name)
         if key in self._inflight:
@@ -320,7 +320,7 @@ class Controller(Probing, StatusWriting):
         task = self._inflight[key] = asyncio.create_task(self._engine_task(key, work))
         return task
 
-    async def _engine_task(self, key: tuple[str, str], work: Coroutine[Any, Any, bool]) -> None:
+    async def _engine_task(self, key: tuple[str, str], work: Coroutine[Any, Any, None]) -> None:
         namespace, name = key
         try:
             await self._guarded(namespace, work)
@@ -393,7 +393,7 @@ class Controller(Probing, StatusWriting):
         mode_plan: tuple[EngineMode | None, ModePlan],
         nodes: list[dict[str, Any]],
         now: datetime,
-    ) -> bool:
+    ) -> None:
         name = raw["metadata"]["name"]
         mode, p = mode_plan
         key = (namespace, name)
@@ -402,10 +402,11 @@ class Controller(Probing, StatusWriting):
         if engine is None:
             self._statuses.pop(key, None)
             self.count_phase(namespace, name, Phase.FAILED.value)
-            return await self._write_invalid(raw, error or "invalid spec", previous, now)
+            await self._write_invalid(raw, error or "invalid spec", previous, now)
+            return
         ep = p.engines[name]
         if raw["metadata"].get("deletionTimestamp"):
-            return False  # being deleted: the garbage collector takes its objects away
+            return  # being deleted: the garbage collector takes its objects away
         apply_error = None
         if error is None:
             try:
@@ -441,9 +442,9 @@ class Controller(Probing, StatusWriting):
         else:
             self._statuses.pop(key, None)
         if status.phase in SETTLING_PHASES and self._settle.get(key, 0.0) > asyncio.get_running_loop().time():
-            return previous is None or previous.wire() != status.wire()  # written once it settles
+            return  # written once it settles
         self._settle.pop(key, None)
-        return await self._write_engine_status(raw, status, previous)
+        await self._write_engine_status(raw, status, previous)
 
     def _settling(self, key: tuple[str, str]) -> None:
         """Hold the engine's status write until what was just applied has settled, then reconcile it."""

@@ -47,12 +47,11 @@ class StatusWriting:
 
     async def _write_engine_status(
         self, raw: dict[str, Any], status: EngineStatus, previous: EngineStatus | None
-    ) -> bool:
-        """Patch the status if it changed (saying whether it did); post an Event when a condition a user
-        must see turns False."""
+    ) -> None:
+        """Patch the status if it changed; post an Event when a condition a user must see turns False."""
         new = status.wire()
         if previous is not None and previous.wire() == new:
-            return False
+            return
         meta = raw["metadata"]
         patch = status_patch(raw.get("status"), new)
         stored = await asyncio.to_thread(
@@ -72,18 +71,17 @@ class StatusWriting:
                 await asyncio.to_thread(self.kube.event, raw, "Warning", cond.reason, cond.message)
             elif (reason := TRANSITION_EVENTS.get(cond.type)) is not None and old.get(cond.type, ("",))[0] != "False":
                 await asyncio.to_thread(self.kube.event, raw, "Warning", reason or cond.reason, cond.message)
-        return True
 
     async def _write_invalid(
         self, raw: dict[str, Any], error: str, previous: EngineStatus | None, now: datetime
-    ) -> bool:
+    ) -> None:
         """A spec the models refuse: ConfigValid=False and phase Failed; nothing else is touched."""
         gen = int(raw["metadata"].get("generation", 0))
         conditions = keep_transition_times(
             [condition("ConfigValid", False, "InvalidSpec", error, gen, now)], previous.conditions if previous else []
         )
         status = EngineStatus(phase=Phase.FAILED, message=error, observed_generation=gen, conditions=conditions)
-        return await self._write_engine_status(raw, status, previous)
+        await self._write_engine_status(raw, status, previous)
 
     def _switch_gauges(self, mode: EngineMode, status: EngineModeStatus, now: datetime) -> None:
         """How long the switch has run, and how long it may (the stuck-switch alert compares them)."""
