@@ -5,7 +5,7 @@ planner keeps the engines within the GPU budget: an engine that is needed starts
 are free, and others make room: idle ones first (nothing in flight), then the least recently used,
 then the lowest routing priority. An engine being stopped first drains: it gets no new requests
 and those running finish, until every gateway says none is left or drainSeconds pass; then it is
-scaled to zero, and its GPUs count as free only once its pods are gone. An engine started on
+scaled to zero, and its GPUs count as free only once its pods have stopped. An engine started on
 demand runs at least minActiveSeconds (no thrashing), and one with no request for idleSeconds is
 scaled to zero. Everything the planner remembers (activation and drain times) is in the
 EngineMode's status, so an operator restarted in the middle of a swap finishes it.
@@ -30,7 +30,7 @@ class DemandView:
     gpus: int  # GPUs it holds when running at its spec's replicas
     spec_replicas: int
     deployed: int  # its Deployment's replicas now
-    pods: int  # its pods that exist now, terminating ones included
+    pods: int  # its pods that hold their GPUs now: terminating ones until they reach a terminal phase
     ready: bool = False
     priority: int = 0
     activated_at: float | None = None  # when it last started (or was first seen running)

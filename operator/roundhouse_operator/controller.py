@@ -356,7 +356,7 @@ class Controller(Probing, StatusWriting):
                 result.engines[n] = EnginePlan(replicas=engine.spec.replicas if engine else 0, active=True, held=False)
                 continue
             deployment = self.store.get("Deployment", namespace, n)
-            seen.append(Seen(n, engine, deployment, len(self.store.owned("Pod", namespace, n))))
+            seen.append(Seen(n, engine, deployment, self.store.holding_pods(namespace, n)))
         demand, reports = fold(mode.metadata.annotations, now.timestamp())
         nodes = await self._nodes() if not (mode.spec.on_demand and mode.spec.on_demand.gpu_budget is not None) else []
         budget = budget_of(mode, nodes)
@@ -379,7 +379,7 @@ class Controller(Probing, StatusWriting):
             family=family,
             spec_replicas=engine.spec.replicas if engine else deployed,
             deployed_replicas=deployed,
-            pods=self.store.count_owned("Pod", namespace, name),
+            pods=self.store.holding_pods(namespace, name),
             runs_workload=runs_workload(engine) if engine else True,
             governed=governed,
         )

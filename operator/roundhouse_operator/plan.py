@@ -1,9 +1,9 @@
 """plan(mode, engines) -> desired replicas per engine and the switch's state. Pure.
 
 Switching is exclusive: two families may not fit on the same GPUs, so an engine the mode
-switches on is held at zero replicas until every pod of the engines it switches off is gone.
-The plan is computed from observed state only (which pods exist now), so an operator that
-restarts in the middle of a switch finishes it correctly.
+switches on is held at zero replicas until every pod of the engines it switches off has stopped
+(gone, or in a terminal phase). The plan is computed from observed state only (which pods hold
+GPUs now), so an operator that restarts in the middle of a switch finishes it correctly.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class EngineView:
     family: Family
     spec_replicas: int
     deployed_replicas: int  # the Deployment's spec.replicas now (0 if none)
-    pods: int  # pods that exist now, terminating ones included
+    pods: int  # pods that hold their GPUs now: terminating ones until they reach a terminal phase
     runs_workload: bool = True
     governed: bool = True
 

@@ -109,9 +109,11 @@ class Store:
         objs = self._objects[kind][namespace]
         return [objs[n] for n in self._by_engine.get((kind, namespace, engine), ()) if n in objs]
 
-    def count_owned(self, kind: str, namespace: str, engine: str) -> int:
-        """How many objects of `kind` are labelled as belonging to `engine` (owned() without the list)."""
-        return len(self._by_engine.get((kind, namespace, engine), ()))
+    def holding_pods(self, namespace: str, engine: str) -> int:
+        """How many of `engine`'s pods still hold their GPUs (holds_devices)."""
+        objs = self._objects["Pod"][namespace]
+        names = self._by_engine.get(("Pod", namespace, engine), ())
+        return sum(1 for n in names if n in objs and holds_devices(objs[n]))
 
     def namespaces(self) -> set[str]:
         return {ns for by_ns in self._objects.values() for ns, objs in by_ns.items() if objs}
@@ -123,6 +125,14 @@ def _fallbacks(kind: str, body: dict[str, Any]) -> list[str]:
         return []
     fallback = (((body.get("spec") or {}).get("routing") or {}).get("fallback")) or []
     return [n for n in fallback if isinstance(n, str)]
+
+
+def holds_devices(pod: dict[str, Any]) -> bool:
+    """Whether a pod still holds what it requested (its GPUs): until it reaches a terminal phase. A
+    deleted pod's kubelet stops every container, sets the phase Succeeded or Failed, and only then
+    (about a second later on the real node) removes the object; the scheduler and the kubelet's
+    device manager stop counting the pod at the terminal phase, so a swap need not wait for the rest."""
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 def slim(kind: str, body: dict[str, Any]) -> dict[str, Any]:

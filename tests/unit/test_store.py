@@ -62,3 +62,19 @@ def test_referencing_follows_each_engines_fallback_list_through_edits_and_delete
     assert s.referencing("ns", "big") == ["b"] and s.referencing("ns", "small") == ["a"]
     s.remove("InferenceEngine", engine("b", ["big"]))
     assert s.referencing("ns", "big") == [] and s.referencing("other", "small") == []
+
+
+def test_a_pod_holds_its_gpus_until_its_kubelet_reports_a_terminal_phase() -> None:
+    """A swap's incoming engine may start once the outgoing pods have stopped, though their objects
+    linger: the scheduler and the kubelet stop counting a pod at Succeeded or Failed."""
+    s = Store()
+    for name, phase in (("pending", "Pending"), ("running", "Running"), ("unknown", None),
+                        ("done", "Succeeded"), ("failed", "Failed")):  # fmt: skip
+        p = pod(name, "e1")
+        if phase:
+            p["status"] = {"phase": phase}
+        s.put("Pod", p)
+    assert s.holding_pods("ns", "e1") == 3
+    s.put("Pod", {**pod("running", "e1", rv="2"), "status": {"phase": "Succeeded"}})
+    assert s.holding_pods("ns", "e1") == 2
+    assert s.holding_pods("ns", "nobody") == 0
