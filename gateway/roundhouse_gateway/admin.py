@@ -8,8 +8,9 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from roundhouse_api import Family, Mode, runs
+from roundhouse_api import Family, Mode, OnDemandPolicy, runs
 
+from . import budget
 from .catalog import Engine
 from .wire import ClientError, Receive, Send, iso_time, read_body, respond_json
 
@@ -32,6 +33,10 @@ async def handle(gw: Gateway, receive: Receive, send: Send, path: str, method: s
         await respond_json(send, 200, gw.auth.describe())
     elif path == "/admin/engines" and method == "GET":
         await respond_json(send, 200, {"engines": [describe(gw, e) for e in gw.catalog.engines], "view": view(gw)})
+    elif path == "/admin/budget" and method == "GET":
+        now = time.time()
+        state, history = await gw.budget(now) if gw.budget is not None else (None, budget.History())
+        await respond_json(send, 200, {**budget.view(state, history, now), "view": view(gw)})
     elif path == "/admin/engine-mode" and method == "GET":
         await respond_json(send, 200, mode_view(gw))
     elif path == "/admin/engine-mode" and method == "PUT":
@@ -60,11 +65,17 @@ def view(gw: Gateway) -> dict[str, Any]:
             "source": "config" if gw.standalone else "cluster"}  # fmt: skip
 
 
+def on_standby(gw: Gateway, e: Engine) -> bool:
+    """Mode onDemand: the engine waits on standby for a request (the mode lets it run, it does not)."""
+    return gw.catalog.mode.mode == Mode.ON_DEMAND and e.governed and e.phase == "Standby"
+
+
 def describe(gw: Gateway, e: Engine) -> dict[str, Any]:
     st = gw.stats[e.name]
     return {
-        "name": e.name, "family": e.family.value, "models": sorted(e.served), "active": gw.catalog.mode.active(e),
-        "ready": e.ready, "phase": e.phase,
+        "name": e.name, "family": e.family.value, "models": sorted(e.served), "standby": on_standby(gw, e),
+        "active": gw.catalog.mode.active(e) and not on_standby(gw, e), "ready": e.ready, "phase": e.phase,
+        "message": e.message,
         "endpoints": [{"url": ep, "health": gw.health.state(ep), "error": gw.health.last_error(ep) or None,
                        "inFlight": gw.outstanding[ep]} for ep in e.endpoints],
         "inFlight": sum(gw.outstanding[ep] for ep in e.endpoints),
@@ -88,7 +99,15 @@ def mode_view(gw: Gateway) -> dict[str, Any]:
         "lastSwitchSeconds": mode.last_switch_seconds, "message": mode.message,
         "standalone": gw.standalone, "source": mode.source, "health": health, "families": families,
         "view": view(gw),
+        # The on-demand settings, where this gateway can run the mode (a cluster's EngineMode, or a
+        # standalone gateway that runs its engines itself); None where it cannot.
+        "onDemand": on_demand_view(mode.on_demand) if gw.budget is not None else None,
     }  # fmt: skip
+
+
+def on_demand_view(p: OnDemandPolicy) -> dict[str, Any]:
+    return {"gpuBudget": p.gpu_budget, "minActiveSeconds": p.min_active_seconds, "idleSeconds": p.idle_seconds,
+            "drainSeconds": p.drain_seconds, "maxWaitSeconds": p.max_wait_seconds}  # fmt: skip
 
 
 def family_view(gw: Gateway, mode: Mode) -> dict[str, Any]:

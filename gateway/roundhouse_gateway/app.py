@@ -22,6 +22,7 @@ from roundhouse_api import Mode
 from . import admin as admin_api
 from . import metrics, models, openapi, shapes, ui
 from .auth import Auth
+from .budget import BudgetState, History
 from .catalog import Catalog, Engine, switch_finished
 from .demand import Demand
 from .drain import Drain
@@ -79,6 +80,7 @@ def package_version() -> str:
 
 
 ModeSetter = Callable[[Mode], Awaitable[dict[str, Any]]]
+BudgetReader = Callable[[float], Awaitable[tuple[BudgetState | None, History]]]
 
 
 class Gateway(Serving):
@@ -109,6 +111,8 @@ class Gateway(Serving):
         self.openapi = openapi.serialized(package_version())  # GET /openapi.json: built once
         # Cluster mode: since when the view of engines and mode is the last one seen (None: current).
         self.stale_since: Callable[[], float | None] = lambda: None
+        # Mode onDemand: who holds the GPUs, for the admin page's Budget view (None: no budget here).
+        self.budget: BudgetReader | None = None
 
     # --- catalog updates (from the config file or the cluster watchers) -----------------------
     def update(self, catalog: Catalog) -> None:

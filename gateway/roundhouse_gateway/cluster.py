@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import logging
 import os
 import socket
@@ -25,7 +27,10 @@ from pydantic import ValidationError
 from roundhouse_api import GROUP, VERSION, EngineMode, Family, InferenceEngine, Mode, governs
 from roundhouse_api.demand import GatewayReport, forgotten, report_key
 
+from . import cluster_budget
+from .budget import BudgetState, History
 from .catalog import Catalog, Engine, engine_from_resource, mode_from_resource
+from .demand import Demand
 
 log = logging.getLogger("roundhouse.gateway.cluster")
 SERVICE_LABEL = "kubernetes.io/service-name"
@@ -35,6 +40,7 @@ RELIST_BACKOFF_MAX = 2.0  # the API server's return is seen within this long (th
 # not answered in this long is sent again at once. Doubled after each timeout, so a namespace too
 # large to list in that time is still listed.
 LIST_TIMEOUT, LIST_TIMEOUT_MAX = 1.5, 60.0
+EVENTS_FRESH = 2.0  # the admin page polls every 2 s: its events list is read at most this often
 
 
 def slice_endpoints(slices: list[dict[str, Any]], starting: bool = False) -> list[str]:
@@ -94,6 +100,8 @@ class ClusterSource:
         # Names this gateway's report: the pod's name in a cluster, else host and process.
         self.gateway_id = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = threading.Event()
+        self.history = History()
+        self.events: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
     # --- watching (threads) ---------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -177,6 +185,13 @@ class ClusterSource:
             store[obj["metadata"]["name"]] = obj
         if self.listed == set(self.objects):
             self.on_change(self.catalog())
+            if kind == "modes":  # the operator writes who holds the GPUs on the EngineMode's status
+                self.history.record(time.time(), cluster_budget.held(self.governing(), self.objects["engines"]))
+
+    def governing(self) -> dict[str, Any] | None:
+        """The EngineMode that governs the namespace ("default" first), as watched."""
+        names = sorted(self.objects["modes"], key=lambda n: (n != "default", n))
+        return self.objects["modes"][names[0]] if names else None
 
     def catalog(self) -> Catalog:
         modes = []
@@ -240,6 +255,25 @@ class ClusterSource:
             _content_type="application/merge-patch+json",
         )  # fmt: skip
 
+    # --- admin: the Budget view ---------------------------------------------------------------------
+    async def budget_state(self, now: float, own: Demand) -> tuple[BudgetState | None, History]:
+        """Who holds the GPUs (the EngineMode's status and every gateway's requests) and the last swaps
+        (the EngineMode's events, listed at most every EVENTS_FRESH seconds)."""
+        mode = self.governing()
+        if mode is None:
+            return None, self.history
+        if now - self.events[0] >= EVENTS_FRESH:
+            selector = f"involvedObject.kind=EngineMode,involvedObject.name={mode['metadata']['name']}"
+            try:
+                listing = await asyncio.to_thread(self.core.list_namespaced_event, self.namespace,
+                                                  field_selector=selector, _request_timeout=5)  # fmt: skip
+                self.events = (now, self.api.sanitize_for_serialization(listing).get("items") or [])
+            except Exception as err:  # the view still shows who holds the GPUs
+                log.warning("cannot list the EngineMode's events", extra={"error": repr(err)})
+        state = cluster_budget.state(mode, self.objects["engines"], own, report_key(self.gateway_id), self.events[1],
+                                     now)  # fmt: skip
+        return state, self.history
+
     # --- admin: switch the mode -------------------------------------------------------------------
     async def set_mode(self, mode: Mode) -> dict[str, Any]:
         """Patch the governing EngineMode's spec.mode; the operator carries the switch out."""
@@ -247,12 +281,35 @@ class ClusterSource:
         if not names:
             raise LookupError(f"no EngineMode in namespace {self.namespace}: create one first")
         name = names[0]
-        previous = self.objects["modes"][name]["spec"].get("mode")
+        raw = self.objects["modes"][name]
+        previous = raw["spec"].get("mode")
+        body = switch_patch(raw, mode)
         await asyncio.to_thread(
             self.custom.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, "enginemodes", name,
-            {"spec": {"mode": mode.value}}, _content_type="application/merge-patch+json",
+            body, _content_type="application/merge-patch+json",
         )  # fmt: skip
         return {"mode": mode.value, "previous": previous, "engineMode": f"{self.namespace}/{name}"}
+
+
+# spec.onDemand applies only to mode onDemand (the CRD refuses it otherwise): a switch out of it keeps
+# the settings here, and a switch back restores them.
+KEPT_ON_DEMAND = "roundhouse.dev/on-demand-settings"
+
+
+def switch_patch(raw: dict[str, Any], mode: Mode) -> dict[str, Any]:
+    """The merge patch that switches an EngineMode to `mode`, keeping its onDemand settings across. Pure."""
+    spec = raw.get("spec") or {}
+    annotations = (raw.get("metadata") or {}).get("annotations") or {}
+    if mode == Mode.ON_DEMAND:
+        body: dict[str, Any] = {"spec": {"mode": mode.value}}
+        if not spec.get("onDemand") and KEPT_ON_DEMAND in annotations:
+            with contextlib.suppress(ValueError):  # unreadable: the defaults
+                body["spec"]["onDemand"] = json.loads(annotations[KEPT_ON_DEMAND])
+        return body
+    if spec.get("onDemand"):
+        return {"metadata": {"annotations": {KEPT_ON_DEMAND: json.dumps(spec["onDemand"], sort_keys=True)}},
+                "spec": {"mode": mode.value, "onDemand": None}}  # fmt: skip
+    return {"spec": {"mode": mode.value}}
 
 
 def _timed_out(err: Exception) -> bool:

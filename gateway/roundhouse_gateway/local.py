@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,12 @@ from typing import Any
 
 import httpx
 
-from roundhouse_api import EngineMode, InferenceEngine, OnDemandPolicy
+from roundhouse_api import EngineMode, InferenceEngine, Mode, OnDemandPolicy, runs
 from roundhouse_api.families.base import gpu_count
 from roundhouse_api.ondemand import Budget, DemandView, plan_on_demand
 
-from .catalog import Catalog
+from .budget import SWAPS_KEPT, BudgetState, History, Holder, Swap
+from .catalog import Catalog, ModeState
 from .demand import Demand
 from .localcmd import LOOPBACK, CommandError, local_command
 
@@ -87,6 +89,11 @@ class LocalEngines:
         self.lock = asyncio.Lock()
         self.http = httpx.AsyncClient(timeout=2.0)
         self.published: tuple[tuple[str, str, int | None], ...] = ()
+        self.swaps: deque[Swap] = deque(maxlen=SWAPS_KEPT)
+        self.swap_count = 0
+        # The mode in force: the config's, until the admin page switches the gateway's own mode.
+        self.current_mode: Callable[[], ModeState] = lambda: self.base.mode
+        self.history = History()
 
     # --- the loop ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -110,7 +117,8 @@ class LocalEngines:
                 name=loc.name, gpus=gpu_count(loc.ie.spec), spec_replicas=1, deployed=1 if running else 0,
                 pods=1 if loc.alive() else 0, ready=loc.state in ("ready", "draining"),
                 priority=loc.ie.spec.routing.priority if loc.ie.spec.routing else 0,
-                activated_at=loc.activated_at, draining_since=loc.draining_since,
+                # Only while it drains: once its stop is under way the plan must not stop it again.
+                activated_at=loc.activated_at, draining_since=loc.draining_since if loc.state == "draining" else None,
                 demanded_at=min(waits) if waits and loc.state != "failed" else None,
                 last_request_at=self.demand.last_request.get(loc.name), in_flight=in_flight,
                 drained=loc.draining_since is not None and in_flight == 0,
@@ -119,9 +127,14 @@ class LocalEngines:
 
     def step(self, now: float) -> None:
         """Plan, then start, drain or stop what the plan says."""
+        mode = self.current_mode().mode
+        if mode != Mode.ON_DEMAND:
+            self.manual(mode, now)
+            return
         plan = plan_on_demand(self.views(now), self.budget, now)
         for event in plan.events:
             log.info("on-demand step", extra={"engine": event.engine, "step": event.reason, "why": event.message})
+            self.swaps.append(Swap(now, event.engine, event.reason, event.message, self._seq()))
         for name, d in plan.engines.items():
             loc = self.engines[name]
             if d.state == "draining" and loc.state == "ready":
@@ -134,6 +147,38 @@ class LocalEngines:
             elif loc.state == "standby" and d.state == "waiting":
                 loc.message = d.note
         self.publish()
+
+    def manual(self, mode: Mode | None, now: float) -> None:
+        """A manual mode (switched to from the admin page): the engines of its families run, the others
+        drain (until nothing is in flight on them, at most drainSeconds) and stop first."""
+        wanted = {n for n, loc in self.engines.items() if mode is not None and runs(mode, loc.ie.spec.engine)}
+        outgoing = [loc for n, loc in self.engines.items() if n not in wanted and loc.alive()]
+        for name, loc in self.engines.items():
+            if name in wanted:
+                if loc.state == "standby" and not outgoing:
+                    loc.activated_at = now
+                    self._spawn(loc, self.start(loc))
+                elif loc.state == "standby":
+                    loc.message = "waiting for the outgoing engines to stop"
+                continue
+            if loc.state in ("starting", "ready"):
+                loc.state, loc.draining_since = "draining", now
+                loc.message = f"draining: mode {mode.value if mode else 'none'} does not run it"
+                self.swaps.append(Swap(now, name, "Draining", f"draining {name} ({loc.message})", self._seq()))
+            elif (
+                loc.state == "draining"
+                and loc.draining_since is not None
+                and (not self.demand.in_flight.get(name) or now - loc.draining_since >= self.budget.drain)
+            ):
+                took = now - loc.draining_since
+                self.swaps.append(Swap(now, name, "Stopped", f"scaled {name} to zero after draining {took:.1f}s",
+                                       self._seq()))  # fmt: skip
+                self._spawn(loc, self.stop(loc, f"stopped: mode {mode.value if mode else 'none'} does not run it"))
+        self.publish()
+
+    def _seq(self) -> int:
+        self.swap_count += 1
+        return self.swap_count
 
     def _spawn(self, loc: Local, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -170,8 +215,11 @@ class LocalEngines:
                 with contextlib.suppress(httpx.HTTPError):
                     if (await self.http.get(url)).status_code < 300:
                         loc.state, loc.message = "ready", f"serving on port {loc.port}"
-                        log.info("engine ready", extra={"engine": loc.name,
-                                                        "seconds": round(time.monotonic() - started, 3)})  # fmt: skip
+                        took = time.monotonic() - started
+                        log.info("engine ready", extra={"engine": loc.name, "seconds": round(took, 3)})
+                        self.swaps.append(Swap(time.time(), loc.name, "Activated",
+                                               f"{loc.name} is ready {took:.1f}s after it was started",
+                                               self._seq()))  # fmt: skip
                         self.publish()
                         return
                 await asyncio.sleep(HEALTH_POLL)
@@ -227,6 +275,7 @@ class LocalEngines:
         if now == self.published:
             return
         self.published = now
+        self.history.record(time.time(), {h.name: h.held for h in self.holders(time.time())})
         phases = {"standby": "Standby", "starting": "Starting", "ready": "Ready", "draining": "Draining",
                   "stopping": "Standby", "failed": "Failed"}  # fmt: skip
         engines = []
@@ -240,7 +289,34 @@ class LocalEngines:
                 e, endpoints=(f"http://{LOOPBACK}:{loc.port}",) if serving else (), ready=loc.state == "ready",
                 phase=phases[loc.state], message=loc.message,
             ))  # fmt: skip
-        self.update(dataclasses.replace(self.base, engines=tuple(engines)))
+        self.update(dataclasses.replace(self.base, engines=tuple(engines), mode=self.current_mode()))
+
+    # --- the admin page's Budget view -----------------------------------------------------------
+    def holders(self, now: float) -> list[Holder]:
+        """Each local engine's state and GPUs, with the requests this gateway has on it and waiting."""
+        out = []
+        for loc in self.engines.values():
+            waits = self.demand.waiting.get(loc.name) or []
+            state = STATES[loc.state]
+            if state == "standby" and waits:
+                state = "waiting"
+            since = {"starting": loc.activated_at, "running": loc.activated_at, "draining": loc.draining_since,
+                     "failed": loc.failed_at}.get(state)  # fmt: skip
+            out.append(Holder(
+                name=loc.name, family=loc.ie.spec.engine.value, gpus=gpu_count(loc.ie.spec), state=state,
+                in_flight=self.demand.in_flight.get(loc.name, 0), waiting=len(waits),
+                oldest_wait_at=min(waits) if waits else None, since=since, message=loc.message,
+            ))  # fmt: skip
+        return out
+
+    def budget_state(self, now: float) -> tuple[BudgetState, History]:
+        policy = self.mode.spec.on_demand or OnDemandPolicy()
+        return BudgetState(self.budget.gpus, tuple(self.holders(now)), tuple(self.swaps), policy), self.history
+
+
+# A local engine's state in the Budget view's words (budget.Holder).
+STATES = {"standby": "standby", "starting": "starting", "ready": "running", "draining": "draining",
+          "stopping": "stopping", "failed": "failed"}  # fmt: skip
 
 
 def _last_line(path: Path) -> str:

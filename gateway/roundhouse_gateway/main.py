@@ -18,6 +18,7 @@ from roundhouse_api import Mode
 
 from .app import Gateway, Settings
 from .auth import Auth, KeySource
+from .budget import BudgetState, History
 from .catalog import Catalog, with_mode
 from .cluster import ClusterSource
 from .config import Config, ConfigError, load_config
@@ -119,6 +120,7 @@ def cluster_gateway(
     source = ClusterSource(namespace, gateway.update, kubeconfig, endpoint_map)
     gateway.set_mode = source.set_mode
     gateway.stale_since = source.stale_since
+    gateway.budget = lambda now: source.budget_state(now, gateway.demand)
     gateway.demand.write = source.write_report
     gateway.standalone = False
     gateway.on_startup.append(lambda: source.start(asyncio.get_running_loop()))
@@ -146,6 +148,13 @@ def run_locally(gateway: Gateway, config: Config, log_dir: Path, cache_dir: Path
     engines = LocalEngines(config.catalog, config.local, config.mode, gateway.demand, gateway.update, log_dir,
                            cache_dir)  # fmt: skip
 
+    async def budget(now: float) -> tuple[BudgetState | None, History]:
+        if gateway.source.mode.mode != Mode.ON_DEMAND:  # switched to a manual mode: no budget in force
+            return None, engines.history
+        return engines.budget_state(now)
+
+    gateway.budget = budget
+    engines.current_mode = lambda: gateway.source.mode  # the admin page may switch it
     gateway.on_startup.append(lambda: gateway.background(engines.run(), "local-engines"))
     gateway.on_shutdown.append(engines.close)
 

@@ -369,3 +369,12 @@ def test_on_demand_swaps_real_engine_pods_within_the_budget(engines_up: Cluster)
     message = wait_until(activated, 30, f"the Activated event of {new}")
     shown = [m.group(1) for m in re.finditer(r"(?:: |, )([a-zA-Z -]+?) \d+\.\d+s", message)]
     assert shown == words, message
+
+    # The admin page's Budget view, through the chart's gateway and its Role: the same swap.
+    def budget() -> dict[str, Any] | None:
+        b = httpx.get(f"{gateway_url(c)}/admin/budget", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).json()
+        return b if any(s["reason"] == "Activated" and s["engine"] == new for s in b.get("swaps", [])) else None
+
+    b = wait_until(budget, 30, "the Budget view to show the swap")
+    assert {e["name"]: e["state"] for e in b["engines"]}[new] == "running" and b["gpusHeld"] <= 2, b
+    assert any(s["reason"] == "Draining" and s["engine"] == old for s in b["swaps"]), b["swaps"]

@@ -58,11 +58,13 @@ OPERATOR_DENIED = [
 GATEWAY_ALLOWED = [
     ("list", "inferenceengines.roundhouse.dev", NS), ("watch", "enginemodes.roundhouse.dev", NS),
     ("watch", "endpointslices.discovery.k8s.io", NS), ("patch", "enginemodes.roundhouse.dev", NS),
+    ("list", "events", NS),  # the admin page's Budget view: the EngineMode's swaps
 ]  # fmt: skip
 GATEWAY_DENIED = [
     ("get", "secrets", NS), ("list", "secrets", NS), ("list", "inferenceengines.roundhouse.dev", "other"),
     ("patch", "inferenceengines.roundhouse.dev", NS), ("delete", "enginemodes.roundhouse.dev", NS),
     ("create", "deployments.apps", NS), ("patch", "enginemodes.roundhouse.dev/status", NS), ("list", "nodes", None),
+    ("create", "events", NS), ("list", "events", "other"),
 ]  # fmt: skip
 
 

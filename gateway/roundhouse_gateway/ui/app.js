@@ -11,8 +11,9 @@ const KEY_API = "roundhouse.apiKey";
 const KEY_ENGINE = "roundhouse.playgroundEngine";
 const KEY_TAB = "roundhouse.tab";
 const MODES = ["vllm", "llamacpp", "ollama", "auto"];
+const ON_DEMAND = "onDemand";
 const FAMILY_LABELS = { vllm: "vLLM", llamacpp: "GGUF (llama.cpp)", ollama: "Ollama", external: "External API",
-                        auto: "Auto" };
+                        auto: "Auto", onDemand: "On demand" };
 const HEALTH = {
   ok: ["✓", "healthy", "ok"], down: ["✗", "down", "bad"], open: ["✗", "failing (circuit open)", "bad"],
   "half-open": ["◐", "recovering", "warn"],
@@ -178,7 +179,7 @@ async function refreshEngines() {
 }
 
 function renderEnginesMessage(text) {
-  $("engines-body").replaceChildren(el("tr", {}, el("td", { colspan: 9, class: "empty" }, text)));
+  $("engines-body").replaceChildren(el("tr", {}, el("td", { colspan: 10, class: "empty" }, text)));
   $("engines-updated").textContent = "";
   $("engines-table").classList.remove("stale");
 }
@@ -196,14 +197,15 @@ function renderEngines() {
     el("td", {}, label(e.family)),
     el("td", {}, e.models.join(", ")),
     el("td", {}, e.phase || "—"),  // a standalone gateway has no operator to report a phase
-    el("td", {}, e.active ? "Yes" : "No (mode)"),
+    el("td", {}, e.active ? "Yes" : e.standby ? "No (standby)" : "No (mode)"),
     el("td", {}, e.endpoints.length ? el("ul", { class: "replicas" }, e.endpoints.map(healthItem))
                                     : el("span", { class: "state warn" }, "– no replicas")),
     el("td", { class: "num" }, String(e.inFlight)),
     el("td", { class: "num" }, ms(e.ttftP50Seconds)),
-    el("td", { class: "num" }, e.tokensPerSecond ? e.tokensPerSecond.toFixed(1) : "0")));
+    el("td", { class: "num" }, e.tokensPerSecond ? e.tokensPerSecond.toFixed(1) : "0"),
+    el("td", { class: "why" }, e.message || "")));
   $("engines-body").replaceChildren(...(rows.length ? rows
-    : [el("tr", {}, el("td", { colspan: 9, class: "empty" }, "The gateway knows no engines."))]));
+    : [el("tr", {}, el("td", { colspan: 10, class: "empty" }, "The gateway knows no engines."))]));
   $("engines-table").classList.remove("stale");
   $("engines-updated").textContent = `(updated ${clock(state.enginesAt)})`;
 }
@@ -246,19 +248,20 @@ function modeCard(mode) {
   let card = $("mode-cards").querySelector(`li[data-mode="${mode}"]`);
   if (card) return card;
   const dd = (field) => el("dd", { "data-field": field });
-  card = el("li", { class: "card", "data-mode": mode },
-    el("h3", {}, label(mode)),
-    el("dl", {},
-      el("dt", {}, "Health"), dd("health"), el("dt", {}, "Engines"), dd("engines"),
+  const fields = mode === ON_DEMAND
+    ? [el("dt", {}, "GPU budget"), dd("budget"), el("dt", {}, "Min active"), dd("minActive"),
+      el("dt", {}, "Idle after"), dd("idle"), el("dt", {}, "Drain"), dd("drain"), el("dt", {}, "Max wait"), dd("maxWait")]
+    : [el("dt", {}, "Health"), dd("health"), el("dt", {}, "Engines"), dd("engines"),
       el("dt", {}, "Tokens/s"), dd("tps"), el("dt", {}, "TTFT p50"), dd("ttft"),
-      el("dt", {}, "In flight"), dd("inflight")),
+      el("dt", {}, "In flight"), dd("inflight")];
+  card = el("li", { class: "card", "data-mode": mode },
+    el("h3", {}, label(mode)), el("dl", {}, ...fields),
     el("button", { type: "button", onclick: () => confirmSwitch(mode) }));
   $("mode-cards").append(card);
   return card;
 }
 
 function updateCard(card, mode, m) {
-  const f = m.families[mode];
   const chosen = m.mode === mode;
   const switching = chosen && m.phase === "Switching";
   const name = label(mode);
@@ -267,11 +270,21 @@ function updateCard(card, mode, m) {
   if (chosen) card.setAttribute("aria-current", "true"); else card.removeAttribute("aria-current");
   card.querySelector(".badge")?.remove();
   if (chosen) card.querySelector("h3").append(el("span", { class: "badge" }, switching ? "Switching to" : "Active"));
-  set("health", familyHealth(f));
-  set("engines", f.engines.length ? f.engines.join(", ") : "none");
-  set("tps", f.tokensPerSecond.toFixed(1));
-  set("ttft", ms(f.ttftP50Seconds));
-  set("inflight", String(f.inFlight));
+  if (mode === ON_DEMAND) {
+    const d = m.onDemand;
+    set("budget", d.gpuBudget === null ? "every GPU the nodes have" : `${d.gpuBudget} GPU${d.gpuBudget === 1 ? "" : "s"}`);
+    set("minActive", `${d.minActiveSeconds} s`);
+    set("idle", d.idleSeconds ? `${d.idleSeconds} s` : "never");
+    set("drain", `${d.drainSeconds} s`);
+    set("maxWait", `${d.maxWaitSeconds} s`);
+  } else {
+    const f = m.families[mode];
+    set("health", familyHealth(f));
+    set("engines", f.engines.length ? f.engines.join(", ") : "none");
+    set("tps", f.tokensPerSecond.toFixed(1));
+    set("ttft", ms(f.ttftP50Seconds));
+    set("inflight", String(f.inFlight));
+  }
   const button = card.querySelector("button");
   button.disabled = chosen;
   button.textContent = switching ? "Switch in progress" : chosen ? "Active now" : `Switch to ${name}`;
@@ -286,7 +299,12 @@ function renderMode() {
       " routing mode; there is no cluster to patch."
     : `Switching patches the EngineMode ${m.source || ""}; the operator stops the outgoing family and starts` +
       " the incoming one.";
-  for (const mode of MODES) updateCard(modeCard(mode), mode, m);
+  // On demand is offered where this gateway can run it (a cluster's EngineMode, or its own engines).
+  const modes = m.onDemand ? [ON_DEMAND, ...MODES] : MODES;
+  if (!m.onDemand) $("mode-cards").querySelector(`li[data-mode="${ON_DEMAND}"]`)?.remove();
+  for (const mode of modes) updateCard(modeCard(mode), mode, m);
+  const first = $("mode-cards").firstElementChild;
+  if (m.onDemand && first !== modeCard(ON_DEMAND)) $("mode-cards").prepend(modeCard(ON_DEMAND));
   showModeStatus();
 }
 
@@ -495,7 +513,7 @@ async function refreshAll() {
   if (refreshing) return;
   refreshing = true;
   try {
-    await Promise.all([refreshEngines(), refreshMode(), loadModels(), refreshUsage()]);
+    await Promise.all([refreshEngines(), refreshMode(), loadModels(), refreshUsage(), refreshBudget()]);
   } finally { refreshing = false; }
 }
 
