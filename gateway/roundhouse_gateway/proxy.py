@@ -13,6 +13,7 @@ from roundhouse_api.families import FAMILIES
 from . import metrics
 from .catalog import Engine
 from .demand import Demand
+from .engine_errors import engine_text, openai_error
 from .health import Health
 from .routing import Candidate, Decision, Features
 from .upstream import Response, Upstream, UpstreamError
@@ -116,11 +117,11 @@ class Proxying:
             if resp.status in RETRYABLE:
                 self.health.failure(cand.endpoint, f"HTTP {resp.status}")
                 try:
-                    async with asyncio.timeout(t.connect):  # only for the log line: never wait long
-                        detail = (await resp.read())[:200].decode(errors="replace")
+                    async with asyncio.timeout(t.connect):  # for the log line and the 503: never wait long
+                        detail = engine_text(resp.headers.get("content-type", ""), (await resp.read())[:4096])
                 except (UpstreamError, TimeoutError) as err:
                     detail = f"(body unreadable: {type(err).__name__})"
-                return f"status:{resp.status} {detail}"
+                return f"status:{resp.status} engine {engine.name}: {detail[:200]}"
             out_headers = {
                 "Content-Type": resp.headers.get("content-type", "application/json"),
                 "X-Request-Id": rid,
@@ -140,6 +141,8 @@ class Proxying:
                 if resp.status < 400:
                     self.health.success(cand.endpoint)
                     self.count_usage(engine, data)
+                elif (shaped := openai_error(engine.name, resp.status, out_headers["Content-Type"], data)) is not None:
+                    data, out_headers["Content-Type"] = shaped, "application/json"
                 await respond(send, resp.status, data, out_headers)
                 self.finish(f, engine, resp.status, started, cand, rid, reason)
                 return True

@@ -80,6 +80,19 @@ def test_sdk_exceptions_for_errors(stack: Stack) -> None:
     assert KEY not in (stack.gw.log_path.read_text() if stack.gw else "")
 
 
+def test_an_engine_s_plain_text_error_reaches_the_client_as_openai_json(stack: Stack) -> None:
+    # An engine without the path answers aiohttp's own plain-text "404: Not Found" (as an older
+    # engine build would): the client still gets OpenAI's error JSON naming the engine and status.
+    stack.sim("g", "llamacpp", ["m"])  # the simulator's llama.cpp flavour serves no /v1/score
+    stack.start([{"name": "old-vllm", "engine": "vllm", "sims": ["g"]}])
+    r = httpx.post(stack.url + "/v1/score", json={"model": "m", "text_1": "a", "text_2": "b"},
+                   headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json", r.text
+    assert r.headers["x-roundhouse-engine"] == "old-vllm"
+    assert r.json()["error"] == {"message": "engine old-vllm answered HTTP 404: 404: Not Found",
+                                 "type": "invalid_request_error", "param": None, "code": "engine_error"}  # fmt: skip
+
+
 def test_failover_when_an_engine_is_killed_under_load(stack: Stack) -> None:
     stack.sim("a", "vllm", ["m"], ttft_ms=20)
     stack.sim("b", "vllm", ["m"], ttft_ms=20)

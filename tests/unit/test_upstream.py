@@ -277,7 +277,7 @@ def test_a_503_whose_body_stalls_still_fails_over_quickly(run: Any) -> None:
         return got, loop.time() - start
 
     got, took = run(main())
-    assert got == "status:503 (body unreadable: TimeoutError)"
+    assert got == "status:503 engine e: (body unreadable: TimeoutError)"
     assert took < 2
 
 
