@@ -94,8 +94,10 @@ def test_an_engine_s_plain_text_error_reaches_the_client_as_openai_json(stack: S
 
 
 def test_failover_when_an_engine_is_killed_under_load(stack: Stack) -> None:
-    stack.sim("a", "vllm", ["m"], ttft_ms=20)
-    stack.sim("b", "vllm", ["m"], ttft_ms=20)
+    # 100 ms per answer, 8 at a time: requests are in flight on `a` when it dies, so they must fail
+    # over (at 20 ms a loaded machine could kill it between batches, the probe see it first).
+    stack.sim("a", "vllm", ["m"], ttft_ms=100)
+    stack.sim("b", "vllm", ["m"], ttft_ms=100)
     stack.start([{"name": "pool", "engine": "vllm", "sims": ["a", "b"]}])
     errors: list[str] = []
     served: list[str] = []
