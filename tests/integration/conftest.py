@@ -48,6 +48,15 @@ def namespace(cluster: lc.Cluster) -> Iterator[str]:
     cluster.delete_namespace(name)
 
 
+@pytest.fixture
+def unmanaged(cluster: lc.Cluster) -> Iterator[str]:
+    """A namespace no operator of this session reconciles: the test writes what the operator would
+    (an engine's EndpointSlice), and the session's operator, if another test started it, stays out."""
+    name = cluster.create_namespace("no-operator")
+    yield name
+    cluster.delete_namespace(name)
+
+
 ARTIFACTS = REPO / "artifacts"
 
 
@@ -56,8 +65,9 @@ def operator(crds: lc.Cluster) -> Iterator[Process]:
     """roundhouse-operator as a real process watching every namespace of the local cluster."""
     # roundhouse-system belongs to the operator that test_install runs as its ServiceAccount.
     # ha-* namespaces belong to the operator replicas that test_operator_ha runs with leader election.
+    # no-operator-* namespaces are for tests that play the operator's part themselves (unmanaged()).
     # One kopf pattern: separate list items would each match on their own ("*" alone matches all).
-    proc = processes.operator(crds.env, ARTIFACTS, namespaces=["*, !roundhouse-system, !ha-*"])
+    proc = processes.operator(crds.env, ARTIFACTS, namespaces=["*, !roundhouse-system, !ha-*, !no-operator-*"])
     try:
         proc.start()
     except RuntimeError as err:
