@@ -1,5 +1,6 @@
-"""Watch events into store updates and dirty engines, nothing else: kopf handlers for the engines and
-modes, watch.py's threads for the engines' Deployments and Pods."""
+"""Watch events into store updates and dirty engines, nothing else. watch.py's threads watch every
+kind (engines, modes, and the engines' Deployments and Pods); kopf only runs the process (startup,
+cleanup, signals, the liveness endpoint)."""
 
 from __future__ import annotations
 
@@ -38,14 +39,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="roundhouse.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="roundhouse.dev")
     settings.posting.enabled = False
-    # kopf keeps a worker task per object until it has been idle this long; the handlers only
-    # record the event, so there is nothing to wait for (at 1,000 engines: 3,000 idle tasks).
-    settings.queueing.idle_timeout = 0.5
-    settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
-    # kopf's default backoffs reach 21 s between attempts: after an API server outage the engines'
-    # and modes' watches would come back up to that late. A refused connection is cheap to retry.
-    settings.networking.error_backoffs = [0.5, 1, 2, 3, 5, 5, 5, 5, 5]
     load_config()
     # API calls are blocking and run in threads; the default pool (cores + 4) starves a large reconcile.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube"))
@@ -56,6 +50,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     start_watchers(asyncio.get_running_loop())
     election = STATE.get("election")
     if election is None:
+        for ns in controller.store.namespaces():  # the first pass: everything the seed listed
+            controller.mark(ns)
         metrics.LEADER.set(1)
         STATE["task"] = asyncio.create_task(controller.run(), name="roundhouse-reconciler")
         return
@@ -78,8 +74,13 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE["elector"] = asyncio.create_task(elector.run(lead, step_down), name="leader-election")
 
 
-# kopf watches the engines and modes; the engines' Deployments and Pods are watched by watch.py.
+# Not kopf's watching: a kopf watch stream that receives an ERROR event other than 410 (an API server
+# coming back from an outage can send one) ends its watcher for good, and kopf never starts it again,
+# so the operator went deaf to new engines after an outage in CI. kopf's relist also forgets what was
+# deleted meanwhile. watch.py's watchers retry every failure, and a relist drops what is gone.
 WATCHED = (
+    ("EngineMode", f"apis/{GROUP}/{VERSION}/enginemodes", None),
+    ("InferenceEngine", f"apis/{GROUP}/{VERSION}/inferenceengines", None),
     ("Deployment", "apis/apps/v1/deployments", ENGINE_LABEL),
     ("Pod", "api/v1/pods", ENGINE_LABEL),
 )
@@ -92,17 +93,11 @@ def scopes(namespaces: list[str]) -> list[str | None]:
 
 
 def seed(controller: Controller, namespaces: list[str]) -> None:
-    """List the modes, and the engines' Deployments and Pods, before the first reconcile.
-
-    kopf does not say when its initial listings are complete; an operator restarted mid-switch that
+    """List every watched kind before the first reconcile: an operator restarted mid-switch that
     reconciled an engine before it had seen its EngineMode, or the outgoing pods, would start the
-    incoming family too early. Engines themselves need no seeding: they are what triggers a pass.
-    """
+    incoming family too early."""
     watchers = STATE["watchers"] = []
     for scope in scopes(namespaces):
-        for obj in controller.kube.list_objects(f"apis/{GROUP}/{VERSION}/enginemodes", scope):
-            if namespace_allowed(obj["metadata"]["namespace"], namespaces):
-                controller.store.put("EngineMode", obj)
         for kind, path, selector in WATCHED:
             watcher = Watcher(controller.kube, kind, path, scope, selector, _seeded)
             watcher.relist()
@@ -138,13 +133,27 @@ def start_watchers(loop: asyncio.AbstractEventLoop) -> None:
 def receive(kind: str, scope: str | None, events: list[Event] | None, items: list[dict[str, Any]] | None) -> None:
     """A batch from a watcher thread, on the loop: events, or a whole new listing after a relist."""
     if items is not None:
-        for namespace, engine in _store_listing(kind, scope, items):
-            _controller().mark(namespace, engine)
+        relisted(kind, scope, items)
         return
     namespaces = STATE.get("namespaces") or []
     for type_, obj in events or []:
         if namespace_allowed(obj["metadata"].get("namespace", ""), namespaces):
-            _on_event(kind, {"type": type_, "object": obj})  # type: ignore[typeddict-item]
+            _on_event(kind, type_, obj)
+
+
+def relisted(kind: str, scope: str | None, items: list[dict[str, Any]]) -> None:
+    """A relist (after an expired or failed watch): what it no longer has is gone, as if deleted; an
+    engine's own objects make that engine dirty, an engine or a mode its whole namespace."""
+    controller = _controller()
+    before = [b for ns in controller.store.namespaces() if scope in (None, ns) for b in controller.store.all(kind, ns)]
+    touched = _store_listing(kind, scope, items)
+    if kind == "InferenceEngine":
+        for body in before:
+            meta = body["metadata"]
+            if controller.store.get(kind, meta["namespace"], meta["name"]) is None:
+                controller.forget(meta["namespace"], meta["name"], meta.get("uid", ""))
+    for namespace, engine in touched:
+        controller.mark(namespace, engine if kind in ("Deployment", "Pod") else None)
 
 
 @kopf.on.cleanup()
@@ -158,13 +167,13 @@ async def cleanup(**_: Any) -> None:
         stop.set()
 
 
-def _on_event(kind: str, event: kopf.RawEvent) -> None:
-    body: dict[str, Any] = dict(event.get("object") or {})
+def _on_event(kind: str, type_: str, body: dict[str, Any]) -> None:
+    """One watch event: into the store, and the engines it concerns marked dirty."""
     if "metadata" not in body:
         return
     controller = _controller()
     meta = body["metadata"]
-    if event.get("type") == "DELETED":
+    if type_ == "DELETED":
         namespace = controller.store.remove(kind, body)
         if kind == "InferenceEngine":
             controller.forget(namespace, meta["name"], meta.get("uid", ""))
@@ -177,7 +186,7 @@ def _on_event(kind: str, event: kopf.RawEvent) -> None:
     # An engine's own objects make only that engine dirty; a mode concerns every engine it governs.
     if kind == "InferenceEngine":
         controller.mark(namespace, meta["name"])
-        if event.get("type") in ("ADDED", "DELETED"):
+        if type_ in ("ADDED", "DELETED"):
             # Engines whose fallback names this one re-check their references now.
             for name in controller.referencing(namespace, meta["name"]):
                 controller.mark(namespace, name)
@@ -185,15 +194,3 @@ def _on_event(kind: str, event: kopf.RawEvent) -> None:
         controller.mark(namespace)
     else:
         controller.mark(namespace, (meta.get("labels") or {}).get(ENGINE_LABEL))
-
-
-# The handlers are coroutines so that kopf runs them on the event loop: a plain function would be
-# run in a worker thread, one thread hop per event, touching the store while the reconciler reads it.
-@kopf.on.event(GROUP, VERSION, "inferenceengines")
-async def engine_event(event: kopf.RawEvent, **_: Any) -> None:
-    _on_event("InferenceEngine", event)
-
-
-@kopf.on.event(GROUP, VERSION, "enginemodes")
-async def mode_event(event: kopf.RawEvent, **_: Any) -> None:
-    _on_event("EngineMode", event)

@@ -20,6 +20,7 @@ Event = tuple[str, dict[str, Any]]  # (ADDED | MODIFIED | DELETED, object with i
 # A failed watch is a refused connection or an error answer, cheap to retry; a short cap means the
 # store is current again within seconds of an API server's return.
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 5.0
+RELIST_AFTER = 3  # failures in a row from one resourceVersion before listing afresh
 
 
 class WatchSource(Protocol):
@@ -108,4 +109,8 @@ class Watcher:
                 failures += 1
                 delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
                 log.warning("watch failed", extra={"kind": self.kind, "error": str(err), "retryIn": delay})
+                if failures >= RELIST_AFTER:
+                    # An API server back from an outage may keep refusing the old version with an
+                    # error other than 410 ("too large resource version", a storage error): start over.
+                    self.version = None
                 stop.wait(delay)

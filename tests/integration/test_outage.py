@@ -101,6 +101,12 @@ def test_an_api_server_and_etcd_outage_costs_no_request(operator: Process, crds:
         wait_until(lambda: answered("n"), 10, "a change after the outage reaching routing", interval=0.05)
         change = time.monotonic() - t0
         done = wait_phase(c, "em", "default", switching, "Ready", 90)  # the operator finished the switch
+        # And it still hears of what is new: an engine in a namespace created after the outage.
+        fresh = c.create_namespace()
+        c.apply(ie("after", "m2", sim.url), fresh)  # type: ignore[attr-defined]
+        wait_until(lambda: (c.get("ie", "after", fresh).get("status") or {}).get("phase") == "Ready", 30,
+                   "an engine created after the outage reconciled")  # fmt: skip
+        c.delete_namespace(fresh)
     finally:
         stop.set()
         for t in clients:

@@ -87,6 +87,18 @@ def test_a_failing_watch_is_retried_from_where_it_was(monkeypatch: Any) -> None:
     assert source.watched_from == ["5", "5", "6"]
 
 
+def test_an_error_event_is_retried_and_a_version_failing_again_and_again_is_listed_afresh(monkeypatch: Any) -> None:
+    # kopf ended its watcher for good on such an event: the operator never saw a new engine again.
+    monkeypatch.setattr("roundhouse_operator.watch.BACKOFF_BASE", 0.01)
+    error = [[{"type": "ERROR", "object": {"code": 500, "message": "Too large resource version"}}]]
+    got, source = run(
+        [[obj("a", "5")], [obj("a", "5"), obj("c", "8")]],
+        [error, error, error, [[{"type": "ADDED", "object": obj("d", "9")}]]],
+    )
+    assert got == [("list", ["a"]), ("list", ["a", "c"]), ("events", [("ADDED", "d", "Pod")])]
+    assert source.watched_from == ["5", "5", "5", "8", "9"]
+
+
 PATTERNS = [
     ["*, !roundhouse-system"],
     ["*, !roundhouse-system, !ha-*"],
