@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import pytest
 
@@ -74,3 +76,39 @@ def operator(crds: lc.Cluster) -> Iterator[Process]:
         pytest.fail(str(err), pytrace=False)
     yield proc
     proc.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """A failed test that ran with the session's operator shows the operator's last warnings and
+    errors: CI keeps only what pytest prints, and the operator's log explains most such failures."""
+    outcome = yield
+    report = outcome.get_result()
+    proc = getattr(item, "funcargs", {}).get("operator")
+    if not isinstance(proc, Process) or not proc.log_path.exists():
+        return
+    if call.when == "setup":
+        item.stash[LOG_START] = proc.log_path.stat().st_size
+    elif report.failed:
+        complaints = operator_complaints(proc, item.stash.get(LOG_START, 0))
+        report.sections.append(("operator log during the test: last warnings and errors", complaints))
+
+
+LOG_START = pytest.StashKey[int]()
+
+
+def operator_complaints(proc: Process, start: int, limit: int = 30) -> str:
+    """The operator's last `limit` warning and error lines after byte `start`, one short line each."""
+    lines = []
+    with proc.log_path.open("rb") as log:
+        log.seek(start)
+        text = log.read().decode(errors="replace")
+    for raw in text.splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if entry.get("severity") in ("warning", "error", "critical") and "Retrying" not in entry.get("message", ""):
+            extra = {k: v for k, v in entry.items() if k not in ("message", "severity", "exc_info")}
+            lines.append(f"{entry.get('message')} {json.dumps(extra)}"[:300])
+    return "\n".join(lines[-limit:]) or "(none)"
