@@ -343,7 +343,9 @@ def test_on_demand_swaps_real_engine_pods_within_the_budget(engines_up: Cluster)
 
     def watch() -> None:
         while not stop.is_set():
-            seen.append((len(holding_pods(c, old)), len(engine_pods(c, new))))
+            # Both sides by what holds GPUs: the new engine's own stopped pods, from when it last
+            # went to standby, can still be listed in a terminal phase as the request arrives.
+            seen.append((len(holding_pods(c, old)), len(holding_pods(c, new))))
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -355,7 +357,7 @@ def test_on_demand_swaps_real_engine_pods_within_the_budget(engines_up: Cluster)
     watcher.join(5)
     assert r.status_code == 200 and r.headers["x-roundhouse-engine"] == new, r.text
     assert f"activated:{new}:" in r.headers["x-roundhouse-route-reason"]
-    assert not any(o and n for o, n in seen), f"{new} had a pod while {old}'s still ran: {seen}"
+    assert not any(o and n for o, n in seen), f"{new} had a running pod while {old}'s still ran: {seen}"
     assert not engine_pods(c, old) and phase(c, old) == "Standby"
     reasons = [e["reason"] for e in c.list("events", NS) if e["involvedObject"]["kind"] == "EngineMode"]
     assert {"Draining", "Stopped", "Activating"} <= set(reasons), reasons
