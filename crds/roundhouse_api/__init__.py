@@ -22,6 +22,7 @@ from .engine import (
     OllamaConfig,
     Phase,
     Routing,
+    SGLangConfig,
     VLLMConfig,
 )
 from .mode import (
@@ -65,6 +66,7 @@ __all__ = [
     "OnDemandPolicy",
     "Phase",
     "Routing",
+    "SGLangConfig",
     "SecretKeyRef",
     "SwitchPolicy",
     "VLLMConfig",

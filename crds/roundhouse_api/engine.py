@@ -23,6 +23,7 @@ class Family(StrEnum):
     VLLM = "vllm"
     LLAMACPP = "llamacpp"
     OLLAMA = "ollama"
+    SGLANG = "sglang"
     EXTERNAL = "external"
 
 
@@ -297,6 +298,51 @@ class OllamaConfig(ApiModel):
     max_queue: int | None = Field(default=None, ge=1, description="OLLAMA_MAX_QUEUE.")
 
 
+class SGLangConfig(ApiModel):
+    """SGLang flags (`sglang serve`); unset fields keep SGLang's own defaults."""
+
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="--tp-size.")
+    data_parallel_size: int = Field(default=1, ge=1, le=64, description="--dp-size (model copies in one pod).")
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=64, description="--pp-size.")
+    context_length: int | None = Field(default=None, ge=1, description="--context-length; unset: the model's.")
+    mem_fraction_static: float | None = Field(
+        default=None, gt=0, lt=1, description="--mem-fraction-static: the GPU memory share for weights and KV cache."
+    )
+    max_running_requests: int | None = Field(default=None, ge=1, description="--max-running-requests.")
+    chunked_prefill_size: int | None = Field(
+        default=None, ge=-1, description="--chunked-prefill-size in tokens; -1 turns chunked prefill off."
+    )
+    # SGLang 0.5.23's own choices (its parser refuses anything else).
+    kv_cache_dtype: (
+        Literal["auto", "fp8_e5m2", "fp8_e4m3", "mxfp8", "bf16", "bfloat16", "nvfp4", "fp4_mx_block16"] | None
+    ) = Field(default=None, description="--kv-cache-dtype.")
+    quantization: (
+        Literal[
+            "awq", "fp8", "mxfp8", "gptq", "gptq_marlin", "awq_marlin", "bitsandbytes", "gguf", "modelopt",
+            "modelopt_fp8", "modelopt_fp4", "nvfp4_online", "modelopt_mixed", "petit_nvfp4", "w8a8_int8",
+            "w8a8_fp8", "moe_wna16", "w4afp8", "mxfp4", "auto-round", "auto-round-int8", "compressed-tensors",
+            "modelslim", "mxfp_w4a8", "quark", "quark_int4fp8_moe", "quark_mxfp4", "unquant", "humming",
+        ]
+        | None
+    ) = Field(default=None, description="--quantization (SGLang 0.5.23's methods, but Apple's mlx_*).")  # fmt: skip
+    metrics: bool = Field(default=True, description="--enable-metrics (Prometheus endpoint; the gateway reads it).")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        alias="apiKeySecretRef",
+        description="Secret key holding an API key the engine requires (--api-key); the gateway sends it.",
+    )
+    extra_args: list[ExtraArg] = Field(default_factory=list, max_length=64, description="Appended to the command.")
+
+    cel_rules: ClassVar[list[CelRule]] = [
+        CelRule(
+            "!has(self.chunkedPrefillSize) || self.chunkedPrefillSize != 0",
+            "spec.sglang.chunkedPrefillSize must be a number of tokens, or -1 to turn chunked prefill off",
+            ".chunkedPrefillSize",
+        ),
+        CelRule(*managed_flags.cel_no_repeat("sglang", managed_flags.SGLANG), ".extraArgs"),
+    ]
+
+
 class ExternalConfig(ApiModel):
     """An OpenAI-compatible API outside the cluster; no workload is created."""
 
@@ -375,7 +421,7 @@ class LocalProcess(ApiModel):
 class InferenceEngineSpec(ApiModel):
     """Desired state of an InferenceEngine."""
 
-    engine: Family = Field(description="Engine family: vllm, llamacpp, ollama or external.")
+    engine: Family = Field(description="Engine family: vllm, llamacpp, ollama, sglang or external.")
     model: ModelSource = Field(description="Weights and the names clients use.")
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas while this engine is active.")
     gpus: int | None = Field(
@@ -429,6 +475,7 @@ class InferenceEngineSpec(ApiModel):
     vllm: VLLMConfig | None = Field(default=None, description="vLLM settings (engine: vllm only).")
     llamacpp: LlamaCppConfig | None = Field(default=None, description="llama-server settings (engine: llamacpp only).")
     ollama: OllamaConfig | None = Field(default=None, description="Ollama settings (engine: ollama only).")
+    sglang: SGLangConfig | None = Field(default=None, description="SGLang settings (engine: sglang only).")
     external: ExternalConfig | None = Field(default=None, description="External API (engine: external only).")
     routing: Routing | None = Field(default=None, description="Routing hints for the gateway.")
 
@@ -453,7 +500,7 @@ class InferenceEngineSpec(ApiModel):
                 f"spec.{fam} is allowed only when spec.engine is '{fam}'",
                 f".{fam}",
             )
-            for fam in ("vllm", "llamacpp", "ollama", "external")
+            for fam in ("vllm", "llamacpp", "ollama", "sglang", "external")
         ),
         CelRule(
             "self.engine != 'external' || has(self.external)",
@@ -480,6 +527,13 @@ class InferenceEngineSpec(ApiModel):
             "(has(self.gpus) ? self.gpus : 1) * (has(self.vllm) ? self.vllm.nodes : 1)",
             "spec.vllm.tensorParallelSize * spec.vllm.pipelineParallelSize must equal spec.gpus"
             " (times spec.vllm.nodes for a multi-node engine)",
+            ".gpus",
+        ),
+        CelRule(
+            "self.engine != 'sglang' || (has(self.gpus) && self.gpus == 0) || (has(self.sglang) ? "
+            "self.sglang.tensorParallelSize * self.sglang.dataParallelSize * self.sglang.pipelineParallelSize : 1)"
+            " == (has(self.gpus) ? self.gpus : 1)",
+            "spec.sglang.tensorParallelSize * dataParallelSize * pipelineParallelSize must equal spec.gpus",
             ".gpus",
         ),
         CelRule(

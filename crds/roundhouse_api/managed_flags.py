@@ -8,6 +8,11 @@ VLLM: frozenset[str] = frozenset(
     {"--model", "--served-model-name", "--host", "--port", "--tensor-parallel-size", "-tp",
      "--pipeline-parallel-size", "-pp"}
 )  # fmt: skip
+SGLANG: frozenset[str] = frozenset(
+    {"--model-type", "--model-path", "--model", "--served-model-name", "--host", "--port", "--tp-size",
+     "--tensor-parallel-size", "--dp-size", "--data-parallel-size", "--pp-size", "--pipeline-parallel-size",
+     "--api-key", "--enable-metrics"}
+)  # fmt: skip
 LLAMACPP: frozenset[str] = frozenset({"-m", "--model", "-a", "--alias", "--host", "--port"})
 
 

@@ -16,6 +16,7 @@ class Mode(StrEnum):
     VLLM = "vllm"
     OLLAMA = "ollama"
     LLAMACPP = "llamacpp"
+    SGLANG = "sglang"
     AUTO = "auto"
     ON_DEMAND = "onDemand"
 
@@ -133,7 +134,7 @@ class EngineModeSpec(ApiModel):
     """Desired engine family."""
 
     mode: Mode = Field(
-        description="vllm, ollama, llamacpp, auto (every governed engine that fits) or onDemand (engines start"
+        description="vllm, ollama, llamacpp, sglang, auto (every governed engine that fits) or onDemand (engines start"
         " when requests need them, within spec.onDemand.gpuBudget)."
     )
     selector: LabelSelector | None = Field(

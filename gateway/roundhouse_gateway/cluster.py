@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from roundhouse_api import GROUP, VERSION, EngineMode, Family, InferenceEngine, Mode, governs
 from roundhouse_api.demand import GatewayReport, forgotten, report_key
+from roundhouse_api.families import FAMILIES
 
 from . import cluster_budget
 from .budget import BudgetState, History
@@ -224,8 +225,8 @@ class ClusterSource:
         return Catalog(tuple(engines), mode_from_resource(mode))
 
     def api_key(self, ie: InferenceEngine) -> str | None:
-        """An external API's key from its Secret (one get per Secret, cached)."""
-        ref = ie.spec.external.api_key_secret_ref if ie.spec.external else None
+        """The engine's API key (an external API's, an SGLang engine's) from its Secret (one get per Secret, cached)."""
+        ref = FAMILIES[ie.spec.engine].api_key_ref(ie.spec)
         if ref is None:
             return None
         key = (ref.name, ref.key)

@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from roundhouse_api import EngineMode, InferenceEngine, Mode, governs, parse_resource
+from roundhouse_api.families import FAMILIES
 
 from .catalog import Catalog, engine_from_resource, mode_from_resource
 
@@ -70,6 +71,6 @@ def load_config(path: Path) -> Config:
 
 
 def _api_key(ie: InferenceEngine) -> str | None:
-    """An external API's key, standalone: from the environment variable named like the Secret key."""
-    ref = ie.spec.external.api_key_secret_ref if ie.spec.external else None
+    """The engine's API key, standalone: from the environment variable named like the Secret key."""
+    ref = FAMILIES[ie.spec.engine].api_key_ref(ie.spec)
     return os.environ.get(ref.key) if ref else None

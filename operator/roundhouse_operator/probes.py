@@ -43,13 +43,13 @@ class Probing:
         key = (engine.metadata.namespace, engine.metadata.name)
         url = probe_url(engine)
         headers = {}
-        ref = engine.spec.external.api_key_secret_ref if engine.spec.external else None
+        ref = FAMILIES[engine.spec.engine].api_key_ref(engine.spec)
         if ref is not None:
             api_key, problem = await asyncio.to_thread(
                 self.kube.secret_value, engine.metadata.namespace, ref.name, ref.key
             )
             if api_key is None:
-                self.missing_secrets[key] = f"spec.external.apiKeySecretRef: {problem}"
+                self.missing_secrets[key] = f"spec.{engine.spec.engine.value}.apiKeySecretRef: {problem}"
                 self.probes[key] = (False, self.missing_secrets[key])
                 return
             self.missing_secrets.pop(key, None)

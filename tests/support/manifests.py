@@ -121,7 +121,7 @@ INVALID: list[Invalid] = [
     ),
     Invalid("negative-replicas", _with(_vllm, lambda d: d["spec"].update(replicas=-1)), "spec.replicas"),
     Invalid("unknown-engine", _with(_vllm, lambda d: d["spec"].update(engine="tgi")), "spec.engine"),
-    Invalid("unknown-mode", _with(_mode, lambda d: d["spec"].update(mode="sglang")), "spec.mode"),
+    Invalid("unknown-mode", _with(_mode, lambda d: d["spec"].update(mode="tgi")), "spec.mode"),
     Invalid(
         "tool-choice-without-parser",
         _with(_vllm, lambda d: d["spec"]["vllm"].pop("toolCallParser")),
@@ -305,6 +305,11 @@ VALID_SPECS: dict[str, dict[str, Any]] = {
     ),
     "ollama-tag": engine(engine="ollama", model={"source": "llama3.1:8b", "servedName": "llama3.1:8b"}),
     "external-gpus-zero": engine(engine="external", gpus=0, external={"baseURL": "https://api.example.com/v1"}),
+    "sglang-defaults-one-gpu": engine(engine="sglang"),
+    "sglang-tp2-dp2-on-4-gpus": engine(
+        engine="sglang", gpus=4, sglang={"tensorParallelSize": 2, "dataParallelSize": 2}
+    ),
+    "sglang-chunked-prefill-off": engine(engine="sglang", sglang={"chunkedPrefillSize": -1}),
 }
 
 _BAD_SPECS: dict[str, tuple[dict[str, Any], str]] = {
@@ -327,6 +332,27 @@ _BAD_SPECS: dict[str, tuple[dict[str, Any], str]] = {
         "spec.vllm",
     ),
     "external-section-on-vllm": (engine(external={"baseURL": "https://a/v1"}), "spec.external"),
+    "sglang-parallel-product-not-gpus": (
+        engine(engine="sglang", gpus=2, sglang={"tensorParallelSize": 2, "pipelineParallelSize": 2}),
+        "spec.sglang.tensorParallelSize * dataParallelSize * pipelineParallelSize",
+    ),
+    "sglang-section-on-vllm": (engine(sglang={}), "spec.sglang"),
+    "sglang-unknown-quantization": (
+        engine(engine="sglang", sglang={"quantization": "marlin"}),
+        "spec.sglang.quantization",
+    ),
+    "sglang-chunked-prefill-zero": (
+        engine(engine="sglang", sglang={"chunkedPrefillSize": 0}),
+        "spec.sglang.chunkedPrefillSize",
+    ),
+    "sglang-mem-fraction-one": (
+        engine(engine="sglang", sglang={"memFractionStatic": 1}),
+        "spec.sglang.memFractionStatic",
+    ),
+    "sglang-extra-args-repeat-port": (
+        engine(engine="sglang", sglang={"extraArgs": ["--port=1"]}),
+        "spec.sglang.extraArgs",
+    ),
     "endpoint-not-url": (engine(endpoints=["localhost:8000"]), "spec.endpoints"),
     "served-name-with-space": (
         engine(model={"source": "a", "servedName": "my model"}),

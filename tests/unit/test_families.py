@@ -37,6 +37,7 @@ def test_pins_are_the_versions_the_contract_tests_run() -> None:
     assert FAMILIES[Family.LLAMACPP].image == "ghcr.io/ggml-org/llama.cpp:server-cuda-b11312"
     assert FAMILIES[Family.OLLAMA].image == "ollama/ollama:0.17.4"
     assert FAMILIES[Family.VLLM].image == "vllm/vllm-openai:v0.33.0"
+    assert FAMILIES[Family.SGLANG].image == "lmsysorg/sglang:v0.5.23"
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,24 @@ def test_vllm_single_gpu_has_no_shm_and_lists_aliases() -> None:
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
+def test_sglang_serves_the_llm_backend_with_its_key_from_the_secret() -> None:
+    c = container("qwen2-5-7b-sglang")
+    argv = c["args"]
+    assert c["command"] == ["sglang", "serve"]
+    # --model-type llm: no fetch of model_index.json from the Hub to tell diffusion from language models.
+    assert argv[:4] == ["--model-type", "llm", "--model-path", "Qwen/Qwen2.5-7B-Instruct"]
+    assert (flag(argv, "--served-model-name"), flag(argv, "--port"), flag(argv, "--host")) == (
+        "qwen2.5-7b-instruct", "30000", "0.0.0.0")  # fmt: skip
+    assert [flag(argv, f) for f in ("--tp-size", "--dp-size", "--pp-size")] == ["1", "1", "1"]
+    assert flag(argv, "--context-length") == "32768" and "--enable-metrics" in argv
+    # The key reaches the engine through the kubelet's $(VAR) expansion, never in the pod spec itself.
+    assert flag(argv, "--api-key") == "$(SGLANG_API_KEY)"
+    key = next(e for e in c["env"] if e["name"] == "SGLANG_API_KEY")
+    assert key["valueFrom"] == {"secretKeyRef": {"name": "sglang-api-key", "key": "apiKey"}}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert {"mountPath": "/dev/shm", "name": "dshm"} in c["volumeMounts"]
+
+
 def test_split_gguf_gpt_oss_across_four_gpus() -> None:
     a = args("gpt-oss-120b")
     assert flag(a, "--model") == "/models/gguf/gpt-oss-120b-mxfp4-00001-of-00003.gguf"

@@ -8,7 +8,7 @@ generator and the tests read every family through `FAMILIES`.
 from __future__ import annotations
 
 from ..engine import Family
-from . import external, llamacpp, ollama, vllm
+from . import external, llamacpp, ollama, sglang, vllm
 from .base import (
     DEFAULT_HELPER_IMAGE,
     ContainerPlan,
@@ -19,7 +19,7 @@ from .base import (
 )
 
 FAMILIES: dict[Family, EngineFamily] = {
-    f.family: f for f in (vllm.FAMILY, llamacpp.FAMILY, ollama.FAMILY, external.FAMILY)
+    f.family: f for f in (vllm.FAMILY, llamacpp.FAMILY, ollama.FAMILY, sglang.FAMILY, external.FAMILY)
 }
 
 

@@ -8,6 +8,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..base import SecretKeyRef
 from ..engine import Family, InferenceEngineSpec
 
 # Counting a request's prompt tokens with an engine's own tokenizer: a generator that yields the
@@ -141,6 +142,10 @@ class EngineFamily:
     def container(self, spec: InferenceEngineSpec, cache_path: str, helper_image: str) -> ContainerPlan:
         """The engine container and what it needs in its pod."""
         raise NotImplementedError(f"{self.family} runs no workload")
+
+    def api_key_ref(self, spec: InferenceEngineSpec) -> SecretKeyRef | None:
+        """The Secret key holding the API key the engine requires (the gateway sends it as Bearer)."""
+        return None
 
     def upstream_model(self, spec: InferenceEngineSpec) -> str:
         """The "model" the engine itself expects in a request (the gateway rewrites to it)."""

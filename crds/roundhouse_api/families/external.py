@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from ..base import SecretKeyRef
 from ..engine import Family, InferenceEngineSpec
 from .base import OPENAI_COMMON, EngineFamily
 
@@ -17,6 +18,9 @@ class External(EngineFamily):
 
     def runs_workload(self, spec: InferenceEngineSpec) -> bool:
         return False
+
+    def api_key_ref(self, spec: InferenceEngineSpec) -> SecretKeyRef | None:
+        return spec.external.api_key_secret_ref if spec.external else None
 
     def upstream_model(self, spec: InferenceEngineSpec) -> str:
         return (spec.external.model_name if spec.external else None) or spec.model.source
