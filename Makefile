@@ -68,7 +68,7 @@ control-plane: ## build (once, cached in ~/.cache/roundhouse) kube-apiserver, ku
 	@$(call timed,control-plane) hack/build-control-plane.sh k8s etcd kwok helm
 
 .PHONY: engines
-engines: ## build (once, cached in ~/.cache/roundhouse) llama-server, ollama and vLLM's argument parser
+engines: ## build (once, cached in ~/.cache/roundhouse) llama-server, ollama, and vLLM's and SGLang's argument parsers
 	@$(call timed,engines) hack/build-engines.sh
 
 .PHONY: vllm-parser

@@ -6,6 +6,7 @@
 #            the sdist's vendored commit must be the pinned one, so the binary is build b$LLAMA_BUILD.
 #   ollama   ollama (CPU backend) from the Go module proxy, with the headers Go module zips drop.
 #   vllm     vLLM's own `vllm serve` argument parser in a venv (hack/build-vllm-parser.sh).
+#   sglang   SGLang's own `sglang serve` argument handling in a venv (hack/build-sglang-parser.sh).
 # `hack/build-engines.sh paths` prints each binary's path. A warm cache makes this a no-op.
 set -euo pipefail
 
@@ -16,7 +17,7 @@ OLLAMA_VERSION="${OLLAMA_VERSION:-v0.17.4}"
 MINIAUDIO_VERSION="${MINIAUDIO_VERSION:-1.71}"
 CACHE_ROOT="${ROUNDHOUSE_CACHE:-$HOME/.cache/roundhouse}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
-WANT="${*:-llama ollama vllm}"
+WANT="${*:-llama ollama vllm sglang}"
 JOBS="${JOBS:-$(nproc)}"
 
 log() { printf '[build-engines %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -79,11 +80,13 @@ build_ollama() {
 }
 
 build_vllm() { "$HERE/build-vllm-parser.sh"; }
+build_sglang() { "$HERE/build-sglang-parser.sh"; }
 
 paths() {
   echo "llama-server $(llama_dir)/bin/llama-server"
   echo "ollama $(ollama_dir)/bin/ollama"
   [ -x "$HERE/build-vllm-parser.sh" ] && echo "vllm-python $("$HERE/build-vllm-parser.sh" path)"
+  [ -x "$HERE/build-sglang-parser.sh" ] && echo "sglang-python $("$HERE/build-sglang-parser.sh" path)"
   return 0
 }
 

@@ -44,7 +44,7 @@ class Phase:
 PHASES: dict[str, Phase] = {
     "venv": Phase("Python virtualenv (.venv)", 105),
     "control-plane": Phase("Kubernetes control plane, etcd, kwok, helm (Go modules)", 1000),
-    "engines": Phase("llama-server, Ollama, vLLM's parser (registry sources)", 1290),
+    "engines": Phase("llama-server, Ollama, vLLM's and SGLang's parsers (registry sources)", 1320),
     "images": Phase("OCI images (pause, engines, Roundhouse)", 85, after=("engines",)),
     "node-deps": Phase("containerd, runc, CNI plugins (Debian)", 20),
     "browser": Phase("chromium (Debian)", 20),
@@ -70,7 +70,8 @@ def is_cold(name: str) -> bool:
                                                          ("helm-*", "helm")))  # fmt: skip
     if name == "engines":
         return not all(_any(p) for p in ("llama.cpp-*/bin/llama-server", "ollama-*/bin/ollama",
-                                         "vllm-*/venv/.roundhouse-complete"))  # fmt: skip
+                                         "vllm-*/venv/.roundhouse-complete",
+                                         "sglang-*/venv/.roundhouse-complete"))  # fmt: skip
     if name in PHASES:
         return not _target_done(name)
     raise SystemExit(f"hack/setup.py: unknown phase {name!r} (known: {', '.join(PHASES)})")

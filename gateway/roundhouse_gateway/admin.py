@@ -85,9 +85,9 @@ def describe(gw: Gateway, e: Engine) -> dict[str, Any]:
 
 def mode_view(gw: Gateway) -> dict[str, Any]:
     mode = gw.catalog.mode
-    families = {m.value: family_view(gw, m) for m in (Mode.VLLM, Mode.LLAMACPP, Mode.OLLAMA, Mode.AUTO)}
+    families = {m.value: family_view(gw, m) for m in Mode if m != Mode.ON_DEMAND}
     health = {}
-    for fam in (Family.VLLM, Family.LLAMACPP, Family.OLLAMA, Family.EXTERNAL):
+    for fam in Family:
         eps = [ep for e in gw.catalog.engines if e.family == fam for ep in e.endpoints]
         if eps:
             health[fam.value] = "ok" if any(gw.health.healthy(ep) for ep in eps) else "unavailable"

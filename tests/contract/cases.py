@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from roundhouse_api import InferenceEngine, LlamaCppConfig, OllamaConfig, VLLMConfig
+from roundhouse_api import InferenceEngine, LlamaCppConfig, OllamaConfig, SGLangConfig, VLLMConfig
 from roundhouse_operator.render import render
 from tests.support.manifests import roundhouse_examples
 
@@ -71,8 +71,10 @@ BASES: dict[str, dict[str, Any]] = {
                                                  "aliases": ["tiny"]}},
     "vllm": {"engine": "vllm", "model": {"source": "org/tiny", "servedName": "tiny-chat"}},
     "ollama": {"engine": "ollama", "model": {"source": "tiny:latest", "servedName": "tiny-chat"}},
+    "sglang": {"engine": "sglang", "model": {"source": "org/tiny", "servedName": "tiny-chat"}},
 }  # fmt: skip
-SECTIONS: dict[str, type[BaseModel]] = {"llamacpp": LlamaCppConfig, "vllm": VLLMConfig, "ollama": OllamaConfig}
+SECTIONS: dict[str, type[BaseModel]] = {"llamacpp": LlamaCppConfig, "vllm": VLLMConfig, "ollama": OllamaConfig,
+                                        "sglang": SGLangConfig}  # fmt: skip
 # Values that need a partner field to be valid (the CRD's CEL rules say so).
 PARTNERS: dict[tuple[str, str], dict[str, Any]] = {
     ("vllm", "enableAutoToolChoice"): {"toolCallParser": "hermes"},
@@ -109,6 +111,13 @@ def enum_cases(family: str) -> list[Case]:
         base = {**BASES[family], "model": {**BASES[family]["model"], "revision": "main", "aliases": ["t"]},
                 "gpus": 2, "vllm": {**every, "tensorParallelSize": 2}}  # fmt: skip
         cases.append(from_engine("vllm-every-number", engine("enum-vllm", base)))
+    if family == "sglang":
+        every = {"contextLength": 4096, "memFractionStatic": 0.8, "maxRunningRequests": 16, "chunkedPrefillSize": -1,
+                 "apiKeySecretRef": {"name": "k", "key": "apiKey"}, "extraArgs": ["--trust-remote-code"]}  # fmt: skip
+        sizes = {"tensorParallelSize": 2, "dataParallelSize": 2, "pipelineParallelSize": 2}
+        base = {**BASES[family], "model": {**BASES[family]["model"], "revision": "main"}, "gpus": 8,
+                "sglang": {**every, **sizes}}  # fmt: skip
+        cases.append(from_engine("sglang-every-number", engine("enum-sglang", base)))
     if family == "ollama":
         spec = {**BASES[family], "ollama": {"numParallel": 2, "keepAlive": "-1", "maxLoadedModels": 1, "maxQueue": 8}}
         cases.append(from_engine("ollama-every-setting", engine("enum-ollama", spec)))

@@ -25,7 +25,12 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tinygguf.write(tmp_path_factory.mktemp("model") / "tiny.gguf", context_length=131072)
 
 
-NEEDS = ("llama-server", "ollama", "vllm-python")  # make test-contract depends on `make engines` for these
+NEEDS = (
+    "llama-server",
+    "ollama",
+    "vllm-python",
+    "sglang-python",
+)  # make test-contract depends on `make engines` for these
 
 
 def need(name: str) -> Path:

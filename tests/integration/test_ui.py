@@ -153,7 +153,8 @@ def test_playground_streams_with_a_persistent_engine_choice_and_can_be_stopped(s
     engine = page.get_by_label("Engine", exact=True)
     expect(engine.locator('option[value="qwen-gguf"]')).to_have_count(1)  # engines listed once known
     choices = engine.locator("option").all_inner_texts()
-    assert choices[:5] == ["Auto (let the gateway route)", "vLLM", "GGUF (llama.cpp)", "Ollama", "External API"]
+    families = ["vLLM", "GGUF (llama.cpp)", "Ollama", "SGLang", "External API"]
+    assert choices[:6] == ["Auto (let the gateway route)", *families]
     assert {"qwen-vllm", "qwen-gguf", "qwen-ollama"} <= set(choices)
 
     engine.select_option(label="GGUF (llama.cpp)")
@@ -209,7 +210,8 @@ def test_mode_cards_switch_the_standalone_gateway_and_routing_follows(stack: Sta
 
     page.get_by_role("tab", name="Engine mode").click()
     cards = page.locator("#mode-cards li")
-    expect(cards).to_have_count(4)
+    expect(cards).to_have_count(5)  # vLLM, GGUF, Ollama, SGLang, Auto
+    expect(page.locator('li[data-mode="sglang"] h3')).to_have_text("SGLang")
     expect(page.locator('li[data-mode="vllm"]')).to_contain_text("Active")
     expect(page.locator('li[data-mode="vllm"]')).to_contain_text("✓ healthy (1 of 1)")
     expect(page.locator('li[data-mode="llamacpp"] h3')).to_have_text("GGUF (llama.cpp)")

@@ -77,7 +77,7 @@ def test_the_budget_view_follows_a_real_swap_and_a_switch_out_of_on_demand_and_b
     expect(on_demand.locator('[data-field="budget"]')).to_have_text("1 GPU")
     expect(on_demand.locator('[data-field="minActive"]')).to_have_text(f"{MIN_ACTIVE} s")
     expect(on_demand.locator('[data-field="maxWait"]')).to_have_text("60 s")
-    expect(page.locator("#mode-cards li")).to_have_count(5)  # onDemand and the four manual modes
+    expect(page.locator("#mode-cards li")).to_have_count(6)  # onDemand and five manual modes
     shot(page, "budget-before")
 
     assert chat(url, "one").status_code == 200

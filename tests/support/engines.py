@@ -34,7 +34,7 @@ def paths() -> dict[str, Path]:
 
 
 def binary(name: str) -> Path:
-    """The built binary `name` (llama-server, ollama, vllm-python); EngineMissing when absent."""
+    """The built binary `name` (llama-server, ollama, vllm-python, sglang-python); EngineMissing when absent."""
     path = paths().get(name)
     if path is None or not path.exists():
         raise EngineMissing(tools.message(name))

@@ -1,4 +1,4 @@
-"""A protocol-faithful engine simulator: vLLM, llama.cpp llama-server, Ollama and OpenAI flavours.
+"""A protocol-faithful engine simulator: vLLM, llama.cpp llama-server, Ollama, SGLang and OpenAI flavours.
 
 Runnable as `python -m tests.support.enginesim --flavour vllm --port 8000 --model m`. It serves the
 family's endpoints, SSE framing (data: lines, [DONE], usage chunk, llama-server's `: ping`
@@ -29,7 +29,7 @@ except ModuleNotFoundError:  # run as a script from its own folder (the images' 
     from prefixcache import PrefixCache  # type: ignore[no-redef]
     from simendpoints import Endpoints  # type: ignore[no-redef]
 
-FLAVOURS = ("vllm", "llamacpp", "ollama", "openai")
+FLAVOURS = ("vllm", "llamacpp", "ollama", "sglang", "openai")
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Knobs:
     loading: bool = False  # llama-server: 503 Loading model; vLLM: /health refused
     context: int = 0  # refuse prompts longer than this many tokens (0: no limit)
     ping_every_ms: float = 0.0  # llama-server: SSE ': ping' comments while silent
-    api_key: str = ""  # openai flavour: require this Bearer key
+    api_key: str = ""  # openai and sglang (--api-key) flavours: require this Bearer key
     max_concurrency: int = 0  # 503 when more requests than this are in flight (0: no cap)
     prefill_us_per_token: float = 0.0  # uncached prompt tokens cost this, one prompt at a time (0: free)
     cache_tokens: int = 0  # prompt-prefix cache size in tokens (tests/support/prefixcache.py; 0: none)
@@ -127,6 +127,15 @@ class Sim:
                 f'vllm:kv_cache_usage_perc{{model_name="{k.models[0]}"}} {min(1.0, k.running / 32):.3f}',
                 f'vllm:prompt_tokens_total{{model_name="{k.models[0]}"}} {k.prompt_tokens}',
                 f'vllm:generation_tokens_total{{model_name="{k.models[0]}"}} {k.completion_tokens}',
+            ]
+        elif k.flavour == "sglang":
+            labels = f'model_name="{k.models[0]}",engine_type="unified",tp_rank="0",pp_rank="0"'
+            lines = [
+                f"sglang:num_running_reqs{{{labels}}} {k.running - waiting}",
+                f"sglang:num_queue_reqs{{{labels}}} {waiting}",
+                f"sglang:token_usage{{{labels}}} {min(1.0, k.running / 32):.3f}",
+                f"sglang:prompt_tokens_total{{{labels}}} {k.prompt_tokens}",
+                f"sglang:generation_tokens_total{{{labels}}} {k.completion_tokens}",
             ]
         elif k.flavour == "llamacpp":
             lines = [
@@ -351,9 +360,11 @@ def make_app(state: State) -> web.Application:
     r.add_get("/v1/models", sim.models)
     Endpoints(sim).add_to(r, state.flavour)
     r.add_route("*", "/_sim/config", sim.config)
-    if state.flavour in ("vllm", "llamacpp"):
+    if state.flavour in ("vllm", "llamacpp", "sglang"):
         r.add_get("/health", sim.health)
         r.add_get("/metrics", sim.metrics)
+    if state.flavour == "sglang":  # SGLang's /ready: 503 until up, like its /health
+        r.add_get("/ready", sim.health)
     if state.flavour == "llamacpp":
         r.add_get("/props", sim.props)
     if state.flavour == "ollama":
@@ -381,6 +392,10 @@ def shim(engine: str, args: list[str]) -> list[str] | int:
         models = names or [args[1]]
         return ["--flavour", "vllm", "--host", value("--host", "0.0.0.0"), "--port", value("--port", "8000"),
                 *[a for m in models for a in ("--model", m)]]  # fmt: skip
+    if engine == "sglang":  # sglang serve --model-type llm --model-path M --served-model-name N --port P ...
+        key = ["--api-key", value("--api-key", "")] if "--api-key" in args else []
+        return ["--flavour", "sglang", "--host", value("--host", "0.0.0.0"), "--port", value("--port", "30000"),
+                "--model", value("--served-model-name", value("--model-path", "model")), *key]  # fmt: skip
     if engine == "llamacpp":  # llama-server --model F --alias a,b --host H --port P ...
         models = value("--alias", Path(value("--model", "model.gguf")).name).split(",")
         return ["--flavour", "llamacpp", "--host", value("--host", "0.0.0.0"), "--port", value("--port", "8080"),

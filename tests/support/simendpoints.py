@@ -15,6 +15,7 @@ ROUTES = {
     "vllm": ("/v1/responses", "/v1/rerank", "/v1/score", "/tokenize", "/detokenize"),
     "llamacpp": ("/v1/responses", "/v1/rerank", "/tokenize", "/detokenize"),
     "ollama": ("/v1/responses",),
+    "sglang": ("/v1/responses", "/v1/rerank", "/v1/score", "/tokenize", "/detokenize"),
 }
 
 

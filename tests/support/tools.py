@@ -33,7 +33,8 @@ TOOLS: dict[str, Tool] = {
     **{t: Tool("control-plane", "built from the Go module proxy", "control-plane")
        for t in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy",
                  "etcd", "kwok", "helm")},
-    **{t: Tool("engines", "built from registry sources", "engine") for t in ("llama-server", "ollama", "vllm-python")},
+    **{t: Tool("engines", "built from registry sources", "engine") for t in ("llama-server", "ollama", "vllm-python",
+                                                                                  "sglang-python")},
     "images": Tool("images", "OCI archives built here without Docker", "image"),
 }  # fmt: skip
 

@@ -45,6 +45,7 @@ Stand-ins (this machine has no GPU and the venv has no torch):
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib.abc
 import importlib.machinery
@@ -79,11 +80,12 @@ _TORCH_VERSION = "2.14.0"  # what vllm 0.33.0 pins (torch==2.14.0)
 # --------------------------------------------------------------------------
 # torch stand-in
 # --------------------------------------------------------------------------
-class _FakeMeta(type):
+class _FakeMeta(abc.ABCMeta):
     """Every attribute of the fake torch is a class of this metaclass: it can
-    be subclassed (torch.nn.Module), used in annotations (X | None), called
-    (returns an instance; with one function argument and no keywords it is a
-    decorator and hands the function back), and has attributes of its own."""
+    be subclassed (torch.nn.Module, also together with ABC: hence ABCMeta),
+    used in annotations (X | None), called (returns an instance; with one
+    function argument and no keywords it is a decorator and hands the function
+    back), taken int() of (torch enums), and has attributes of its own."""
 
     def __getattr__(cls, name):
         if name.startswith("__") and name.endswith("__"):
@@ -103,6 +105,14 @@ class _FakeMeta(type):
 
     def __getitem__(cls, item):
         return cls
+
+    def __int__(cls):
+        return 0
+
+    __index__ = __int__
+
+    def __float__(cls):
+        return 0.0
 
     def __repr__(cls):
         return f"<torch stub {cls.__module__}.{cls.__qualname__}>"

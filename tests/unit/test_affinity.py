@@ -131,12 +131,25 @@ vllm:num_requests_waiting{engine="0",model_name="m"} 4.0
 vllm:num_requests_waiting{engine="1",model_name="m"} 1.0
 """
 
+# SGLang 0.5.23 (observability/metrics_collector.py): gauges labelled per scheduler; with --dp-size 2
+# each data-parallel copy reports its own.
+SGLANG_METRICS = """# HELP sglang:num_running_reqs The number of running requests.
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{dp_rank="0",engine_type="unified",model_name="m",pp_rank="0",tp_rank="0"} 3.0
+sglang:num_running_reqs{dp_rank="1",engine_type="unified",model_name="m",pp_rank="0",tp_rank="0"} 2.0
+# HELP sglang:num_queue_reqs The number of requests in the waiting queue.
+# TYPE sglang:num_queue_reqs gauge
+sglang:num_queue_reqs{dp_rank="0",engine_type="unified",model_name="m",pp_rank="0",tp_rank="0"} 1.0
+sglang:num_queue_reqs{dp_rank="1",engine_type="unified",model_name="m",pp_rank="0",tp_rank="0"} 0.0
+"""
+
 
 def test_load_is_read_from_each_familys_own_metrics() -> None:
     from roundhouse_api.families import FAMILIES
 
     assert reported(LLAMA_METRICS, FAMILIES[Family.LLAMACPP].load_metrics) == 5  # 2 processing + 3 deferred
     assert reported(VLLM_METRICS, FAMILIES[Family.VLLM].load_metrics) == 5  # waiting on two engine cores
+    assert reported(SGLANG_METRICS, FAMILIES[Family.SGLANG].load_metrics) == 6  # 5 running + 1 queued, both copies
     assert reported(LLAMA_METRICS, ("vllm:num_requests_waiting",)) is None
     assert reported("not { prometheus", ("x",)) is None
 

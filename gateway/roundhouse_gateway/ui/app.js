@@ -10,9 +10,10 @@ const KEY_ADMIN = "roundhouse.adminKey";
 const KEY_API = "roundhouse.apiKey";
 const KEY_ENGINE = "roundhouse.playgroundEngine";
 const KEY_TAB = "roundhouse.tab";
-const MODES = ["vllm", "llamacpp", "ollama", "auto"];
+const MODES = ["vllm", "llamacpp", "ollama", "sglang", "auto"];
 const ON_DEMAND = "onDemand";
-const FAMILY_LABELS = { vllm: "vLLM", llamacpp: "GGUF (llama.cpp)", ollama: "Ollama", external: "External API",
+const FAMILY_LABELS = { vllm: "vLLM", llamacpp: "GGUF (llama.cpp)", ollama: "Ollama", sglang: "SGLang",
+                        external: "External API",
                         auto: "Auto", onDemand: "On demand" };
 const HEALTH = {
   ok: ["✓", "healthy", "ok"], down: ["✗", "down", "bad"], open: ["✗", "failing (circuit open)", "bad"],
@@ -388,7 +389,7 @@ function refreshEngineChoices() {
   select.replaceChildren(
     el("option", { value: "auto" }, "Auto (let the gateway route)"),
     el("optgroup", { label: "Family" },
-      ["vllm", "llamacpp", "ollama", "external"].map((f) => el("option", { value: f }, label(f)))),
+      ["vllm", "llamacpp", "ollama", "sglang", "external"].map((f) => el("option", { value: f }, label(f)))),
     names.length ? el("optgroup", { label: "Engine" }, names.map((n) => el("option", { value: n }, n))) : []);
   select.value = [...select.options].some((o) => o.value === wanted) ? wanted : "auto";
 }
