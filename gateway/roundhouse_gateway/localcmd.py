@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,16 @@ class LocalCommand:
 
 class CommandError(ValueError):
     """The engine cannot run here; the message says what to install or set."""
+
+
+# The kubelet's expansion of container args: $(NAME) from the container's env, $$ for a literal $,
+# a name not defined left as written. Nothing else is interpreted: no shell runs.
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(arg: str, env: dict[str, str]) -> str:
+    """`arg` with $(NAME) references replaced as the kubelet replaces them."""
+    return _REFERENCE.sub(lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), arg)
 
 
 def _replace(args: list[str], flag: str, value: str) -> list[str]:
@@ -61,8 +72,13 @@ def local_command(ie: InferenceEngine, port: int, cache_dir: str,
     args = _replace(_replace(list(container.get("args") or []), "--host", LOOPBACK), "--port", str(port))
     env = {e["name"]: str(e["value"]) for e in container.get("env") or [] if "value" in e}
     for e in container.get("env") or []:
-        if "valueFrom" in e and e["name"] in os.environ:  # a Secret in a pod: the environment here
-            env[e["name"]] = os.environ[e["name"]]
+        # A Secret in a pod: the environment here, by the variable's own name or, as the standalone
+        # gateway reads API keys, by the Secret key's name.
+        key = ((e.get("valueFrom") or {}).get("secretKeyRef") or {}).get("key")
+        value = os.environ.get(e["name"]) or (os.environ.get(key) if key else None)
+        if "valueFrom" in e and value is not None:
+            env[e["name"]] = value
+    args = [expand(a, env) for a in args]
     if "OLLAMA_HOST" in env:
         env["OLLAMA_HOST"] = f"{LOOPBACK}:{port}"
     return LocalCommand([str(found), *command[1:], *args], env, health)

@@ -197,6 +197,24 @@ def test_ollama_listens_where_the_gateway_says() -> None:
     assert cmd.env["OLLAMA_HOST"] == "127.0.0.1:5555" and cmd.argv[:2] == ["/bin/ollama", "serve"]
 
 
+def test_sglang_runs_from_path_with_its_key_expanded_as_the_kubelet_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("apiKey", "sk-local")  # the standalone gateway reads the same variable for its Bearer
+    section = {"apiKeySecretRef": {"name": "s", "key": "apiKey"}, "extraArgs": ["--weight-version", "$$(x)"]}
+    e = ie(engine="sglang", model={"source": "org/m", "servedName": "m"}, sglang=section)
+    cmd = local_command(e, 7777, "/cache", which=lambda p: f"/opt/bin/{p}")
+    args = cmd.argv[2:]
+    assert cmd.argv[:2] == ["/opt/bin/sglang", "serve"] and cmd.health_path == "/ready"
+    assert args[args.index("--port") + 1] == "7777" and args[args.index("--host") + 1] == "127.0.0.1"
+    assert args[args.index("--api-key") + 1] == "sk-local" and cmd.env["SGLANG_API_KEY"] == "sk-local"
+    assert args[-1] == "$(x)"  # $$ is a literal $, as in a pod
+
+
+def test_a_reference_to_an_undefined_variable_is_left_as_written() -> None:
+    from roundhouse_gateway.localcmd import expand
+
+    assert expand("$(A)-$(B)-$$(A)-$(not a name)", {"A": "1"}) == "1-$(B)-$(A)-$(not a name)"
+
+
 def drive(steps: Any, answers: list[Any]) -> tuple[list[tuple[str, dict[str, Any]]], int | None]:
     """Run a family's count_tokens protocol against canned answers: the requests it made, its count."""
     asked = []
