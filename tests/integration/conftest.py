@@ -53,7 +53,7 @@ def namespace(cluster: lc.Cluster) -> Iterator[str]:
 @pytest.fixture
 def unmanaged(cluster: lc.Cluster) -> Iterator[str]:
     """A namespace no operator of this session reconciles: the test writes what the operator would
-    (an engine's EndpointSlice), and the session's operator, if another test started it, stays out."""
+    (an engine's EndpointSlice or status), and the session's operator, if another test started it, stays out."""
     name = cluster.create_namespace("no-operator")
     yield name
     cluster.delete_namespace(name)
