@@ -144,7 +144,7 @@ promtool: ## Debian's prometheus package, for promtool: the chart's alert rules 
 	@$(call timed,promtool) hack/apt-install --no-install-recommends prometheus
 
 .PHONY: images
-images: engines ## build (cached by content) the OCI images: pause, llama-server, ollama, roundhouse, vLLM stand-in
+images: engines ## build (cached by content) the OCI images: pause, llama-server, ollama, roundhouse, vLLM and SGLang stand-ins
 	@$(call timed,images) hack/build-images.py
 
 .PHONY: cluster-up-real

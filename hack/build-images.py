@@ -60,6 +60,7 @@ RECIPE_VERSION = "1"  # bump to rebuild every image whatever the inputs say
 LLAMACPP_BUILD = "11312"
 OLLAMA_VERSION = "0.17.4"
 VLLM_VERSION = "0.33.0"
+SGLANG_VERSION = "0.5.23"
 CHART_APP_VERSION = "0.1.0"
 NAMES = {
     "pause": ["localhost/roundhouse/pause:busybox"],
@@ -67,6 +68,7 @@ NAMES = {
     "ollama": [f"ollama/ollama:{OLLAMA_VERSION}"],
     "roundhouse": [f"ghcr.io/roundhouse-dev/roundhouse:{CHART_APP_VERSION}", "roundhouse:dev"],
     "vllm": [f"vllm/vllm-openai:v{VLLM_VERSION}", "roundhouse-enginesim:dev"],
+    "sglang": [f"lmsysorg/sglang:v{SGLANG_VERSION}"],
 }
 PAUSE_IMAGE = NAMES["pause"][0]
 
@@ -146,13 +148,44 @@ def vllm_standin_files() -> dict[str, tuple[bytes, int]]:
             f"{VLLM_PARSER_DIR}/vllm_check.py": (check, 0o644)}  # fmt: skip
 
 
-def vllm_parser_site() -> Path:
-    """site-packages of the venv hack/build-vllm-parser.sh made (vLLM without its GPU dependencies)."""
-    python = run(str(REPO / "hack" / "build-vllm-parser.sh"), "path").stdout.strip()
+SGLANG_PARSER_DIR = "/opt/sglang-parser"
+SGLANG_SHIM_PATH = "/usr/local/bin/sglang"
+SGLANG_SHIM = f"""#!/bin/sh
+# The SGLang stand-in: SGLang's own `sglang serve` handling (the pinned version, {SGLANG_PARSER_DIR})
+# judges the command line first and refuses it as SGLang would; then the engine simulator serves
+# SGLang's protocol in its place (SGLang itself needs a GPU).
+if [ "$1" = serve ]; then
+  shift
+  SGLANG_PARSER_SITE={SGLANG_PARSER_DIR}/site-packages python {SGLANG_PARSER_DIR}/sglang_check.py --argv "$@" || exit 2
+  exec python {ENGINESIM_PATH} --shim sglang serve "$@"
+fi
+echo "sglang stand-in: only 'sglang serve' is here" >&2
+exit 2
+"""
+
+
+def sglang_standin_files() -> dict[str, tuple[bytes, int]]:
+    """What the SGLang stand-in adds on top of the vLLM stand-in's simulator files: SGLang's checker
+    (with vllm_check.py, whose torch stand-in it uses) behind a `sglang` shim."""
+    support = REPO / "tests" / "support"
+    sim = {k: v for k, v in vllm_standin_files().items() if k.startswith(ENGINESIM_PATH.rsplit("/", 1)[0])}
+    return {**sim, SGLANG_SHIM_PATH: (SGLANG_SHIM.encode(), 0o755),
+            f"{SGLANG_PARSER_DIR}/sglang_check.py": ((support / "sglang_check.py").read_bytes(), 0o644),
+            f"{SGLANG_PARSER_DIR}/vllm_check.py": ((support / "vllm_check.py").read_bytes(), 0o644)}  # fmt: skip
+
+
+def parser_site(script: str, what: str) -> Path:
+    """site-packages of the venv a hack/build-*-parser.sh script made."""
+    python = run(str(REPO / "hack" / script), "path").stdout.strip()
     found = sorted(Path(python).parent.parent.glob("lib/python3*/site-packages"))
     if not found or not (Path(python).parent.parent / ".roundhouse-complete").exists():
-        raise SystemExit("vLLM's parser is not built: run hack/build-vllm-parser.sh (make engines)")
+        raise SystemExit(f"{what} is not built: run hack/{script} (make engines)")
     return found[0]
+
+
+def vllm_parser_site() -> Path:
+    """site-packages of the venv hack/build-vllm-parser.sh made (vLLM without its GPU dependencies)."""
+    return parser_site("build-vllm-parser.sh", "vLLM's parser")
 
 
 def vllm_parser_wanted(rel: Path) -> bool:
@@ -763,6 +796,45 @@ def vllm_build(work: Path) -> Built:
     return Built([*base[0], parser_layer, layer], config)
 
 
+def sglang_key(k: Key) -> None:
+    roundhouse_key(k)
+    for path, (data, mode) in sorted(sglang_standin_files().items()):
+        k.text(f"file {path} {oct(mode)}", hashlib.sha256(data).hexdigest())
+    site = parser_site("build-sglang-parser.sh", "SGLang's parser")
+    k.text("sglang-parser", (site.parent.parent.parent / ".roundhouse-complete").read_text())
+
+
+def sglang_build(work: Path) -> Built:
+    base = oci_layers(build_one("roundhouse"))
+    parser = Rootfs(work / "parser")
+    site = parser_site("build-sglang-parser.sh", "SGLang's parser")
+    for src in tree_files(site):
+        rel = src.relative_to(site)
+        if "__pycache__" not in rel.parts and rel.suffix not in (".pyc", ".pyo"):
+            parser.copy(src, f"{SGLANG_PARSER_DIR}/site-packages/{rel}", src.stat().st_mode & 0o755 | 0o644)
+    parser_layer = work / "sglang-parser.tar"
+    write_layer(parser.root, parser_layer)
+    fs = Rootfs(work / "rootfs")
+    for path, (data, mode) in sglang_standin_files().items():
+        fs.write(path, data, mode)
+    layer = work / "enginesim.tar"
+    write_layer(fs.root, layer)
+    # Smoke test: the shim refuses what SGLang refuses, in the assembled image, as uid 10001.
+    with overlay([work / "parser", work / "rootfs", *roundhouse_roots()]) as merged:
+        env = {"PATH": PATH_ENV, "HOME": "/nonexistent", **ROUNDHOUSE_ENV}
+        user = ["chroot", "--userspec", f"{ROUNDHOUSE_UID}:{ROUNDHOUSE_UID}", str(merged)]
+        check = (f"SGLANG_PARSER_SITE={SGLANG_PARSER_DIR}/site-packages python {SGLANG_PARSER_DIR}/sglang_check.py"
+                 " --argv --model-type llm --model-path org/m")  # fmt: skip
+        ok = subprocess.run([*user, "/bin/sh", "-c", check], env=env, capture_output=True, text=True)
+        bad = subprocess.run([*user, SGLANG_SHIM_PATH, "serve", "--model-path", "org/m", "--quantization", "marlin"],
+                             env=env, capture_output=True, text=True)  # fmt: skip
+        if ok.returncode != 0 or bad.returncode != 2 or "invalid choice: 'marlin'" not in bad.stderr:
+            raise SystemExit(f"SGLang stand-in smoke test failed:\n{ok.stderr[-2000:]}\n{bad.stderr[-2000:]}")
+    config = json.loads(json.dumps(base[1]))
+    config["Cmd"] = [SGLANG_SHIM_PATH, "serve", "--help"]
+    return Built([*base[0], parser_layer, layer], config)
+
+
 def oci_layers(archive: Path) -> tuple[list[Path], dict[str, object]]:
     """The layers (extracted next to the archive) and the config of an archive we built."""
     d = archive.with_suffix(".layers")
@@ -794,6 +866,7 @@ RECIPES = {
         Recipe("ollama", lambda: missing(ollama_bin()), ollama_key, ollama_build),
         Recipe("roundhouse", needs_root, roundhouse_key, roundhouse_build),
         Recipe("vllm", needs_root, vllm_key, vllm_build),
+        Recipe("sglang", needs_root, sglang_key, sglang_build),
     ]
 }  # fmt: skip
 

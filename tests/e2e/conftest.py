@@ -11,7 +11,7 @@ from tests.integration.conftest import cluster, crds, namespace  # noqa: F401 - 
 from tests.support import tools
 
 # What a real node and the chart's pods need beyond the control plane (make test-e2e depends on them).
-NEEDS = ("helm", "llama-server", "ollama", "vllm-python", *tools.REAL_NODE)
+NEEDS = ("helm", "llama-server", "ollama", "vllm-python", "sglang-python", *tools.REAL_NODE)
 
 
 @pytest.fixture(scope="session", autouse=True)

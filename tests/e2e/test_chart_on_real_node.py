@@ -317,6 +317,28 @@ def test_a_missing_hf_token_secret_is_named_until_it_exists(engines_up: Cluster)
     assert next(cond for cond in st["conditions"] if cond["type"] == "References")["status"] == "True"
 
 
+def test_mode_sglang_runs_the_sglang_stand_in_pod_and_switches_back(engines_up: Cluster) -> None:
+    """kubectl patch enginemode to sglang and back, on real pods: the SGLang stand-in (SGLang 0.5.23's
+    own `sglang serve` handling in front of the simulator) becomes Ready through its /ready probe and
+    serves through the gateway while the other families stand by; back on llamacpp its pod is gone."""
+    c, url = engines_up, gateway_url(engines_up)
+    c.apply(ie("tiny-sglang", "sglang", "org/tiny", sglang={"contextLength": 2048, "maxRunningRequests": 8}), NS)
+    c.kubectl("patch", "enginemode", "default", "--type", "merge", "-p", '{"spec":{"mode":"sglang"}}', namespace=NS)
+    wait_until(lambda: phase(c, "tiny-sglang") == "Ready", 180, "tiny-sglang Ready (its pod through /ready)")
+    wait_until(lambda: {phase(c, n) for n in ("tiny-llama", "tiny-ollama")} == {"Standby"}, 120,
+               "the other families on standby")  # fmt: skip
+    r = wait_until(lambda: (r := chat(url, timeout=30)).status_code == 200 and r, 60, "the gateway routing to SGLang")
+    assert r.headers["x-roundhouse-engine"] == "tiny-sglang"
+    pod = engine_pods(c, "tiny-sglang")[0]
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "lmsysorg/sglang:v0.5.23" and container["command"] == ["sglang", "serve"]
+    c.kubectl("patch", "enginemode", "default", "--type", "merge", "-p", '{"spec":{"mode":"llamacpp"}}', namespace=NS)
+    wait_until(lambda: phase(c, "tiny-llama") == "Ready" and not engine_pods(c, "tiny-sglang"), 180,
+               "tiny-llama Ready and the SGLang pod gone")  # fmt: skip
+    assert phase(c, "tiny-sglang") == "Standby"
+    c.kubectl("delete", "ie", "tiny-sglang", "--wait=true", namespace=NS)  # the on-demand test's budget counts engines
+
+
 def test_on_demand_swaps_real_engine_pods_within_the_budget(engines_up: Cluster) -> None:
     """Mode onDemand on real pods: a request for the engine on standby is held while the running one
     drains and its pods stop, then answered by the engine it asked for; both never hold the GPUs (a

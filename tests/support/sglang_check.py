@@ -3,6 +3,7 @@
 Run by the python of the venv that hack/build-sglang-parser.sh builds:
 
     python tests/support/sglang_check.py < lines.jsonl   # one JSON list (the args after "sglang serve") per line
+    python tests/support/sglang_check.py --argv ARGS...  # one command line, as the stand-in image's shim
 
 For each command line it prints one JSON line: {"ok": bool, "stage": str|null, "error": str|null,
 "parsed": {...}}. What runs is SGLang's code, in the order `sglang serve` runs it:
@@ -30,6 +31,13 @@ import sys
 import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# In the SGLang stand-in image the parser's packages sit in a directory of their own, ahead of the image's.
+if os.environ.get("SGLANG_PARSER_SITE"):
+    import site
+
+    sys.path.insert(0, os.environ["SGLANG_PARSER_SITE"])
+    site.addsitedir(os.environ["SGLANG_PARSER_SITE"])
+
 import vllm_check  # the torch stand-in, next to this file
 
 os.environ.setdefault("SGLANG_LOG_LEVEL", "error")
@@ -152,6 +160,13 @@ class Checker:
 
 def main() -> int:
     checker = Checker()
+    if sys.argv[1:2] == ["--argv"]:
+        # One command line as a process gets it (the stand-in's entrypoint): refuse it as sglang would.
+        res = checker.check(sys.argv[2:])
+        print(json.dumps(res), file=sys.stderr, flush=True)
+        if not res["ok"]:
+            print(f"sglang serve: error: {res['stage']}: {res['error']}", file=sys.stderr, flush=True)
+        return 0 if res["ok"] else 2
     for raw in [ln for ln in sys.stdin if ln.strip()]:
         try:
             res = checker.check(json.loads(raw))

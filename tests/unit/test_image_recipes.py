@@ -98,6 +98,7 @@ def test_images_carry_the_tags_the_operator_and_the_chart_use() -> None:
     assert family("llamacpp").image in bi.NAMES["llama-server"]
     assert family("ollama").image in bi.NAMES["ollama"]
     assert family("vllm").image in bi.NAMES["vllm"]
+    assert family("sglang").image in bi.NAMES["sglang"]
     assert DEFAULT_HELPER_IMAGE in bi.NAMES["roundhouse"]
     chart = yaml.safe_load((REPO / "charts" / "roundhouse" / "Chart.yaml").read_text())
     values = yaml.safe_load((REPO / "charts" / "roundhouse" / "values.yaml").read_text())
