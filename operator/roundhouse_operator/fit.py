@@ -67,6 +67,9 @@ def estimate(spec: InferenceEngineSpec, gpu_memory_mib: int | None) -> Fit:
     gpus = gpu_count(spec)
     if gpus == 0:
         return Fit(None, "NoGPUs", "the engine runs on CPU; GPU memory is not checked")
+    # Data-parallel copies of the model in one pod each hold all the weights on their share of the GPUs.
+    copies = FAMILIES[spec.engine].model_copies(spec)
+    gpus = max(1, gpus // copies)
     params = parameters_billions(spec)
     if params is None:
         return Fit(None, "UnknownModelSize", "set spec.model.parametersBillions to check whether the model fits")
@@ -87,6 +90,7 @@ def estimate(spec: InferenceEngineSpec, gpu_memory_mib: int | None) -> Fit:
         f" for {params:g}B parameters,"
         f" KV cache {kv / GIB:.1f} GiB for {tokens} tokens, overhead {gpus * OVERHEAD_PER_GPU / GIB:.0f} GiB);"
         f" {gpus} GPU(s) x {memory} MiB give {usable / GIB:.1f} GiB"
+        + (f", for each of {copies} data-parallel copies" if copies > 1 else "")
     )
     if need <= usable:
         return Fit(True, "Fits", numbers)

@@ -119,6 +119,18 @@ def test_70b_fp8_fits_two_h100() -> None:
     assert estimate(spec, 81559).fits is True
 
 
+def test_sglang_fits_by_its_memory_share_and_each_data_parallel_copy_holds_the_weights() -> None:
+    llama70 = {"source": "meta-llama/Llama-3.1-70B-Instruct", "servedName": "l"}
+    tp4 = ie(engine="sglang", model=llama70, gpus=4, sglang={"tensorParallelSize": 4, "contextLength": 4096}).spec
+    assert estimate(tp4, 81559).fits is True
+    # The same four GPUs as four copies of one GPU each: 130 GiB of bf16 weights on each.
+    dp4 = ie(engine="sglang", model=llama70, gpus=4, sglang={"dataParallelSize": 4, "contextLength": 4096}).spec
+    fit = estimate(dp4, 81559)
+    assert (
+        fit.fits is False and "1 GPU(s) x 81559 MiB" in fit.message and "each of 4 data-parallel copies" in fit.message
+    )
+
+
 def test_llamacpp_partial_offload_suggests_gpu_layers() -> None:
     spec = ie(engine="llamacpp", model={"source": "/m/Llama-3.1-70B-Q8_0.gguf", "servedName": "l"},
               llamacpp={"contextSize": 8192}).spec  # fmt: skip

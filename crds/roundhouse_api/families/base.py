@@ -175,6 +175,10 @@ class EngineFamily:
         """Whether the KV cache is stored in 8 bits (half the bytes per token)."""
         return False
 
+    def model_copies(self, spec: InferenceEngineSpec) -> int:
+        """Copies of the model one pod runs (data parallelism), each on its share of the GPUs."""
+        return 1
+
     # Engines that can keep part of the model off the GPU get a gpuLayers suggestion when it does not fit.
     partial_offload: ClassVar[bool] = False
 

@@ -128,6 +128,9 @@ class SGLang(EngineFamily):
         dtype = spec.sglang.kv_cache_dtype if spec.sglang else None
         return bool(dtype and (dtype.startswith("fp8") or dtype in ("mxfp8", "nvfp4", "fp4_mx_block16")))
 
+    def model_copies(self, spec: InferenceEngineSpec) -> int:
+        return spec.sglang.data_parallel_size if spec.sglang else 1
+
     def kv_tokens(self, spec: InferenceEngineSpec) -> int:
         cfg = spec.sglang
         return (cfg.context_length if cfg and cfg.context_length else None) or (
