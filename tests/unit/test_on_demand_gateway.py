@@ -241,6 +241,19 @@ def test_vllm_counts_a_chat_with_its_template_and_tools_in_one_call() -> None:
     assert asked == [("/tokenize", {"model": "m", "prompt": "abc"})] and count == 3
 
 
+def test_sglang_counts_a_chat_as_it_renders_a_chat_completion() -> None:
+    from roundhouse_api.families import FAMILIES
+
+    # SGLang 0.5.23's /tokenize renders messages as for a chat completion when add_generation_prompt
+    # is omitted (TokenizeRequest), and answers {"tokens", "count", "max_model_len"}.
+    asked, count = drive(FAMILIES[Family.SGLANG].count_tokens(CHAT, "chat", "m"), [{"count": 12, "tokens": []}])
+    assert asked == [("/tokenize", {"model": "m", "messages": CHAT["messages"], "tools": CHAT["tools"]})]
+    assert count == 12
+    assert (
+        drive(FAMILIES[Family.SGLANG].count_tokens({"prompt": "abc"}, "completions", "m"), [{"error": "x"}])[1] is None
+    )
+
+
 def test_llama_server_renders_the_template_then_tokenizes() -> None:
     from roundhouse_api.families import FAMILIES
 
