@@ -33,7 +33,7 @@ def example(name: str) -> dict[str, Any]:
 def small(name: str, family: str, replicas: int = 1, **spec: Any) -> dict[str, Any]:
     """An engine with no model cache (no claim to bind), for the scenarios below."""
     sources = {"vllm": "Qwen/Qwen2.5-7B-Instruct", "llamacpp": "/models/qwen2.5-7b-q4_k_m.gguf",
-               "ollama": "qwen2.5:7b"}  # fmt: skip
+               "ollama": "qwen2.5:7b", "sglang": "Qwen/Qwen2.5-7B-Instruct"}  # fmt: skip
     doc = engine(engine=family, model={"source": sources[family], "servedName": name}, replicas=replicas, **spec)
     doc["metadata"] = {"name": name}
     return doc

@@ -79,3 +79,38 @@ def test_an_sglang_engine_is_served_with_its_key_and_switched_as_a_mode(
         wait_until(lambda: phases() == {"fast": "Standby", "steady": "Ready"}, 30, "fast Standby and steady Ready")
     finally:
         gw.stop()
+
+
+def test_an_sglang_engine_is_started_on_demand_and_swapped_out_within_the_budget(
+    operator: Process, crds: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    """Mode onDemand with an SGLang engine and a vLLM one that cannot both hold the 8-GPU budget: a
+    request for each starts it, the other giving its GPUs back first."""
+    from tests.integration.test_on_demand import chat as od_chat
+    from tests.integration.test_on_demand import mode, phase, pods_of
+    from tests.integration.test_operator import small
+
+    c = crds
+    sims = {"gamma": processes.enginesim("sglang", "gamma", ["gamma"], ARTIFACTS).start(),
+            "alpha": processes.enginesim("vllm", "alpha", ["alpha"], ARTIFACTS).start()}  # fmt: skip
+    extra = tuple(a for name, sim in sims.items() for a in ("--endpoint-map", f"{name}={sim.url}"))  # type: ignore[attr-defined]
+    gw = processes.cluster_gateway(namespace, c.kubeconfig, tmp_path, ARTIFACTS, ["sk-on-demand"], [], extra=extra,
+                                   probe_interval=0.2).start()  # fmt: skip
+    try:
+        mode(namespace, c, drainSeconds=1)
+        c.apply([small("gamma", "sglang", gpus=8, sglang={"tensorParallelSize": 4, "dataParallelSize": 2}),
+                 small("alpha", "vllm", gpus=8, vllm={"tensorParallelSize": 8})], namespace)  # fmt: skip
+        wait_until(lambda: {phase(c, n, namespace) for n in ("gamma", "alpha")} == {"Standby"}, 20, "both on standby")
+        url = gw.url  # type: ignore[attr-defined]
+        first = od_chat(url, "gamma")
+        assert first.status_code == 200 and first.headers["x-roundhouse-engine"] == "gamma", first.text
+        assert "activated:gamma:" in first.headers["x-roundhouse-route-reason"]
+        assert pods_of(c, namespace) == {"gamma": 1}
+        second = od_chat(url, "alpha")
+        assert second.status_code == 200 and second.headers["x-roundhouse-engine"] == "alpha", second.text
+        wait_until(lambda: pods_of(c, namespace) == {"alpha": 1}, 30, "gamma's pod gone, alpha's running")
+        assert phase(c, "gamma", namespace) == "Standby"
+    finally:
+        gw.stop()
+        for p in sims.values():
+            p.stop()
