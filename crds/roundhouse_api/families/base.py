@@ -198,6 +198,22 @@ class EngineFamily:
         return body
 
 
+def count_by_tokenize(body: dict[str, Any], kind: str, model: str, chat_extra: dict[str, Any]) -> TokenCount:
+    """One POST /tokenize with the chat's messages (and tools) or the prompt, answered with {"count"}:
+    vLLM's and SGLang's protocol; `chat_extra` is what a chat request adds for that engine."""
+    if kind == "chat":
+        request: dict[str, Any] = {"model": model, "messages": body["messages"], **chat_extra}
+        if body.get("tools"):
+            request["tools"] = body["tools"]
+    elif kind == "completions" and isinstance(body.get("prompt"), str):
+        request = {"model": model, "prompt": body["prompt"]}
+    else:
+        return None
+    answer = yield "/tokenize", request
+    count = answer.get("count") if isinstance(answer, dict) else None
+    return count if isinstance(count, int) else None
+
+
 def json_names(body: bytes, key: str, field_name: str) -> set[str]:
     """Values of `field_name` in the objects of the list `key` of a JSON body; empty when unreadable."""
     try:

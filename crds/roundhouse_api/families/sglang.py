@@ -18,6 +18,7 @@ from .base import (
     ContainerPlan,
     EngineFamily,
     TokenCount,
+    count_by_tokenize,
     flag,
     hf_token_env,
 )
@@ -57,19 +58,9 @@ class SGLang(EngineFamily):
     load_metrics: ClassVar[tuple[str, ...]] = ("sglang:num_running_reqs", "sglang:num_queue_reqs")
 
     def count_tokens(self, body: dict[str, Any], kind: str, model: str) -> TokenCount:
-        # SGLang 0.5.23's POST /tokenize takes a chat's messages (the chat template applied, tools
-        # included) or a prompt, answering {"tokens", "count", "max_model_len"} as vLLM does.
-        if kind == "chat":
-            request: dict[str, Any] = {"model": model, "messages": body["messages"]}
-            if body.get("tools"):
-                request["tools"] = body["tools"]
-        elif kind == "completions" and isinstance(body.get("prompt"), str):
-            request = {"model": model, "prompt": body["prompt"]}
-        else:
-            return None
-        answer = yield "/tokenize", request
-        count = answer.get("count") if isinstance(answer, dict) else None
-        return count if isinstance(count, int) else None
+        # SGLang 0.5.23's POST /tokenize takes a chat's messages (rendered as for a chat completion when
+        # add_generation_prompt is omitted, tools included) or a prompt, answering as vLLM does.
+        return count_by_tokenize(body, kind, model, {})
 
     def container(self, spec: InferenceEngineSpec, cache_path: str, helper_image: str) -> ContainerPlan:
         cfg = spec.sglang or DEFAULT_CONFIG

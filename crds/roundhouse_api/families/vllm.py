@@ -17,6 +17,7 @@ from .base import (
     ContainerPlan,
     EngineFamily,
     TokenCount,
+    count_by_tokenize,
     flag,
     gpu_count,
     hf_token_env,
@@ -54,17 +55,7 @@ class VLLM(EngineFamily):
     def count_tokens(self, body: dict[str, Any], kind: str, model: str) -> TokenCount:
         # vLLM 0.33.0 serves POST /tokenize for chat (the chat template applied, tools included) and
         # for prompts, answering {"count", "max_model_len", "tokens"}.
-        if kind == "chat":
-            request: dict[str, Any] = {"model": model, "messages": body["messages"], "add_generation_prompt": True}
-            if body.get("tools"):
-                request["tools"] = body["tools"]
-        elif kind == "completions" and isinstance(body.get("prompt"), str):
-            request = {"model": model, "prompt": body["prompt"]}
-        else:
-            return None
-        answer = yield "/tokenize", request
-        count = answer.get("count") if isinstance(answer, dict) else None
-        return count if isinstance(count, int) else None
+        return count_by_tokenize(body, kind, model, {"add_generation_prompt": True})
 
     def container(self, spec: InferenceEngineSpec, cache_path: str, helper_image: str) -> ContainerPlan:
         cfg = spec.vllm or DEFAULT_CONFIG
