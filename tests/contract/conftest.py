@@ -7,6 +7,7 @@ run with the command that builds it, never skips.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,17 @@ def need(name: str) -> Path:
         return engines.binary(name)
     except engines.EngineMissing as err:
         pytest.fail(str(err), pytrace=False)
+
+
+def run_checker(python: str, checker: Path, argvs: list[list[str]]) -> list[dict[str, Any]]:
+    """An engine's own checker (vllm_check.py, sglang_check.py) on each command line, in one process:
+    one JSON result per line."""
+    stdin = "".join(json.dumps(a) + "\n" for a in argvs)
+    out = subprocess.run([str(need(python)), str(checker)], input=stdin, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == len(argvs), out.stdout + out.stderr[-2000:]
+    return results
 
 
 class Record:

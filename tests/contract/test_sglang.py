@@ -8,7 +8,6 @@ tests/support/sglang_check.py feeds it every command line in one process (its ba
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from roundhouse_api.families import FAMILIES
 from roundhouse_api.families.sglang import VERSION
 from tests.contract.cases import Case, all_cases, engine, from_engine
-from tests.contract.conftest import Record, need
+from tests.contract.conftest import Record, need, run_checker
 
 CASES = all_cases("sglang")
 FAMILY = FAMILIES[CASES[0].engine.spec.engine]
@@ -27,13 +26,7 @@ CHECKER = Path(__file__).resolve().parents[1] / "support" / "sglang_check.py"
 
 def check(argvs: list[list[str]]) -> list[dict[str, Any]]:
     """SGLang's handling of each command line (the args after `sglang serve`), in one process."""
-    stdin = "".join(json.dumps(a) + "\n" for a in argvs)
-    out = subprocess.run([str(need("sglang-python")), str(CHECKER)], input=stdin, capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
-    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == len(argvs), out.stdout + out.stderr[-2000:]
-    return results
+    return run_checker("sglang-python", CHECKER, argvs)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ tests/support/vllm_check.py feeds it every command line in one process.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from roundhouse_api.families import FAMILIES
 from roundhouse_api.families.vllm import VERSION
 from tests.contract.cases import Case, all_cases, engine, from_engine
-from tests.contract.conftest import Record, need
+from tests.contract.conftest import Record, need, run_checker
 
 CASES = all_cases("vllm")
 FAMILY = FAMILIES[CASES[0].engine.spec.engine]
@@ -26,13 +25,7 @@ CHECKER = Path(__file__).resolve().parents[1] / "support" / "vllm_check.py"
 
 def check(argvs: list[list[str]]) -> list[dict[str, Any]]:
     """vLLM's parser on each command line (the args after `vllm serve`), in one process."""
-    python = need("vllm-python")
-    stdin = "".join(json.dumps(a) + "\n" for a in argvs)
-    out = subprocess.run([str(python), str(CHECKER)], input=stdin, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == len(argvs), out.stdout + out.stderr[-2000:]
-    return results
+    return run_checker("vllm-python", CHECKER, argvs)
 
 
 @pytest.fixture(scope="module")
