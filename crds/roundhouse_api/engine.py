@@ -104,6 +104,42 @@ class ModelSource(ApiModel):
     )
 
 
+# An adapter's name is what clients put in "model" and appears on engines' command lines as NAME=PATH
+# (vLLM, SGLang): no '=', no ':' (SGLang reads "base:adapter" in "model"), no whitespace.
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# Its source reaches command lines as NAME=PATH (vLLM splits on '=') and comma lists (llama.cpp's
+# --lora): neither character, and nothing a shell would read.
+ADAPTER_SOURCE_PATTERN = r"^[^\s\"'`$;|&<>(){}\\=,]+$"
+MAX_ADAPTERS = 32
+
+
+class Adapter(ApiModel):
+    """A LoRA adapter served beside the base model, under a name of its own."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=ADAPTER_NAME_PATTERN,
+        description='The name clients put in "model" to use the adapter: letters, digits, ".", "_" and "-".',
+    )
+    source: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=ADAPTER_SOURCE_PATTERN,
+        description=(
+            "The adapter's weights, like spec.model.source: a Hugging Face repo id or a directory (vLLM,"
+            " SGLang), a LoRA GGUF file path or https:// URL (llama.cpp; a URL is fetched into the model"
+            " cache); a relative path is on the model cache volume."
+        ),
+    )
+    scale: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="How strongly the adapter is applied (llama.cpp only, sent per request; default 1).",
+    )
+
+
 class ModelCache(ApiModel):
     """Volume for downloaded weights; a PersistentVolumeClaim keeps them across restarts."""
 
@@ -191,6 +227,19 @@ class VLLMConfig(ApiModel):
     )
     tool_call_parser: str | None = Field(
         default=None, max_length=64, description="--tool-call-parser (e.g. hermes, llama3_json, mistral)."
+    )
+    max_loras: int | None = Field(
+        default=None, ge=1, le=256, description="--max-loras: adapters in one batch (vLLM's default: 1)."
+    )
+    # vLLM 0.33.0's choices (config/lora.py).
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] | None = Field(
+        default=None, description="--max-lora-rank: the largest adapter rank (vLLM's default: 16)."
+    )
+    runtime_adapter_updates: bool = Field(
+        default=True,
+        description="Load and unload spec.adapters on running replicas (POST /v1/load_lora_adapter) instead of"
+        " restarting them with --lora-modules; LoRA is enabled (--enable-lora) whenever spec.adapters, maxLoras or"
+        " maxLoraRank is set, so an engine that will get adapters later can start with maxLoraRank.",
     )
     nodes: int = Field(
         default=1, ge=1, le=64, description="Nodes per replica; above 1 runs multi-node with LeaderWorkerSet."
@@ -418,6 +467,51 @@ class LocalProcess(ApiModel):
     env: dict[str, str] = Field(default_factory=dict, description="More environment variables for it.")
 
 
+# What the families can do with spec.adapters, refused at apply where they cannot.
+ADAPTER_RULES = [
+    CelRule(
+        "!has(self.adapters) || self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
+        "spec.adapters: each adapter needs a name of its own",
+        ".adapters",
+    ),
+    CelRule(
+        "!has(self.adapters) || self.adapters.all(a, a.name != self.model.servedName &&"
+        " (!has(self.model.aliases) || !(a.name in self.model.aliases)))",
+        "spec.adapters[].name must differ from spec.model.servedName and spec.model.aliases: clients choose an"
+        " adapter by its name",
+        ".adapters",
+    ),
+    CelRule(
+        "self.engine != 'ollama' || !has(self.adapters) || self.adapters.size() == 0",
+        'spec.adapters: Ollama 0.17.4 cannot serve LoRA adapters (its new runner answers "loras are not yet'
+        ' implemented"): use engine vllm, llamacpp or sglang',
+        ".adapters",
+    ),
+    CelRule(
+        "self.engine != 'external' || !has(self.adapters) || self.adapters.size() == 0",
+        "spec.adapters is not used when spec.engine is 'external': Roundhouse loads adapters only on engines it knows",
+        ".adapters",
+    ),
+    CelRule(
+        "self.engine != 'llamacpp' || has(self.endpoints) || !has(self.adapters) ||"
+        " self.adapters.all(a, a.source.matches('(?i)\\\\.gguf$'))",
+        "spec.adapters[].source must be a LoRA GGUF file or URL (*.gguf) when spec.engine is 'llamacpp'",
+        ".adapters",
+    ),
+    CelRule(
+        "self.engine == 'llamacpp' || !has(self.adapters) || self.adapters.all(a, !a.source.matches('(?i)^https?://'))",
+        "spec.adapters[].source must be a Hugging Face repo id or a directory for vLLM and SGLang: only llama.cpp's"
+        " GGUF adapters are fetched from a URL",
+        ".adapters",
+    ),
+    CelRule(
+        "self.engine == 'llamacpp' || !has(self.adapters) || self.adapters.all(a, !has(a.scale))",
+        "spec.adapters[].scale is applied only by llama.cpp (per request): vLLM and SGLang apply an adapter as trained",
+        ".adapters",
+    ),
+]
+
+
 class InferenceEngineSpec(ApiModel):
     """Desired state of an InferenceEngine."""
 
@@ -478,6 +572,11 @@ class InferenceEngineSpec(ApiModel):
     sglang: SGLangConfig | None = Field(default=None, description="SGLang settings (engine: sglang only).")
     external: ExternalConfig | None = Field(default=None, description="External API (engine: external only).")
     routing: Routing | None = Field(default=None, description="Routing hints for the gateway.")
+    adapters: list[Adapter] = Field(
+        default_factory=list,
+        max_length=MAX_ADAPTERS,
+        description="LoRA adapters served beside the model, each under its own name (vLLM, llama.cpp, SGLang).",
+    )
 
     @field_validator("resources")
     @classmethod
@@ -553,6 +652,7 @@ class InferenceEngineSpec(ApiModel):
             "spec.model.source must name the first shard (-00001-of-0000N.gguf) of a split GGUF",
             ".model.source",
         ),
+        *ADAPTER_RULES,
         CelRule(
             "!has(self.llamacpp) || !has(self.llamacpp.tensorSplit) || "
             "self.llamacpp.tensorSplit.size() == (has(self.gpus) ? self.gpus : 1)",
@@ -560,6 +660,14 @@ class InferenceEngineSpec(ApiModel):
             ".llamacpp.tensorSplit",
         ),
     ]
+
+
+class AdapterStatus(ApiModel):
+    """Where one adapter of spec.adapters is loaded."""
+
+    name: str = Field(description="The adapter's name.")
+    loaded_replicas: int = Field(default=0, ge=0, description="Ready replicas that serve it.")
+    message: str | None = Field(default=None, description="Why it is not loaded everywhere: the engine's own words.")
 
 
 class EngineStatus(ApiModel):
@@ -578,6 +686,9 @@ class EngineStatus(ApiModel):
         default=None,
         ge=0,
         description="Tokens one request may use (prompt and answer): llama.cpp splits ctxSize over its parallel slots.",
+    )
+    adapters: list[AdapterStatus] = Field(
+        default_factory=list, description="spec.adapters: on how many ready replicas each one is loaded."
     )
     conditions: list[Condition] = Field(
         default_factory=list,

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 VLLM: frozenset[str] = frozenset(
     {"--model", "--served-model-name", "--host", "--port", "--tensor-parallel-size", "-tp",
-     "--pipeline-parallel-size", "-pp"}
+     "--pipeline-parallel-size", "-pp", "--enable-lora", "--lora-modules", "--max-loras", "--max-lora-rank"}
 )  # fmt: skip
 SGLANG: frozenset[str] = frozenset(
     {"--model-type", "--model-path", "--model", "--served-model-name", "--host", "--port", "--tp-size",
      "--tensor-parallel-size", "--dp-size", "--data-parallel-size", "--pp-size", "--pipeline-parallel-size",
-     "--api-key", "--enable-metrics"}
+     "--api-key", "--enable-metrics", "--enable-lora", "--lora-paths"}
 )  # fmt: skip
-LLAMACPP: frozenset[str] = frozenset({"-m", "--model", "-a", "--alias", "--host", "--port"})
+# --lora and --lora-scaled too: an adapter's per-request id is its place in the --lora order.
+LLAMACPP: frozenset[str] = frozenset(
+    {"-m", "--model", "-a", "--alias", "--host", "--port", "--lora", "--lora-scaled", "--lora-init-without-apply"}
+)
 
 
 def cel_no_repeat(section: str, flags: frozenset[str]) -> tuple[str, str]:

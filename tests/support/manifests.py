@@ -261,6 +261,59 @@ INVALID: list[Invalid] = [
         _with(_mode, lambda d: d["spec"].update(mode="onDemand", onDemand={"gpuBudget": -1})),
         "spec.onDemand.gpuBudget",
     ),
+    # LoRA adapters (spec.adapters).
+    Invalid(
+        "adapter-names-repeat",
+        _with(
+            _vllm, lambda d: d["spec"].update(adapters=[{"name": "a", "source": "o/a"}, {"name": "a", "source": "o/b"}])
+        ),
+        "spec.adapters",
+    ),
+    Invalid(
+        "adapter-named-like-an-alias",
+        _with(_vllm, lambda d: d["spec"].update(adapters=[{"name": "qwen", "source": "o/a"}])),
+        "spec.adapters",
+    ),
+    Invalid(
+        "adapter-on-ollama",
+        _with(_ollama, lambda d: d["spec"].update(adapters=[{"name": "a", "source": "o/a"}])),
+        "spec.adapters",
+    ),
+    Invalid(
+        "adapter-on-external",
+        _with(_external, lambda d: d["spec"].update(adapters=[{"name": "a", "source": "o/a"}])),
+        "spec.adapters",
+    ),
+    Invalid(
+        "llamacpp-adapter-not-gguf",
+        _with(_llama, lambda d: d["spec"].update(adapters=[{"name": "a", "source": "org/lora"}])),
+        "spec.adapters",
+    ),
+    Invalid(
+        "vllm-adapter-url",
+        _with(_vllm, lambda d: d["spec"].update(adapters=[{"name": "a", "source": "https://h/lora"}])),
+        "spec.adapters",
+    ),
+    Invalid(
+        "vllm-adapter-scale",
+        _with(_vllm, lambda d: d["spec"].update(adapters=[{"name": "a", "source": "o/a", "scale": 0.5}])),
+        "spec.adapters",
+    ),
+    Invalid(
+        "adapter-name-with-equals",
+        _with(_vllm, lambda d: d["spec"].update(adapters=[{"name": "a=b", "source": "o/a"}])),
+        "spec.adapters",
+    ),
+    Invalid(
+        "adapter-source-with-comma",
+        _with(_llama, lambda d: d["spec"].update(adapters=[{"name": "a", "source": "a.gguf,b.gguf"}])),
+        "spec.adapters",
+    ),
+    Invalid(
+        "vllm-lora-rank-not-a-choice",
+        _with(_vllm, lambda d: d["spec"]["vllm"].update(maxLoraRank=24)),
+        "spec.vllm.maxLoraRank",
+    ),
     Invalid(
         "on-demand-max-wait-zero",
         _with(_mode, lambda d: d["spec"].update(mode="onDemand", onDemand={"maxWaitSeconds": 0})),
@@ -310,6 +363,14 @@ VALID_SPECS: dict[str, dict[str, Any]] = {
         engine="sglang", gpus=4, sglang={"tensorParallelSize": 2, "dataParallelSize": 2}
     ),
     "sglang-chunked-prefill-off": engine(engine="sglang", sglang={"chunkedPrefillSize": -1}),
+    "vllm-adapters": engine(adapters=[{"name": "sql", "source": "org/sql-lora"}, {"name": "b", "source": "/m/b"}]),
+    "vllm-lora-sized-ahead": engine(vllm={"maxLoraRank": 64, "maxLoras": 4}),
+    "llamacpp-adapters": engine(
+        engine="llamacpp",
+        model={"source": "x.gguf", "servedName": "x"},
+        adapters=[{"name": "a", "source": "https://h/a.GGUF", "scale": 0.5}, {"name": "b", "source": "b.gguf"}],
+    ),
+    "sglang-adapters": engine(engine="sglang", adapters=[{"name": "sql", "source": "org/sql-lora"}]),
 }
 
 _BAD_SPECS: dict[str, tuple[dict[str, Any], str]] = {

@@ -7,10 +7,11 @@ generator and the tests read every family through `FAMILIES`.
 
 from __future__ import annotations
 
-from ..engine import Family
+from ..engine import Family, InferenceEngineSpec
 from . import external, llamacpp, ollama, sglang, vllm
 from .base import (
     DEFAULT_HELPER_IMAGE,
+    AdapterRoute,
     ContainerPlan,
     EngineFamily,
     gpu_count,
@@ -28,11 +29,18 @@ def family(name: Family) -> EngineFamily:
     return FAMILIES[name]
 
 
+def adapter_routes(spec: InferenceEngineSpec) -> dict[str, AdapterRoute]:
+    """spec.adapters by name, each with how a request for it reaches the engine (the gateway's view)."""
+    return {r.name: r for r in FAMILIES[spec.engine].adapter_routes(spec)}
+
+
 __all__ = [
     "DEFAULT_HELPER_IMAGE",
     "FAMILIES",
+    "AdapterRoute",
     "ContainerPlan",
     "EngineFamily",
+    "adapter_routes",
     "family",
     "gpu_count",
     "repeated_managed_flags",

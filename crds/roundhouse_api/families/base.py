@@ -34,6 +34,24 @@ class ContainerPlan:
     extra_volumes: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class AdapterRoute:
+    """How a request for one of spec.adapters reaches the engine: the gateway lists `name` as a model
+    and sends a request for it to the base engine with `rewrite(body)`."""
+
+    name: str  # what clients put in "model"
+    model: str  # the "model" the engine expects for it
+    # llama.cpp: the per-request "lora" field as (id, scale) pairs; id is the adapter's place in --lora order.
+    lora: tuple[tuple[int, float], ...] = ()
+
+    def rewrite(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` as the engine takes it for this adapter (a client's own "lora" is replaced)."""
+        out = {**body, "model": self.model}
+        if self.lora:
+            out["lora"] = [{"id": i, "scale": s} for i, s in self.lora]
+        return out
+
+
 def served_names(spec: InferenceEngineSpec) -> list[str]:
     """The names clients use: servedName first, then the aliases."""
     return [spec.model.served_name, *spec.model.aliases]
@@ -158,6 +176,19 @@ class EngineFamily:
     def context_per_request(self, spec: InferenceEngineSpec) -> int | None:
         """Tokens one request may use (prompt and answer), when the spec says."""
         return None
+
+    def adapter_routes(self, spec: InferenceEngineSpec) -> list[AdapterRoute]:
+        """How each of spec.adapters is asked for, in spec order; empty for families that take none."""
+        return []
+
+    def runtime_adapters(self, spec: InferenceEngineSpec) -> bool:
+        """Whether the operator loads spec.adapters on running replicas (so replicas may differ until it has:
+        the gateway reads each replica's `loaded_adapters`); otherwise every replica starts with them."""
+        return False
+
+    def loaded_adapters(self, models_body: bytes) -> dict[str, str]:
+        """The adapters a replica's /v1/models answer lists: name -> where it was loaded from."""
+        return {}
 
     def kv_tokens(self, spec: InferenceEngineSpec) -> int:
         """Tokens of KV cache the engine holds at once, for the ModelFits estimate."""

@@ -17,6 +17,7 @@ from ..engine import Family, InferenceEngineSpec, LlamaCppConfig
 from .base import (
     OPENAI_COMMON,
     OPENAI_RERANK_TOKENIZE,
+    AdapterRoute,
     ContainerPlan,
     EngineFamily,
     TokenCount,
@@ -54,6 +55,23 @@ def gguf_local_path(source: str, cache_path: str) -> str:
     if source.startswith("/"):
         return source
     return posixpath.join(cache_path, source)
+
+
+def lora_local_path(source: str, cache_path: str) -> str:
+    """Where llama-server reads a LoRA GGUF: a URL is fetched into the cache's lora/ directory."""
+    if is_url(source):
+        return posixpath.join(cache_path, "lora", posixpath.basename(urlparse(source).path))
+    return gguf_local_path(source, cache_path)
+
+
+def lora_fetch_init(urls: list[str], cache_path: str, helper_image: str) -> dict[str, object]:
+    """An init container that downloads the adapters given by URL once into the cache volume."""
+    return {
+        "name": "fetch-adapters",
+        "image": helper_image,
+        "command": ["roundhouse-fetch", "--dest", posixpath.join(cache_path, "lora"), *urls],
+        "securityContext": {"runAsUser": 0},
+    }
 
 
 def gguf_fetch_init(source: str, cache_path: str, helper_image: str) -> dict[str, object]:
@@ -136,9 +154,17 @@ class LlamaCpp(EngineFamily):
         flag(args, "--rope-freq-scale", cfg.rope_freq_scale)
         flag(args, "--load-mode", load_mode(cfg))
         flag(args, "--numa", cfg.numa)
+        for adapter in spec.adapters:
+            args += ["--lora", lora_local_path(adapter.source, cache_path)]
+        if spec.adapters:
+            # Loaded at scale 0: a request applies its adapter with its own "lora" field, so one replica
+            # serves the base model and every adapter.
+            args.append("--lora-init-without-apply")
         args += cfg.extra_args
         source = spec.model.source
         init = [gguf_fetch_init(source, cache_path, helper_image)] if is_url(source) else []
+        if urls := [a.source for a in spec.adapters if is_url(a.source)]:
+            init.append(lora_fetch_init(urls, cache_path, helper_image))
         container = {
             "name": "engine",
             "command": ["/app/llama-server"],
@@ -170,6 +196,12 @@ class LlamaCpp(EngineFamily):
 
     def listed_models(self, spec: InferenceEngineSpec) -> list[str]:
         return [min(served_names(spec))]
+
+    def adapter_routes(self, spec: InferenceEngineSpec) -> list[AdapterRoute]:
+        # A request for an adapter is a request for the base with that adapter's id (its place in the
+        # --lora order) and scale in "lora"; the adapters loaded but not named stay at scale 0.
+        base = self.upstream_model(spec)
+        return [AdapterRoute(a.name, base, ((i, a.scale or 1.0),)) for i, a in enumerate(spec.adapters)]
 
     def context_per_request(self, spec: InferenceEngineSpec) -> int | None:
         # With --parallel given, the KV cache is split per slot (no unified KV): ctx-size / parallel.

@@ -15,6 +15,7 @@ from ..engine import Family, InferenceEngineSpec, SGLangConfig
 from .base import (
     OPENAI_COMMON,
     OPENAI_RERANK_TOKENIZE,
+    AdapterRoute,
     ContainerPlan,
     EngineFamily,
     TokenCount,
@@ -80,6 +81,9 @@ class SGLang(EngineFamily):
         flag(args, "--quantization", cfg.quantization)
         if cfg.metrics:
             args.append("--enable-metrics")
+        if spec.adapters:
+            # Loaded at start-up: SGLang infers the largest rank and the target modules from them.
+            args += ["--enable-lora", "--lora-paths", *(f"{a.name}={a.source}" for a in spec.adapters)]
         env = [{"name": "HF_HOME", "value": posixpath.join(cache_path, "huggingface")}, *hf_token_env(spec)]
         if ref := cfg.api_key_secret_ref:
             # The kubelet expands $(VAR) in args from the container's environment: no shell.
@@ -99,6 +103,10 @@ class SGLang(EngineFamily):
         extra_volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
         container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
         return ContainerPlan(container, port, self.health_path, extra_volumes=extra_volumes)
+
+    def adapter_routes(self, spec: InferenceEngineSpec) -> list[AdapterRoute]:
+        # SGLang's OpenAI server reads "base:adapter" in "model" as that adapter of the base model.
+        return [AdapterRoute(a.name, f"{spec.model.served_name}:{a.name}") for a in spec.adapters]
 
     def api_key_ref(self, spec: InferenceEngineSpec) -> SecretKeyRef | None:
         return spec.sglang.api_key_secret_ref if spec.sglang else None

@@ -6,6 +6,7 @@ the contract tests (tests/contract, hack/build-vllm-parser.sh).
 
 from __future__ import annotations
 
+import json
 import posixpath
 from typing import Any, ClassVar
 
@@ -14,6 +15,7 @@ from ..engine import Family, InferenceEngineSpec, VLLMConfig
 from .base import (
     OPENAI_COMMON,
     OPENAI_RERANK_TOKENIZE,
+    AdapterRoute,
     ContainerPlan,
     EngineFamily,
     TokenCount,
@@ -31,6 +33,37 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
 QUANT_BITS = {"awq": 4.25, "gptq": 4.25, "mxfp4": 4.25, "fp4": 4.5, "int4": 4.25, "wna16": 4.25,
               "fp8": 8.0, "int8": 8.0, "mxfp8": 8.0}  # fmt: skip
 DTYPE_BITS = {"float32": 32.0, "float": 32.0}
+# vLLM serves POST /v1/load_lora_adapter and /v1/unload_lora_adapter only with this set (envs.py).
+RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+LOAD_ADAPTER_PATH = "/v1/load_lora_adapter"
+UNLOAD_ADAPTER_PATH = "/v1/unload_lora_adapter"
+
+
+def lora_enabled(spec: InferenceEngineSpec) -> bool:
+    """--enable-lora: with adapters, or with LoRA sized ahead of them (so adding the first needs no restart)."""
+    cfg = spec.vllm or DEFAULT_CONFIG
+    return bool(spec.adapters) or cfg.max_loras is not None or cfg.max_lora_rank is not None
+
+
+def load_adapter_body(name: str, source: str) -> dict[str, Any]:
+    """POST /v1/load_lora_adapter: vLLM resolves `lora_path` as --lora-modules does (a directory, else a
+    Hugging Face repo id downloaded into HF_HOME)."""
+    return {"lora_name": name, "lora_path": source}
+
+
+def unload_adapter_body(name: str) -> dict[str, Any]:
+    return {"lora_name": name}
+
+
+def listed_adapters(models_body: bytes) -> dict[str, str]:
+    """Adapters on a vLLM /v1/models answer: entries with a parent (the base model), id -> root (the path)."""
+    try:
+        items = json.loads(models_body).get("data", [])
+    except (ValueError, AttributeError):
+        return {}
+    if not isinstance(items, list):
+        return {}
+    return {str(i["id"]): str(i.get("root") or "") for i in items if isinstance(i, dict) and i.get("parent")}
 
 
 class VLLM(EngineFamily):
@@ -78,8 +111,17 @@ class VLLM(EngineFamily):
         if cfg.enable_auto_tool_choice:
             args.append("--enable-auto-tool-choice")
         flag(args, "--tool-call-parser", cfg.tool_call_parser)
-        args += cfg.extra_args
         env = [{"name": "HF_HOME", "value": posixpath.join(cache_path, "huggingface")}, *hf_token_env(spec)]
+        if lora_enabled(spec):
+            args.append("--enable-lora")
+            flag(args, "--max-loras", cfg.max_loras)
+            flag(args, "--max-lora-rank", cfg.max_lora_rank)
+            if cfg.runtime_adapter_updates:
+                # The operator loads spec.adapters on each ready replica: a changed list changes no pod.
+                env.append({"name": RUNTIME_LORA_ENV, "value": "1"})
+            elif spec.adapters:
+                args += ["--lora-modules", *(f"{a.name}={a.source}" for a in spec.adapters)]
+        args += cfg.extra_args
         extra_volumes: list[dict[str, Any]] = []
         container: dict[str, Any] = {
             "name": "engine",
@@ -96,6 +138,16 @@ class VLLM(EngineFamily):
 
     def listed_models(self, spec: InferenceEngineSpec) -> list[str]:
         return served_names(spec)
+
+    def adapter_routes(self, spec: InferenceEngineSpec) -> list[AdapterRoute]:
+        # vLLM serves each adapter as a model of its own name (/v1/models lists it with the base as parent).
+        return [AdapterRoute(a.name, a.name) for a in spec.adapters]
+
+    def runtime_adapters(self, spec: InferenceEngineSpec) -> bool:
+        return lora_enabled(spec) and (spec.vllm or DEFAULT_CONFIG).runtime_adapter_updates
+
+    def loaded_adapters(self, models_body: bytes) -> dict[str, str]:
+        return listed_adapters(models_body)
 
     def context_per_request(self, spec: InferenceEngineSpec) -> int | None:
         return spec.vllm.max_model_len if spec.vllm else None
