@@ -37,10 +37,10 @@ from roundhouse_api import (
     governs,
 )
 from roundhouse_api.demand import fold
-from roundhouse_api.families import DEFAULT_HELPER_IMAGE
+from roundhouse_api.families import DEFAULT_HELPER_IMAGE, FAMILIES
 from roundhouse_api.ondemand import Budget, DemandPlan, DemandView, plan_on_demand
 
-from . import metrics
+from . import adapters, metrics
 from .fit import estimate
 from .kube import Kube
 from .ondemand_status import Seen, budget_of, views
@@ -421,11 +421,15 @@ class Controller(Probing, StatusWriting):
             await self.probe(engine)
         if key in self.missing_secrets:
             self.mark_later(namespace, SECRET_RECHECK_SECONDS)
+        pods = self.store.owned("Pod", namespace, name)
+        adapter_report = None
+        if error is None and ep.active and FAMILIES[engine.spec.engine].runtime_adapters(engine.spec):
+            adapter_report = await adapters.sync(self.http, engine, adapters.replica_urls(engine, pods))
         observed = Observed(
             engine=engine,
             plan=ep,
             deployment=self.store.get("Deployment", namespace, name),
-            pods=self.store.owned("Pod", namespace, name),
+            pods=pods,
             fit=estimate(engine.spec, self._gpu_memory(nodes, engine)),
             config_error=error,
             probe_ok=self.probes.get((namespace, name), (None, ""))[0],
@@ -434,6 +438,7 @@ class Controller(Probing, StatusWriting):
             apply_error=apply_error,
             missing_fallbacks=self.missing_fallbacks(namespace, engine),
             missing_secret=self.missing_secrets.get(key),
+            adapters=adapter_report,
         )
         status = engine_status(observed, previous, now)
         self.count_phase(namespace, name, status.phase.value if status.phase else "")

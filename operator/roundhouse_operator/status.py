@@ -10,6 +10,7 @@ from typing import Any
 from roundhouse_api import Condition, EngineStatus, InferenceEngine, Phase
 from roundhouse_api.families import FAMILIES
 
+from .adapters import AdapterReport, adapter_statuses, adapters_condition_state
 from .fit import Fit
 from .plan import EnginePlan
 from .render import endpoint_url, runs_workload, selector
@@ -35,6 +36,7 @@ class Observed:
     apply_error: tuple[str, str] | None = None  # (kind, the API server's message) of an object it refused
     missing_fallbacks: tuple[str, ...] | list[str] = ()  # spec.routing.fallback names with no engine
     missing_secret: str | None = None  # a Secret the spec names that the operator could not read, in words
+    adapters: AdapterReport | None = None  # runtime-loaded adapters: what the replicas listed after this pass
 
 
 def _pod_condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -211,6 +213,18 @@ def engine_status(o: Observed, previous: EngineStatus | None, now: datetime) -> 
         condition("ModelFits", o.fit.fits, o.fit.reason, o.fit.message, gen, now),
         condition("Ready", phase == Phase.READY, phase.value, message, gen, now),
     ]  # fmt: skip
+    runtime = FAMILIES[o.engine.spec.engine].runtime_adapters(o.engine.spec)
+    # Replicas that serve requests; for engines given by spec.endpoints, the endpoints that answered.
+    if workload:
+        serving = ready
+    elif o.adapters is not None:
+        serving = len(o.adapters.loaded)
+    else:
+        serving = len(o.engine.spec.endpoints or []) if o.probe_ok else 0
+    adapters = adapter_statuses(o.engine.spec.adapters, serving, o.adapters, runtime)
+    if adapters:
+        ok, reason, text = adapters_condition_state(adapters, serving)
+        conditions.append(condition("AdaptersLoaded", ok, reason, text, gen, now))
     replicas = int(dstatus.get("replicas", 0) or 0) if workload else 0
     desired = o.plan.replicas if workload else 0
     return EngineStatus(
@@ -224,5 +238,6 @@ def engine_status(o: Observed, previous: EngineStatus | None, now: datetime) -> 
         observed_generation=gen,
         message=message,
         context_per_request=FAMILIES[o.engine.spec.engine].context_per_request(o.engine.spec),
+        adapters=adapters,
         conditions=keep_transition_times(conditions, previous.conditions if previous else []),
     )

@@ -32,6 +32,8 @@ log = logging.getLogger("roundhouse.operator")
 # Conditions whose turn to False a user should see in `kubectl describe`, with the Event reason.
 # ("": the condition's own reason, e.g. MissingFallback or MissingSecret.)
 TRANSITION_EVENTS = {"ConfigValid": "InvalidSpec", "Scheduled": "Unschedulable", "References": ""}
+# Conditions whose every new False message is an Event of its own (a refusal, an adapter that failed to load).
+MESSAGE_EVENTS = {"Applied", "AdaptersLoaded"}
 
 
 def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +68,7 @@ class StatusWriting:
         for cond in status.conditions:
             if cond.status != "False":
                 continue
-            if cond.type == "Applied" and old.get(cond.type) != ("False", cond.message):
+            if cond.type in MESSAGE_EVENTS and old.get(cond.type) != ("False", cond.message):
                 # Once per distinct refusal: a new message is news, a retry of the same one is not.
                 await asyncio.to_thread(self.kube.event, raw, "Warning", cond.reason, cond.message)
             elif (reason := TRANSITION_EVENTS.get(cond.type)) is not None and old.get(cond.type, ("",))[0] != "False":

@@ -1,0 +1,154 @@
+"""The operator's run-time adapter loading (vLLM): the load/unload plan over what each replica lists on
+/v1/models, and the adapters' status and condition."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from roundhouse_api import Adapter
+from roundhouse_api.families.vllm import LOAD_ADAPTER_PATH, UNLOAD_ADAPTER_PATH, listed_adapters
+from roundhouse_operator.adapters import (
+    AdapterCall,
+    AdapterReport,
+    adapter_statuses,
+    adapters_condition_state,
+    after_calls,
+    engine_message,
+    plan_calls,
+    replica_urls,
+)
+from roundhouse_operator.fit import Fit
+from roundhouse_operator.plan import EnginePlan
+from roundhouse_operator.status import Observed, engine_status
+from tests.unit.test_adapters import TWO, make
+
+NOW = datetime(2026, 12, 7, tzinfo=UTC)
+
+
+WANTED = {"sql": "org/sql-lora", "chat": "/models/chat"}
+R1, R2 = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
+
+
+def load(replica: str, name: str) -> tuple[str, str, str]:
+    return (replica, LOAD_ADAPTER_PATH, name)
+
+
+def unload(replica: str, name: str) -> tuple[str, str, str]:
+    return (replica, UNLOAD_ADAPTER_PATH, name)
+
+
+PLAN_TABLE: list[tuple[str, dict[str, str], dict[str, dict[str, str] | None], list[tuple[str, str, str]]]] = [
+    ("new replica gets every adapter", WANTED, {R1: {}}, [load(R1, "chat"), load(R1, "sql")]),
+    ("replica in step", WANTED, {R1: dict(WANTED)}, []),
+    ("one of two replicas lacks one", WANTED, {R1: dict(WANTED), R2: {"sql": "org/sql-lora"}}, [load(R2, "chat")]),
+    ("removed from the spec", {"sql": "org/sql-lora"}, {R1: dict(WANTED)}, [unload(R1, "chat")]),
+    ("all removed", {}, {R1: dict(WANTED), R2: {}}, [unload(R1, "chat"), unload(R1, "sql")]),
+    ("source changed: unload, then load", {"sql": "org/sql-v2"}, {R1: {"sql": "org/sql-lora"}},
+     [unload(R1, "sql"), load(R1, "sql")]),
+    ("trailing slash is the same source", {"chat": "/models/chat"}, {R1: {"chat": "/models/chat/"}}, []),
+    ("listing without roots is trusted", {"sql": "org/sql-lora"}, {R1: {"sql": ""}}, []),
+    ("unreadable replica left alone", WANTED, {R1: None, R2: {}}, [load(R2, "chat"), load(R2, "sql")]),
+    ("no replicas", WANTED, {}, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("wanted", "replicas", "expected"), [c[1:] for c in PLAN_TABLE], ids=[c[0] for c in PLAN_TABLE]
+)
+def test_plan_calls(
+    wanted: dict[str, str], replicas: dict[str, dict[str, str] | None], expected: list[tuple[str, str, str]]
+) -> None:
+    calls = plan_calls(wanted, replicas)
+    assert [(c.replica, c.path, c.adapter) for c in calls] == expected
+    for c in calls:
+        if c.path == LOAD_ADAPTER_PATH:
+            assert c.body == {"lora_name": c.adapter, "lora_path": wanted[c.adapter]}
+        else:
+            assert c.body == {"lora_name": c.adapter}
+
+
+def test_after_calls_applies_only_what_succeeded() -> None:
+    done = [AdapterCall(R1, UNLOAD_ADAPTER_PATH, "old", {}), AdapterCall(R1, LOAD_ADAPTER_PATH, "sql", {})]
+    assert after_calls({"old": "x", "chat": "/models/chat"}, done, WANTED) == {"chat", "sql"}
+
+
+def test_vllm_models_listing_names_adapters_by_their_parent() -> None:
+    body = json.dumps({"object": "list", "data": [
+        {"id": "base", "root": "org/base", "parent": None},
+        {"id": "sql", "root": "org/sql-lora", "parent": "base"},
+    ]}).encode()  # fmt: skip
+    assert listed_adapters(body) == {"sql": "org/sql-lora"}
+    assert listed_adapters(b"not json") == {} and listed_adapters(b'{"data": 3}') == {}
+
+
+def test_engine_message_takes_the_engines_own_words() -> None:
+    body = json.dumps({"error": {"message": "Loading lora sql failed: No adapter found", "code": 400}})
+    assert engine_message(400, body) == "HTTP 400: Loading lora sql failed: No adapter found"
+    assert engine_message(404, '{"message": "not found"}') == "HTTP 404: not found"
+    assert engine_message(500, "boom") == "HTTP 500: boom"
+
+
+def pod(ip: str, ready: bool = True) -> dict[str, Any]:
+    cond = {"type": "Ready", "status": "True" if ready else "False"}
+    return {"metadata": {"name": ip}, "status": {"podIP": ip, "conditions": [cond]}}
+
+
+def test_replicas_are_the_ready_pods_or_the_given_endpoints() -> None:
+    ie = make(adapters=TWO)
+    assert replica_urls(ie, [pod("10.0.0.2"), pod("10.0.0.1"), pod("10.0.0.3", ready=False)]) == [
+        "http://10.0.0.1:8000",
+        "http://10.0.0.2:8000",
+    ]
+    given = make(adapters=TWO, endpoints=["http://127.0.0.1:9000/"])
+    assert replica_urls(given, [pod("10.0.0.1")]) == ["http://127.0.0.1:9000"]
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+ADAPTERS = [Adapter(name="sql", source="org/sql-lora"), Adapter(name="chat", source="/models/chat")]
+
+
+def test_command_line_adapters_are_on_every_ready_replica() -> None:
+    statuses = adapter_statuses(ADAPTERS, 2, None, runtime=False)
+    assert [(s.name, s.loaded_replicas, s.message) for s in statuses] == [("sql", 2, None), ("chat", 2, None)]
+    assert adapters_condition_state(statuses, 2)[0] is True
+
+
+def test_runtime_adapters_count_the_replicas_that_list_them_and_name_a_failure() -> None:
+    report = AdapterReport(loaded={R1: {"sql", "chat"}, R2: {"sql"}},
+                           errors={"chat": f"{R2}: HTTP 400: No adapter found for /models/chat"})  # fmt: skip
+    statuses = adapter_statuses(ADAPTERS, 2, report, runtime=True)
+    assert [(s.name, s.loaded_replicas) for s in statuses] == [("sql", 2), ("chat", 1)]
+    ok, reason, message = adapters_condition_state(statuses, 2)
+    assert (ok, reason) == (False, "LoadFailed")
+    assert message.startswith("chat: ") and "No adapter found" in message
+
+
+def test_adapters_still_loading_and_no_ready_replica() -> None:
+    loading = adapter_statuses(ADAPTERS, 2, AdapterReport(loaded={R1: {"sql", "chat"}}), runtime=True)
+    assert adapters_condition_state(loading, 2)[:2] == (False, "Loading")
+    assert adapters_condition_state(adapter_statuses(ADAPTERS, 0, None, runtime=True), 0)[0] is None
+
+
+def test_engine_status_reports_adapters_and_their_condition() -> None:
+    ie = make(adapters=TWO)
+    deployment = {"spec": {"replicas": 2}, "status": {"replicas": 2, "readyReplicas": 2}}
+    report = AdapterReport(loaded={R1: {"sql"}, R2: {"sql"}}, errors={"chat": f"{R1}: HTTP 400: bad adapter"})
+    plan = EnginePlan(replicas=2, active=True, held=False)
+    observed = Observed(engine=ie, plan=plan, deployment=deployment, pods=[pod("10.0.0.1"), pod("10.0.0.2")],
+                        fit=Fit(True, "Fits", ""), adapters=report)  # fmt: skip
+    status = engine_status(observed, None, NOW)
+    assert [(a.name, a.loaded_replicas, a.message) for a in status.adapters] == [
+        ("sql", 2, None),
+        ("chat", 0, f"{R1}: HTTP 400: bad adapter"),
+    ]
+    cond = next(c for c in status.conditions if c.type == "AdaptersLoaded")
+    assert (cond.status, cond.reason) == ("False", "LoadFailed")
+    assert "chat: " in cond.message and "bad adapter" in cond.message
+    plain = engine_status(Observed(engine=make(), plan=EnginePlan(replicas=1, active=True, held=False), deployment=None,
+                                   pods=[], fit=Fit(True, "Fits", "")), None, NOW)  # fmt: skip
+    assert plain.adapters == [] and "AdaptersLoaded" not in {c.type for c in plain.conditions}
