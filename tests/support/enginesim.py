@@ -24,10 +24,10 @@ from aiohttp import web
 
 try:
     from tests.support.prefixcache import PrefixCache
-    from tests.support.simendpoints import Endpoints
+    from tests.support.simendpoints import Adapters, Endpoints, lora_modules
 except ModuleNotFoundError:  # run as a script from its own folder (the images' /opt/enginesim)
     from prefixcache import PrefixCache  # type: ignore[no-redef]
-    from simendpoints import Endpoints  # type: ignore[no-redef]
+    from simendpoints import Adapters, Endpoints, lora_modules  # type: ignore[no-redef]
 
 FLAVOURS = ("vllm", "llamacpp", "ollama", "sglang", "openai")
 
@@ -65,6 +65,8 @@ class State:
     prefill: asyncio.Lock = field(default_factory=asyncio.Lock)  # one prefill at a time, like one GPU
     prefilling: int = 0  # requests waiting for or in prefill: the queue the metrics report
     cache: PrefixCache | None = None
+    adapters: Adapters | None = None  # vLLM flavour: LoRA adapters (--lora-module, run-time loading)
+    runtime_lora: bool = False  # vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING: the load/unload routes exist
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:
@@ -94,6 +96,8 @@ class Sim:
         if denied := self.auth(request):
             return denied
         data = [{"id": m, "object": "model", "created": 0, "owned_by": self.s.flavour} for m in self.s.models]
+        if self.s.adapters is not None:
+            data = [{**d, "root": d["id"], "parent": None} for d in data] + self.s.adapters.cards()
         return web.json_response({"object": "list", "data": data})
 
     async def ollama_root(self, _: web.Request) -> web.Response:
@@ -181,7 +185,8 @@ class Sim:
         body = await request.json()
         self.s.last_request = body
         self.s.last_headers = dict(request.headers)
-        if body.get("model") not in self.s.models:
+        adapters = self.s.adapters.loaded if self.s.adapters else {}
+        if body.get("model") not in self.s.models and body.get("model") not in adapters:
             return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", "model_not_found")
         if k.max_concurrency and self.s.running >= k.max_concurrency:
             return error(503, "server busy", "unavailable_error")
@@ -359,6 +364,10 @@ def make_app(state: State) -> web.Application:
         r.add_post(path, sim.completion)
     r.add_get("/v1/models", sim.models)
     Endpoints(sim).add_to(r, state.flavour)
+    if state.flavour == "vllm":
+        state.adapters = state.adapters or Adapters(state.models[0] if state.models else "model")
+        if state.runtime_lora:
+            state.adapters.add_to(r)
     r.add_route("*", "/_sim/config", sim.config)
     if state.flavour in ("vllm", "llamacpp", "sglang"):
         r.add_get("/health", sim.health)
@@ -390,8 +399,9 @@ def shim(engine: str, args: list[str]) -> list[str] | int:
             names.append(args[i])
             i += 1
         models = names or [args[1]]
+        loras = [a for n, path in lora_modules(args).items() for a in ("--lora-module", f"{n}={path}")]
         return ["--flavour", "vllm", "--host", value("--host", "0.0.0.0"), "--port", value("--port", "8000"),
-                *[a for m in models for a in ("--model", m)]]  # fmt: skip
+                *[a for m in models for a in ("--model", m)], *loras]  # fmt: skip
     if engine == "sglang":  # sglang serve --model-type llm --model-path M --served-model-name N --port P ...
         key = ["--api-key", value("--api-key", "")] if "--api-key" in args else []
         return ["--flavour", "sglang", "--host", value("--host", "0.0.0.0"), "--port", value("--port", "30000"),
@@ -435,13 +445,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", default="sim")
     p.add_argument("--model", action="append", default=[], help="served model name (repeatable)")
+    p.add_argument("--lora-module", action="append", default=[], help="vLLM: an adapter NAME=PATH loaded at start")
+    allowed = os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").lower() in ("1", "true")
+    p.add_argument("--runtime-lora", type=lambda v: v.lower() in ("1", "true", "yes"), default=allowed,
+                   help="vLLM: serve /v1/load_lora_adapter and /v1/unload_lora_adapter, as with "
+                   "VLLM_ALLOW_RUNTIME_LORA_UPDATING")  # fmt: skip
     for f in Knobs.__dataclass_fields__.values():
         default = f.default
         kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
         p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default)
     args = p.parse_args(argv)
     knobs = Knobs(**{f: getattr(args, f) for f in Knobs.__dataclass_fields__})
-    state = State(args.flavour, args.name, args.model, knobs)
+    state = State(args.flavour, args.name, args.model, knobs, runtime_lora=args.runtime_lora)
+    if args.flavour == "vllm":
+        modules = dict(m.partition("=")[::2] for m in args.lora_module)
+        state.adapters = Adapters(args.model[0] if args.model else "model", modules)
     web.run_app(make_app(state), host=args.host, port=args.port, print=None, access_log=None)
 
 

@@ -1,6 +1,12 @@
 """The engine simulator's other OpenAI-compatible endpoints, in the shapes the pinned engines answer:
 the Responses API (stream and not), rerank, score, tokenize and detokenize. Which flavour serves
-which follows each engine's own routes (vLLM 0.33.0: all; llama-server: no score; Ollama: responses)."""
+which follows each engine's own routes (vLLM 0.33.0: all; llama-server: no score; Ollama: responses).
+
+And vLLM's LoRA adapters, as vLLM 0.33.0 answers: adapters from --lora-modules at start, and with
+VLLM_ALLOW_RUNTIME_LORA_UPDATING POST /v1/load_lora_adapter {lora_name, lora_path} and
+/v1/unload_lora_adapter {lora_name} (200 with a plain-text "Success: ...", 400 when already loaded, 404
+when unknown; a path that cannot be loaded is a 404 "No adapter found"). /v1/models lists each adapter
+with `root` (the path it was loaded from) and `parent` (the base)."""
 
 from __future__ import annotations
 
@@ -141,3 +147,65 @@ class Endpoints:
             return body
         text = " ".join(f"t{t}" for t in body["tokens"])
         return web.json_response({"content": text} if self.sim.s.flavour == "llamacpp" else {"prompt": text})
+
+
+def _lora_error(status: int, message: str, type_: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": type_, "param": None, "code": status}},
+                             status=status)  # fmt: skip
+
+
+# A lora_path containing this cannot be loaded (vLLM: the directory or repo does not exist).
+MISSING = "missing"
+
+
+class Adapters:
+    """Loaded adapters: name -> path, with the handlers that change them."""
+
+    def __init__(self, base: str, modules: dict[str, str] | None = None) -> None:
+        self.base = base
+        self.loaded: dict[str, str] = dict(modules or {})
+        self.calls: list[tuple[str, str]] = []  # (path, lora_name), for tests
+
+    def cards(self) -> list[dict[str, Any]]:
+        return [{"id": n, "object": "model", "created": 0, "owned_by": "vllm", "root": p, "parent": self.base}
+                for n, p in self.loaded.items()]  # fmt: skip
+
+    async def load(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name, path = body.get("lora_name"), body.get("lora_path")
+        self.calls.append(("load", str(name)))
+        if not name or not path:
+            return _lora_error(400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput")
+        if name in self.loaded:
+            return _lora_error(400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
+        if MISSING in path:
+            return _lora_error(404, f"Loading lora {name} failed: No adapter found for {path}", "NotFoundError")
+        self.loaded[name] = path
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def unload(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name = body.get("lora_name")
+        self.calls.append(("unload", str(name)))
+        if not name:
+            return _lora_error(400, "'lora_name' needs to be provided to unload a LoRA adapter.", "InvalidUserInput")
+        if name not in self.loaded:
+            return _lora_error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+        del self.loaded[name]
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
+    def add_to(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/load_lora_adapter", self.load)
+        router.add_post("/v1/unload_lora_adapter", self.unload)
+
+
+def lora_modules(args: list[str]) -> dict[str, str]:
+    """`--lora-modules name=path ...` of a vllm serve command line."""
+    if "--lora-modules" not in args:
+        return {}
+    out, i = {}, args.index("--lora-modules") + 1
+    while i < len(args) and not args[i].startswith("--"):
+        name, _, path = args[i].partition("=")
+        out[name] = path
+        i += 1
+    return out

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
+from aiohttp import web
 
 from roundhouse_api import Adapter
 from roundhouse_api.families.vllm import LOAD_ADAPTER_PATH, UNLOAD_ADAPTER_PATH, listed_adapters
@@ -20,10 +23,14 @@ from roundhouse_operator.adapters import (
     engine_message,
     plan_calls,
     replica_urls,
+    sync,
 )
 from roundhouse_operator.fit import Fit
 from roundhouse_operator.plan import EnginePlan
 from roundhouse_operator.status import Observed, engine_status
+from tests.support.enginesim import State, make_app, shim
+from tests.support.processes import free_port
+from tests.support.simendpoints import Adapters
 from tests.unit.test_adapters import TWO, make
 
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
@@ -152,3 +159,45 @@ def test_engine_status_reports_adapters_and_their_condition() -> None:
     plain = engine_status(Observed(engine=make(), plan=EnginePlan(replicas=1, active=True, held=False), deployment=None,
                                    pods=[], fit=Fit(True, "Fits", "")), None, NOW)  # fmt: skip
     assert plain.adapters == [] and "AdaptersLoaded" not in {c.type for c in plain.conditions}
+
+
+# --- the calls, against the simulator's vLLM flavour (vLLM 0.33.0's answers), in process ------------
+
+
+async def _sync_against_sim(adapters: list[dict[str, Any]], preloaded: dict[str, str]) -> tuple[Any, Any]:
+    state = State("vllm", "sim", ["m"], runtime_lora=True, adapters=Adapters("m", preloaded))
+    runner = web.AppRunner(make_app(state))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(timeout=5) as http:
+            report = await sync(http, make(adapters=adapters, endpoints=[url]), [url])
+            listing = listed_adapters((await http.get(url + "/v1/models")).content)
+        return report, (listing, state.adapters.calls if state.adapters else [])
+    finally:
+        await runner.cleanup()
+
+
+def test_sync_loads_unloads_and_reports_the_engines_refusal() -> None:
+    wanted = [{"name": "sql", "source": "org/sql-lora"}, {"name": "bad", "source": "/models/missing-lora"},
+              {"name": "moved", "source": "/models/new"}]  # fmt: skip
+    report, (listing, calls) = asyncio.run(_sync_against_sim(wanted, {"old": "/models/old", "moved": "/models/was"}))
+    assert listing == {"sql": "org/sql-lora", "moved": "/models/new"}
+    assert calls == [("unload", "moved"), ("unload", "old"), ("load", "bad"), ("load", "moved"), ("load", "sql")]
+    (url,) = report.loaded
+    assert report.loaded[url] == {"sql", "moved"}
+    assert list(report.errors) == ["bad"]
+    assert (
+        report.errors["bad"] == f"{url}: HTTP 404: Loading lora bad failed: No adapter found for /models/missing-lora"
+    )
+    again, (_, calls) = asyncio.run(_sync_against_sim(wanted[:1], {"sql": "org/sql-lora"}))
+    assert calls == [] and again.errors == {}
+
+
+def test_the_simulators_vllm_shim_starts_with_the_rendered_lora_modules() -> None:
+    argv = shim("vllm", ["serve", "org/m", "--served-model-name", "m", "--enable-lora",
+                         "--lora-modules", "a=/p", "b=org/b", "--port", "8001"])  # fmt: skip
+    assert isinstance(argv, list)
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--lora-module"] == ["a=/p", "b=org/b"]
