@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from roundhouse_api import InferenceEngine  # noqa: E402
-from roundhouse_gateway.localcmd import local_command  # noqa: E402
+from roundhouse_gateway.sources.localcmd import local_command  # noqa: E402
 from tests.support import engines, processes, tinygguf  # noqa: E402
 
 KEY, ADMIN = "sk-bench", "admin-bench"

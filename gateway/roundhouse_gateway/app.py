@@ -9,31 +9,22 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
-import time
-from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from roundhouse_api import Mode
-
-from . import admin as admin_api
-from . import metrics, models, openapi, shapes, ui
-from .auth import Auth
-from .budget import BudgetState, History
-from .catalog import Catalog, Engine, switch_finished
-from .demand import Demand
-from .drain import Drain
-from .early import EARLY_PROBE_SECONDS, still_starting, to_probe, with_early
-from .health import Health, probe_ok, probe_path
-from .load import EngineLoad
-from .serving import Serving
-from .upstream import Upstream, UpstreamError
-from .usage import CALL
-from .waiting import error_event
-from .wire import (
+from roundhouse_gateway import metrics
+from roundhouse_gateway.admin import api as admin_api
+from roundhouse_gateway.admin import ui
+from roundhouse_gateway.admin.api import BudgetReader, ModeSetter
+from roundhouse_gateway.engines import models
+from roundhouse_gateway.engines.catalog import Catalog
+from roundhouse_gateway.engines.fleet import Fleet
+from roundhouse_gateway.engines.probes import Prober
+from roundhouse_gateway.engines.upstream import Upstream
+from roundhouse_gateway.http.drain import Drain
+from roundhouse_gateway.http.wire import (
     ClientError,
     Receive,
     Scope,
@@ -44,32 +35,19 @@ from .wire import (
     respond,
     respond_json,
 )
+from roundhouse_gateway.keys.auth import Auth
+from roundhouse_gateway.keys.usage import CALL
+from roundhouse_gateway.request import openapi, shapes
+from roundhouse_gateway.request.decide import Decider
+from roundhouse_gateway.request.forward import Forwarder
+from roundhouse_gateway.request.pipeline import Completions
+from roundhouse_gateway.request.waiting import error_event
+from roundhouse_gateway.routing.demand import Demand
+from roundhouse_gateway.settings import Settings
 
 log = logging.getLogger("roundhouse.gateway")
 # Every endpoint proxied to the engines, by the request shape that validates it.
 COMPLETION_PATHS = {k.path: name for name, k in shapes.KINDS.items()}
-
-
-@dataclass
-class Settings:
-    api_keys: list[str] = field(default_factory=list)
-    admin_keys: list[str] = field(default_factory=list)
-    max_body_bytes: int = 4 * 1024 * 1024
-    probe_interval: float = 2.0
-    retry_after_seconds: int = 5
-
-
-@dataclass
-class EngineStats:
-    ttft: deque[float] = field(default_factory=lambda: deque(maxlen=200))
-    tokens: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=500))
-
-    def ttft_p50(self) -> float | None:
-        return sorted(self.ttft)[len(self.ttft) // 2] if self.ttft else None
-
-    def tokens_per_second(self, window: float = 60.0) -> float:
-        now = time.monotonic()
-        return round(sum(n for t, n in self.tokens if now - t <= window) / window, 3)
 
 
 def package_version() -> str:
@@ -79,64 +57,51 @@ def package_version() -> str:
         return "0.0.0"
 
 
-ModeSetter = Callable[[Mode], Awaitable[dict[str, Any]]]
-BudgetReader = Callable[[float], Awaitable[tuple[BudgetState | None, History]]]
+class Gateway:
+    """The ASGI app: composes the engines' live view, the probes and the request stages; answers the
+    paths that are not a request to an engine itself."""
 
-
-class Gateway(Serving):
-    def __init__(self, settings: Settings, catalog: Catalog | None = None, set_mode: ModeSetter | None = None) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog | None = None, set_mode: ModeSetter | None = None,
+                 auth: Auth | None = None, standalone: bool = True) -> None:  # fmt: skip
         self.settings = settings
-        self.catalog = catalog or Catalog()
-        self.source = self.catalog  # as the config or the cluster says; self.catalog adds early replicas
-        self.early: set[str] = set()  # starting replicas that answered the gateway's probe (early.py)
-        self.waiting_for: Counter[str] = Counter()  # requests waiting for each engine to start
-        self._early_probes: dict[str, asyncio.Task[None]] = {}
-        self.synced = catalog is not None
-        self.health = Health()
-        self.outstanding: dict[str, int] = defaultdict(int)
-        self.stats: dict[str, EngineStats] = defaultdict(EngineStats)
-        self.changed = asyncio.Event()
-        self.slot_freed = asyncio.Event()
+        self.fleet = Fleet(catalog)
         self.upstream = Upstream()
+        self.prober = Prober(self.fleet, self.upstream, settings.probe_interval, standalone)
+        self.demand = Demand()  # mode onDemand: cluster mode gives it a writer
+        self.fleet.on_update.append(self.demand.catalog_changed)
         self.set_mode = set_mode
         self.on_startup: list[Callable[[], None]] = []
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
-        self.standalone = True
-        self.turn = 0
+        self.standalone = standalone
         self._tasks: list[asyncio.Task[None]] = []
-        self.demand = Demand()  # mode onDemand: cluster mode gives it a writer
-        self.engine_load = EngineLoad()
         self.drain = Drain()
-        self.auth = Auth.from_keys(settings.api_keys, settings.admin_keys)  # main() gives it the key files
+        self.auth = auth or Auth.from_keys(settings.api_keys, settings.admin_keys)
+        self.forwarder = Forwarder(self.fleet, self.upstream, self.demand, settings.retry_after_seconds)
+        decider = Decider(self.fleet, self.demand, self.prober, self.upstream)
+        self.completions = Completions(self.fleet, self.auth, decider, self.forwarder, settings.max_body_bytes,
+                                       settings.retry_after_seconds)  # fmt: skip
         self.openapi = openapi.serialized(package_version())  # GET /openapi.json: built once
         # Cluster mode: since when the view of engines and mode is the last one seen (None: current).
         self.stale_since: Callable[[], float | None] = lambda: None
         # Mode onDemand: who holds the GPUs, for the admin page's Budget view (None: no budget here).
         self.budget: BudgetReader | None = None
 
-    # --- catalog updates (from the config file or the cluster watchers) -----------------------
-    def update(self, catalog: Catalog) -> None:
-        self.source = catalog
-        self.early = still_starting(catalog, self.early)
-        self.catalog = with_early(catalog, self.early)
-        self.synced = True
-        self.health.forget_except({ep for e in catalog.engines for ep in e.endpoints})
-        self.demand.catalog_changed(catalog)
-        self.notify()
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog requests are routed on now."""
+        return self.fleet.catalog
 
-    def notify(self) -> None:
-        """Wake requests waiting for the catalog or health to change (held during a switch)."""
-        self.changed.set()
-        self.changed = asyncio.Event()
+    def update(self, catalog: Catalog) -> None:
+        """A new catalog from the config file or the cluster watchers."""
+        self.fleet.update(catalog)
 
     # --- lifespan ---------------------------------------------------------------------------
     async def startup(self) -> None:
-        self._tasks.append(asyncio.create_task(self.probe_forever(), name="probes"))
-        self._tasks.append(asyncio.create_task(self.demand.run(), name="demand-reports"))
-        self._tasks.append(asyncio.create_task(self.auth.watch(), name="key-files"))
-        self._tasks.append(asyncio.create_task(self.engine_load.run(lambda: self.catalog, self.upstream,
-                                                                    self.outstanding),
-                                               name="engine-load"))  # fmt: skip
+        fleet = self.fleet
+        self.background(self.prober.run(), "probes")
+        self.background(self.demand.run(), "demand-reports")
+        self.background(self.auth.watch(), "key-files")
+        self.background(fleet.engine_load.run(lambda: fleet.catalog, self.upstream, fleet.outstanding), "engine-load")
         for hook in self.on_startup:
             hook()
 
@@ -150,72 +115,6 @@ class Gateway(Serving):
         for hook in self.on_shutdown:
             await hook()
         await self.upstream.close()
-
-    async def probe_forever(self) -> None:
-        while True:
-            await self.probe_all()
-            await asyncio.sleep(self.settings.probe_interval)
-
-    async def probe_all(self) -> None:
-        await asyncio.gather(*(self.probe(e, ep) for e in self.catalog.engines for ep in e.endpoints))
-        if self.standalone_switch_done():
-            self.update(switch_finished(self.catalog, time.time()))
-
-    def standalone_switch_done(self) -> bool:
-        """Standalone, nothing reports a switch's end: it ends when the new family answers its probes."""
-        mode = self.catalog.mode
-        if not (self.standalone and mode.switching):
-            return False
-        incoming = [ep for e in self.catalog.engines if mode.active(e) and e.governed for ep in e.endpoints]
-        return any(self.health.healthy(ep) for ep in incoming)
-
-    def wait_for(self, engines: set[str], delta: int) -> None:
-        """A request starts (+1) or stops (-1) waiting for `engines`; while any waits, their starting
-        replicas are probed every EARLY_PROBE_SECONDS and routed to once one answers."""
-        for name in engines:
-            self.waiting_for[name] += delta
-            if self.waiting_for[name] > 0 and name not in self._early_probes:
-                self._early_probes[name] = asyncio.create_task(self._probe_starting(name), name=f"early-{name}")
-        self.waiting_for = +self.waiting_for  # drop the zeros
-
-    async def _probe_starting(self, name: str) -> None:
-        try:
-            while self.waiting_for[name] > 0:
-                for engine, endpoint in to_probe(self.source, {name}, self.early):
-                    ok, _ = await self.check(engine, endpoint)
-                    if ok and still_starting(self.source, {endpoint}):  # it may have gone meanwhile
-                        self.early.add(endpoint)
-                        self.catalog = with_early(self.source, self.early)
-                        self.health.probed(endpoint, True)
-                        log.info("starting replica answers", extra={"engine": name, "endpoint": endpoint})
-                        self.notify()
-                await asyncio.sleep(EARLY_PROBE_SECONDS)
-        finally:
-            self._early_probes.pop(name, None)
-
-    async def check(self, engine: Engine, endpoint: str) -> tuple[bool, str]:
-        """One active probe of `endpoint`, judged the way the engine's family means it."""
-        headers = [("Authorization", f"Bearer {engine.api_key}")] if engine.api_key else []
-        try:
-            async with asyncio.timeout(engine.timeouts.connect + 2):
-                r = await self.upstream.request("GET", endpoint, probe_path(engine), b"", headers,
-                                                engine.timeouts.connect, engine.timeouts.connect + 2)  # fmt: skip
-                try:
-                    ok, why = probe_ok(engine, r.status, await r.read())
-                finally:
-                    r.release()
-        except (UpstreamError, TimeoutError) as err:
-            ok, why = False, f"unreachable: {type(err).__name__}"
-        return ok, why
-
-    async def probe(self, engine: Engine, endpoint: str) -> None:
-        ok, why = await self.check(engine, endpoint)
-        was = self.health.healthy(endpoint)
-        self.health.probed(endpoint, ok, why)
-        metrics.child(metrics.HEALTHY, engine.name, endpoint).set(1 if self.health.healthy(endpoint) else 0)
-        if was != self.health.healthy(endpoint):
-            log.info("endpoint health", extra={"engine": engine.name, "endpoint": endpoint, "healthy": ok, "why": why})
-            self.notify()
 
     # --- ASGI ---------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -283,7 +182,7 @@ class Gateway(Serving):
         if path in COMPLETION_PATHS:
             if method != "POST":
                 raise ClientError(405, f"{path} accepts POST", "method_not_allowed")
-            await self.completion(scope, receive, send, rid, COMPLETION_PATHS[path], self.auth.client(scope))
+            await self.completions(scope, receive, send, rid, COMPLETION_PATHS[path], self.auth.client(scope))
         elif path == "/v1/models" and method == "GET":
             self.auth.client(scope)
             await respond_json(send, 200, models.model_list(self.catalog))
@@ -299,7 +198,7 @@ class Gateway(Serving):
         elif path == "/healthz":
             await respond_json(send, 200, {"status": "ok"})
         elif path == "/readyz":
-            ready = self.synced and not self.drain.draining
+            ready = self.fleet.synced and not self.drain.draining
             await respond_json(send, 200 if ready else 503, {"ready": ready, "draining": self.drain.draining})
         elif path == "/metrics":
             await respond(send, 200, generate_latest(metrics.REGISTRY), {"Content-Type": CONTENT_TYPE_LATEST})

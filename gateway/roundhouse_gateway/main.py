@@ -15,16 +15,16 @@ from typing import Any
 import uvicorn
 
 from roundhouse_api import Mode
-
-from .app import Gateway, Settings
-from .auth import Auth, KeySource
-from .budget import BudgetState, History
-from .catalog import Catalog, with_mode
-from .cluster import ClusterSource
-from .config import Config, ConfigError, load_config
-from .drain import DEADLINE, DELAY, DrainingServer
-from .keys import KeyFileError
-from .local import LocalEngines
+from roundhouse_gateway.app import Gateway
+from roundhouse_gateway.engines.catalog import Catalog, with_mode
+from roundhouse_gateway.http.drain import DEADLINE, DELAY, DrainingServer
+from roundhouse_gateway.keys.auth import Auth, KeySource
+from roundhouse_gateway.keys.keys import KeyFileError
+from roundhouse_gateway.settings import Settings
+from roundhouse_gateway.sources.budget import BudgetState, History
+from roundhouse_gateway.sources.cluster import ClusterSource
+from roundhouse_gateway.sources.config import Config, ConfigError, load_config
+from roundhouse_gateway.sources.local import LocalEngines
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roundhouse"
 RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -98,13 +98,13 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not url.startswith(("http://", "https://")):
             sys.exit(f"roundhouse-gateway: --endpoint-map wants ENGINE=http(s)://host:port, got {item!r}")
         endpoint_map[name] = url.rstrip("/")
+    auth = Auth(clients, admins)
     if config is None:
-        gateway = cluster_gateway(settings, args.namespace, args.kubeconfig, endpoint_map)
+        gateway = cluster_gateway(settings, auth, args.namespace, args.kubeconfig, endpoint_map)
     else:
-        gateway = standalone_gateway(settings, config.catalog)
+        gateway = standalone_gateway(settings, auth, config.catalog)
         if config.local and config.mode is not None:
             run_locally(gateway, config, args.engine_log_dir, args.engine_cache_dir)
-    gateway.auth = Auth(clients, admins)
     # No proxy-headers middleware: the gateway never uses the client address, and it is one more
     # coroutine layer per request.
     server = uvicorn.Config(gateway, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
@@ -113,23 +113,22 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def cluster_gateway(
-    settings: Settings, namespace: str, kubeconfig: str | None, endpoint_map: dict[str, str]
+    settings: Settings, auth: Auth, namespace: str, kubeconfig: str | None, endpoint_map: dict[str, str]
 ) -> Gateway:
     """Engines, mode and endpoints from the API server; the admin mode switch patches the EngineMode."""
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, auth=auth, standalone=False)
     source = ClusterSource(namespace, gateway.update, kubeconfig, endpoint_map)
     gateway.set_mode = source.set_mode
     gateway.stale_since = source.stale_since
     gateway.budget = lambda now: source.budget_state(now, gateway.demand)
     gateway.demand.write = source.write_report
-    gateway.standalone = False
     gateway.on_startup.append(lambda: source.start(asyncio.get_running_loop()))
     return gateway
 
 
-def standalone_gateway(settings: Settings, catalog: Catalog) -> Gateway:
+def standalone_gateway(settings: Settings, auth: Auth, catalog: Catalog) -> Gateway:
     """Engines and mode from the config file; the admin mode switch changes the gateway's own mode."""
-    gateway = Gateway(settings, catalog)
+    gateway = Gateway(settings, catalog, auth=auth)
 
     async def set_mode(mode: Mode) -> dict[str, Any]:
         previous = gateway.catalog.mode.mode
@@ -149,12 +148,12 @@ def run_locally(gateway: Gateway, config: Config, log_dir: Path, cache_dir: Path
                            cache_dir)  # fmt: skip
 
     async def budget(now: float) -> tuple[BudgetState | None, History]:
-        if gateway.source.mode.mode != Mode.ON_DEMAND:  # switched to a manual mode: no budget in force
+        if gateway.fleet.source.mode.mode != Mode.ON_DEMAND:  # switched to a manual mode: no budget in force
             return None, engines.history
         return engines.budget_state(now)
 
     gateway.budget = budget
-    engines.current_mode = lambda: gateway.source.mode  # the admin page may switch it
+    engines.current_mode = lambda: gateway.fleet.source.mode  # the admin page may switch it
     gateway.on_startup.append(lambda: gateway.background(engines.run(), "local-engines"))
     gateway.on_shutdown.append(engines.close)
 

@@ -18,7 +18,7 @@ import pytest
 
 from roundhouse_api.families import FAMILIES
 from roundhouse_api.families.ollama import VERSION
-from roundhouse_gateway.catalog import engine_from_resource
+from roundhouse_gateway.engines.catalog import engine_from_resource
 from tests.contract.cases import Case, all_cases, engine, from_engine
 from tests.contract.conftest import ARTIFACTS, Record, need
 from tests.support import engines

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import status_code_conformance
 
-from roundhouse_gateway import openapi
+from roundhouse_gateway.request import openapi
 from tests.support import processes
 from tests.support.cluster import wait_until
 from tests.support.processes import Process

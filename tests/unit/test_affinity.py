@@ -11,10 +11,10 @@ from collections import Counter
 import pytest
 
 from roundhouse_api import AutoRules, Family, Mode
-from roundhouse_gateway.affinity import PREFIX_CHARS, pick, prefix_key
-from roundhouse_gateway.catalog import Catalog, Engine, ModeState
-from roundhouse_gateway.load import EngineLoad, reported
-from roundhouse_gateway.routing import Features, route
+from roundhouse_gateway.engines.catalog import Catalog, Engine, ModeState
+from roundhouse_gateway.engines.load import EngineLoad, reported
+from roundhouse_gateway.routing.affinity import PREFIX_CHARS, pick, prefix_key
+from roundhouse_gateway.routing.route import Features, route
 
 REPLICAS = [f"http://10.0.0.{i}:8080" for i in range(16)]
 

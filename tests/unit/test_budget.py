@@ -9,10 +9,10 @@ import pytest
 
 from roundhouse_api import Mode, OnDemandPolicy
 from roundhouse_api.demand import GatewayReport, report_key
-from roundhouse_gateway import cluster_budget
-from roundhouse_gateway.budget import BudgetState, History, Holder, Swap, view
-from roundhouse_gateway.cluster import KEPT_ON_DEMAND, switch_patch
-from roundhouse_gateway.demand import Demand
+from roundhouse_gateway.routing.demand import Demand
+from roundhouse_gateway.sources import cluster_budget
+from roundhouse_gateway.sources.budget import BudgetState, History, Holder, Swap, view
+from roundhouse_gateway.sources.cluster import KEPT_ON_DEMAND, switch_patch
 
 T0 = 1_800_000_000.0
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 from roundhouse_api import Family, Mode
-from roundhouse_gateway.catalog import Catalog, Engine, ModeState
-from roundhouse_gateway.early import still_starting, to_probe, with_early
-from roundhouse_gateway.routing import Features, route
+from roundhouse_gateway.engines.catalog import Catalog, Engine, ModeState
+from roundhouse_gateway.engines.early import still_starting, to_probe, with_early
+from roundhouse_gateway.routing.route import Features, route
 
 A, B = "http://10.0.0.1:8080", "http://10.0.0.2:8080"
 

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from roundhouse_api import Family
-from roundhouse_gateway.app import Gateway, Settings
-from roundhouse_gateway.catalog import Engine
-from roundhouse_gateway.engine_errors import TEXT_KEPT, engine_text, openai_error
-from roundhouse_gateway.routing import Candidate, Features
+from roundhouse_gateway.app import Gateway
+from roundhouse_gateway.engines.catalog import Engine
+from roundhouse_gateway.request.account import Outcome
+from roundhouse_gateway.request.engine_errors import TEXT_KEPT, engine_text, openai_error
+from roundhouse_gateway.routing.route import Candidate, Features
+from roundhouse_gateway.settings import Settings
 from tests.unit.test_upstream import read_request, run, serve
 
 __all__ = ["run"]  # the fixture
@@ -68,9 +70,11 @@ def test_a_plain_text_404_from_an_engine_reaches_the_client_as_openai_json(run: 
         async def send(msg: dict[str, Any]) -> None:
             sent.append(msg)
 
-        got = await gw.try_one(send, "rid", Candidate(engine, url), b"{}", [], Features("m"), "/v1/rerank", 0.0, "r")
+        got = await gw.forwarder.try_one(
+            send, "rid", Candidate(engine, url), b"{}", [], Features("m"), "/v1/rerank", 0.0, "r"
+        )
         server.close()
-        assert got is True
+        assert isinstance(got, Outcome)  # the answer went to the client
         return sent
 
     start, body = run(main())

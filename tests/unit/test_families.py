@@ -121,7 +121,7 @@ def test_hostile_model_strings_stay_single_arguments() -> None:
 def test_the_gateway_routes_to_engines_with_some_ready_replicas(phase: str | None, routable: bool) -> None:
     """A Degraded engine (1 of 2 replicas ready) still serves from its ready endpoints; found when a pod
     killed under load on the real node made the gateway answer 503 no_healthy_engine."""
-    from roundhouse_gateway.catalog import engine_from_resource
+    from roundhouse_gateway.engines.catalog import engine_from_resource
 
     doc: dict[str, Any] = {
         "metadata": {"name": "e"},

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from roundhouse_api import EngineMode, Mode
-from roundhouse_gateway import ui
-from roundhouse_gateway.catalog import Catalog, ModeState, mode_from_resource, switch_finished, with_mode
+from roundhouse_gateway.admin import ui
+from roundhouse_gateway.engines.catalog import Catalog, ModeState, mode_from_resource, switch_finished, with_mode
 
 
 def em(spec_mode: str, **status: Any) -> EngineMode:

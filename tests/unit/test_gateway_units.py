@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from roundhouse_api import Family
-from roundhouse_gateway.catalog import Engine
-from roundhouse_gateway.health import Health, probe_ok
-from roundhouse_gateway.wire import ClientError, error_body, last_usage_event, parse_request
+from roundhouse_gateway.engines.catalog import Engine
+from roundhouse_gateway.engines.health import Health, probe_ok
+from roundhouse_gateway.http.wire import ClientError, error_body
+from roundhouse_gateway.request.read import parse_request
+from roundhouse_gateway.request.sse import last_usage_event
 
 
 def scope(**headers: str) -> dict[str, Any]:
@@ -123,7 +125,7 @@ def test_usage_is_found_in_the_last_sse_event() -> None:
 
 
 def test_endpointslices_give_one_url_per_ready_address() -> None:
-    from roundhouse_gateway.cluster import slice_endpoints
+    from roundhouse_gateway.sources.cluster import slice_endpoints
 
     slices = [
         {"ports": [{"name": "metrics", "port": 9000}, {"name": "http", "port": 8000}],
@@ -142,7 +144,7 @@ def test_endpointslices_give_one_url_per_ready_address() -> None:
 def test_an_engine_the_mode_selector_does_not_pick_always_runs(tmp_path: Path) -> None:
     """EngineMode spec.selector: engines without its labels are not switched off (the operator agreed;
     the gateway did not, and refused them as switched off)."""
-    from roundhouse_gateway.config import load_catalog
+    from roundhouse_gateway.sources.config import load_catalog
 
     docs = [{"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode", "metadata": {"name": "default"},
              "spec": {"mode": "vllm", "selector": {"matchLabels": {"switch": "yes"}}}},
@@ -164,7 +166,7 @@ def test_an_engine_the_mode_selector_does_not_pick_always_runs(tmp_path: Path) -
 def test_a_list_that_timed_out_is_told_from_other_failures() -> None:
     import urllib3
 
-    from roundhouse_gateway.cluster import _timed_out
+    from roundhouse_gateway.sources.cluster import _timed_out
 
     timeout = urllib3.exceptions.ReadTimeoutError(None, "/apis", "read timed out")
     assert _timed_out(timeout)

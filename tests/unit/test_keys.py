@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from roundhouse_gateway.keys import Identity, KeyFileError, digest_of, parse_keys
-from roundhouse_gateway.limits import Limiter, duration
-from roundhouse_gateway.usage import Usage
-from roundhouse_gateway.wire import strip_usage, usage_of
+from roundhouse_gateway.keys.keys import Identity, KeyFileError, digest_of, parse_keys
+from roundhouse_gateway.keys.limits import Limiter, duration
+from roundhouse_gateway.keys.usage import Usage
+from roundhouse_gateway.request.sse import strip_usage, usage_of
 
 MID_MONTH = datetime(2026, 12, 15, 12, 0, tzinfo=UTC).timestamp()
 
@@ -167,7 +167,7 @@ def test_usage_is_read_in_each_endpoint_shape() -> None:
 
 
 def test_a_window_holds_constant_memory_at_any_rate_and_forgets_after_a_minute() -> None:
-    from roundhouse_gateway.limits import Window
+    from roundhouse_gateway.keys.limits import Window
 
     w = Window()
     for i in range(100_000):  # 10,000 a second for 10 s

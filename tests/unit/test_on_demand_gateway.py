@@ -11,11 +11,11 @@ import pytest
 
 from roundhouse_api import Family, InferenceEngine, Mode
 from roundhouse_api.demand import REPORT_FORGET, GatewayReport, drained, fold, forgotten, report_key
-from roundhouse_gateway.catalog import Catalog, Engine, ModeState
-from roundhouse_gateway.demand import Demand
-from roundhouse_gateway.localcmd import CommandError, local_command
-from roundhouse_gateway.routing import Features, route
-from roundhouse_gateway.waiting import Prelude
+from roundhouse_gateway.engines.catalog import Catalog, Engine, ModeState
+from roundhouse_gateway.request.waiting import Prelude
+from roundhouse_gateway.routing.demand import Demand
+from roundhouse_gateway.routing.route import Features, route
+from roundhouse_gateway.sources.localcmd import CommandError, local_command
 from tests.support.manifests import engine as engine_doc
 
 
@@ -210,7 +210,7 @@ def test_sglang_runs_from_path_with_its_key_expanded_as_the_kubelet_would(monkey
 
 
 def test_a_reference_to_an_undefined_variable_is_left_as_written() -> None:
-    from roundhouse_gateway.localcmd import expand
+    from roundhouse_gateway.sources.localcmd import expand
 
     assert expand("$(A)-$(B)-$$(A)-$(not a name)", {"A": "1"}) == "1-$(B)-$(A)-$(not a name)"
 
@@ -273,7 +273,7 @@ def test_ollama_cannot_count() -> None:
 
 
 def test_only_an_estimate_near_a_context_size_is_counted() -> None:
-    from roundhouse_gateway.tokens import near_a_limit
+    from roundhouse_gateway.routing.tokens import near_a_limit
 
     variants = on_demand(eng("c8k", context_length=8192), eng("c32k", context_length=32768))
     assert near_a_limit(Features("m", prompt_tokens=7000), variants)
@@ -291,7 +291,7 @@ def test_the_route_reason_says_which_count_decided() -> None:
 
 
 def test_models_list_standby_engines_with_their_phase_and_hide_switched_off_ones() -> None:
-    from roundhouse_gateway.models import model_list, model_object
+    from roundhouse_gateway.engines.models import model_list, model_object
 
     standby = on_demand(eng("b", model="beta"), eng("a", model="alpha", ready=True))
     listed = {m["id"]: m["roundhouse"]["engines"][0]["phase"] for m in model_list(standby)["data"]}

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roundhouse_gateway import openapi, shapes
-from roundhouse_gateway.fields import Enum, Field, Number, Schema, StringArray
+from roundhouse_gateway.request import openapi, shapes
+from roundhouse_gateway.request.fields import Enum, Field, Number, Schema, StringArray
 
 DOC = openapi.document("1.2.3")
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from roundhouse_api import AutoRules, Family, Mode, SwitchPolicy
-from roundhouse_gateway.catalog import Catalog, Engine, ModeState
-from roundhouse_gateway.routing import Features, route
+from roundhouse_gateway.engines.catalog import Catalog, Engine, ModeState
+from roundhouse_gateway.routing.route import Features, route
 
 
 def eng(name: str, family: Family, model: str = "m", **kw: Any) -> Engine:

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roundhouse_gateway import shapes
-from roundhouse_gateway.wire import ClientError, parse_request
+from roundhouse_gateway.http.wire import ClientError
+from roundhouse_gateway.request import shapes
+from roundhouse_gateway.request.read import parse_request
 from tests.support.bad_requests import BAD, MSG, Bad
 
 SCOPE: dict[str, Any] = {"headers": []}

@@ -1,4 +1,4 @@
-"""Gateway.stream(): upstream bytes reach the client unchanged; a broken stream ends OpenAI-style.
+"""Forwarder.stream(): upstream bytes reach the client unchanged; a broken stream ends OpenAI-style.
 
 The upstream response is faked (a unit test may fake a boundary); the gateway code is real.
 """
@@ -9,10 +9,13 @@ import asyncio
 from typing import Any
 
 from roundhouse_api import Family
-from roundhouse_gateway.app import Gateway, Settings
-from roundhouse_gateway.catalog import Engine
-from roundhouse_gateway.routing import Candidate, Features
-from roundhouse_gateway.upstream import ReadError
+from roundhouse_gateway.app import Gateway
+from roundhouse_gateway.engines.catalog import Engine
+from roundhouse_gateway.engines.upstream import ReadError
+from roundhouse_gateway.request import account
+from roundhouse_gateway.request.account import Outcome
+from roundhouse_gateway.routing.route import Candidate, Features
+from roundhouse_gateway.settings import Settings
 
 ENGINE = Engine("e", Family.VLLM, frozenset(["m"]), ("http://e",), "m")
 
@@ -40,8 +43,9 @@ def run(chunks: list[bytes], fail_after: bool = False) -> tuple[list[dict[str, A
     upstream: Any = FakeResponse(chunks, fail_after)
     headers = {"Content-Type": "text/event-stream"}
     cand, features = Candidate(ENGINE, "http://e"), Features("m", stream=True)
-    result = asyncio.run(gw.stream(send, upstream, headers, ENGINE, cand, features, 0.0, "rid", "r"))
-    assert result is True
+    result = asyncio.run(gw.forwarder.stream(send, upstream, headers, ENGINE, cand, features, 0.0, "rid", "r"))
+    assert isinstance(result, Outcome)  # the answer went to the client
+    account.record(result, features, None, gw.fleet.stats, "rid", 0.0)
     return sent, gw
 
 
@@ -62,8 +66,8 @@ def test_bytes_pass_through_unchanged_and_usage_is_counted() -> None:
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
     assert body(sent) == b"".join(EVENTS)
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
-    assert [n for _, n in gw.stats["e"].tokens] == [5]
-    assert gw.health.state("http://e") == "ok"
+    assert [n for _, n in gw.fleet.stats["e"].tokens] == [5]
+    assert gw.fleet.health.state("http://e") == "ok"
 
 
 def test_a_stream_that_breaks_ends_with_an_error_event_and_done() -> None:
@@ -73,7 +77,7 @@ def test_a_stream_that_breaks_ends_with_an_error_event_and_done() -> None:
     tail = data[len(EVENTS[0] + EVENTS[1]) :]
     assert tail.startswith(b'data: {"error": {"message": "engine e stopped mid-stream"')
     assert tail.endswith(b"\n\ndata: [DONE]\n\n")
-    assert gw.health.endpoints["http://e"].failures == 1
+    assert gw.fleet.health.endpoints["http://e"].failures == 1
 
 
 def test_a_stream_that_ends_without_done_is_also_closed_properly() -> None:

@@ -16,11 +16,12 @@ import pytest
 import uvloop
 
 from roundhouse_api import Family
-from roundhouse_gateway import upstream
-from roundhouse_gateway.app import Gateway, Settings
-from roundhouse_gateway.catalog import Engine, Timeouts
-from roundhouse_gateway.routing import Candidate, Features
-from roundhouse_gateway.upstream import ConnectError, ReadError, Upstream, origin_of
+from roundhouse_gateway.app import Gateway
+from roundhouse_gateway.engines import upstream
+from roundhouse_gateway.engines.catalog import Engine, Timeouts
+from roundhouse_gateway.engines.upstream import ConnectError, ReadError, Upstream, origin_of
+from roundhouse_gateway.routing.route import Candidate, Features
+from roundhouse_gateway.settings import Settings
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 JSON = [("Content-Type", "application/json")]
@@ -271,8 +272,8 @@ def test_a_503_whose_body_stalls_still_fails_over_quickly(run: Any) -> None:
 
         loop = asyncio.get_running_loop()
         start = loop.time()
-        got = await gw.try_one(send, "rid", Candidate(engine, url), b"{}", [], Features("m"), "/v1/chat/completions",
-                               0.0, "r")  # fmt: skip
+        got = await gw.forwarder.try_one(send, "rid", Candidate(engine, url), b"{}", [], Features("m"),
+                                         "/v1/chat/completions", 0.0, "r")  # fmt: skip
         server.close()
         return got, loop.time() - start
 

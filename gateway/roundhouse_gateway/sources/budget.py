@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roundhouse_api import OnDemandPolicy
-
-from .wire import iso_time
+from roundhouse_gateway.http.wire import iso_time
 
 HISTORY_SECONDS = 3600.0
 SWAPS_KEPT = 50

@@ -28,5 +28,5 @@ def asset(name: str) -> tuple[bytes, dict[str, str]] | None:
 
 @functools.cache
 def _load(name: str) -> tuple[bytes, dict[str, str]]:
-    body = resources.files("roundhouse_gateway").joinpath("ui", name).read_bytes()
+    body = resources.files("roundhouse_gateway.admin").joinpath("ui", name).read_bytes()
     return body, {"Content-Type": TYPES[name[name.rindex(".") :]], **HEADERS}

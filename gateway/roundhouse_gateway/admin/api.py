@@ -5,17 +5,34 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from roundhouse_api import Family, Mode, OnDemandPolicy, runs
+from roundhouse_gateway.engines.catalog import Catalog, Engine
+from roundhouse_gateway.engines.fleet import Fleet
+from roundhouse_gateway.http.wire import ClientError, Receive, Send, iso_time, read_body, respond_json
+from roundhouse_gateway.keys.auth import Auth
+from roundhouse_gateway.sources import budget
 
-from . import budget
-from .catalog import Engine
-from .wire import ClientError, Receive, Send, iso_time, read_body, respond_json
+ModeSetter = Callable[[Mode], Awaitable[dict[str, Any]]]
+BudgetReader = Callable[[float], Awaitable[tuple[budget.BudgetState | None, budget.History]]]
 
-if TYPE_CHECKING:
-    from .app import Gateway
+
+class Gateway(Protocol):
+    """What the admin API reads of the gateway (app.Gateway)."""
+
+    fleet: Fleet
+    auth: Auth
+    standalone: bool
+    set_mode: ModeSetter | None
+    budget: BudgetReader | None
+    stale_since: Callable[[], float | None]
+
+    @property
+    def catalog(self) -> Catalog: ...
+
 
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -71,14 +88,14 @@ def on_standby(gw: Gateway, e: Engine) -> bool:
 
 
 def describe(gw: Gateway, e: Engine) -> dict[str, Any]:
-    st = gw.stats[e.name]
+    st = gw.fleet.stats[e.name]
     return {
         "name": e.name, "family": e.family.value, "models": sorted(e.served), "standby": on_standby(gw, e),
         "active": gw.catalog.mode.active(e) and not on_standby(gw, e), "ready": e.ready, "phase": e.phase,
         "message": e.message,
-        "endpoints": [{"url": ep, "health": gw.health.state(ep), "error": gw.health.last_error(ep) or None,
-                       "inFlight": gw.outstanding[ep]} for ep in e.endpoints],
-        "inFlight": sum(gw.outstanding[ep] for ep in e.endpoints),
+        "endpoints": [{"url": ep, "health": gw.fleet.health.state(ep), "error": gw.fleet.health.last_error(ep) or None,
+                       "inFlight": gw.fleet.outstanding[ep]} for ep in e.endpoints],
+        "inFlight": sum(gw.fleet.outstanding[ep] for ep in e.endpoints),
         "ttftP50Seconds": st.ttft_p50(), "tokensPerSecond": st.tokens_per_second(),
     }  # fmt: skip
 
@@ -90,7 +107,7 @@ def mode_view(gw: Gateway) -> dict[str, Any]:
     for fam in Family:
         eps = [ep for e in gw.catalog.engines if e.family == fam for ep in e.endpoints]
         if eps:
-            health[fam.value] = "ok" if any(gw.health.healthy(ep) for ep in eps) else "unavailable"
+            health[fam.value] = "ok" if any(gw.fleet.health.healthy(ep) for ep in eps) else "unavailable"
     started = mode.switch_started_at
     return {
         "mode": mode.mode.value if mode.mode else None, "switching": mode.switching, "phase": mode.phase,
@@ -114,12 +131,12 @@ def family_view(gw: Gateway, mode: Mode) -> dict[str, Any]:
     """What a mode would serve: its engines' health and recent throughput (auto: every engine)."""
     engines = [e for e in gw.catalog.engines if e.family != Family.EXTERNAL and runs(mode, e.family)]
     eps = [ep for e in engines for ep in e.endpoints]
-    healthy = sum(1 for ep in eps if gw.health.healthy(ep))
-    ttfts = sorted(t for e in engines for t in gw.stats[e.name].ttft)
+    healthy = sum(1 for ep in eps if gw.fleet.health.healthy(ep))
+    ttfts = sorted(t for e in engines for t in gw.fleet.stats[e.name].ttft)
     return {
         "engines": [e.name for e in engines], "endpoints": len(eps), "healthyEndpoints": healthy,
         "health": "none" if not eps else "ok" if healthy == len(eps) else "degraded" if healthy else "unavailable",
-        "inFlight": sum(gw.outstanding[ep] for ep in eps),
-        "tokensPerSecond": round(sum(gw.stats[e.name].tokens_per_second() for e in engines), 3),
+        "inFlight": sum(gw.fleet.outstanding[ep] for ep in eps),
+        "tokensPerSecond": round(sum(gw.fleet.stats[e.name].tokens_per_second() for e in engines), 3),
         "ttftP50Seconds": ttfts[len(ttfts) // 2] if ttfts else None,
     }  # fmt: skip

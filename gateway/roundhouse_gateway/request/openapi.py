@@ -13,8 +13,8 @@ import json
 import sys
 from typing import Any
 
-from .fields import Schema
-from .shapes import KINDS, Kind
+from roundhouse_gateway.request.fields import Schema
+from roundhouse_gateway.request.shapes import KINDS, Kind
 
 OPENAPI_VERSION = "3.1.0"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .keys import Identity
+from roundhouse_gateway.keys.keys import Identity
 
 WINDOW = 60.0  # seconds: "per minute"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .catalog import Catalog, Engine
+from roundhouse_gateway.engines.catalog import Catalog, Engine
 
 EARLY_PROBE_SECONDS = 0.1  # how often a waited-for engine's starting replicas are probed
 

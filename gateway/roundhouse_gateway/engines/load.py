@@ -15,9 +15,8 @@ from collections.abc import Callable, Mapping
 from prometheus_client.parser import text_string_to_metric_families
 
 from roundhouse_api.families import FAMILIES
-
-from .catalog import Catalog, Engine
-from .upstream import Upstream, UpstreamError
+from roundhouse_gateway.engines.catalog import Catalog, Engine
+from roundhouse_gateway.engines.upstream import Upstream, UpstreamError
 
 STALE_INTERVALS = 3
 

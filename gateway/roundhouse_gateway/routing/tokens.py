@@ -15,11 +15,10 @@ import logging
 from typing import Any
 
 from roundhouse_api.families import FAMILIES
-
-from .catalog import Catalog, Engine
-from .health import Health
-from .routing import Features
-from .upstream import Upstream, UpstreamError
+from roundhouse_gateway.engines.catalog import Catalog, Engine
+from roundhouse_gateway.engines.health import Health
+from roundhouse_gateway.engines.upstream import Upstream, UpstreamError
+from roundhouse_gateway.routing.route import Features
 
 log = logging.getLogger("roundhouse.gateway.tokens")
 NEAR = 0.3  # within 30% of a context size (either side): count exactly

@@ -27,11 +27,10 @@ from pydantic import ValidationError
 from roundhouse_api import GROUP, VERSION, EngineMode, Family, InferenceEngine, Mode, governs
 from roundhouse_api.demand import GatewayReport, forgotten, report_key
 from roundhouse_api.families import FAMILIES
-
-from . import cluster_budget
-from .budget import BudgetState, History
-from .catalog import Catalog, Engine, engine_from_resource, mode_from_resource
-from .demand import Demand
+from roundhouse_gateway.engines.catalog import Catalog, Engine, engine_from_resource, mode_from_resource
+from roundhouse_gateway.routing.demand import Demand
+from roundhouse_gateway.sources import cluster_budget
+from roundhouse_gateway.sources.budget import BudgetState, History
 
 log = logging.getLogger("roundhouse.gateway.cluster")
 SERVICE_LABEL = "kubernetes.io/service-name"

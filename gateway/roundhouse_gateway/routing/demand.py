@@ -15,10 +15,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from roundhouse_api.demand import REPORT_INTERVAL, GatewayReport
-
-from . import metrics
-from .catalog import Catalog
-from .routing import Decision
+from roundhouse_gateway import metrics
+from roundhouse_gateway.engines.catalog import Catalog
+from roundhouse_gateway.routing.route import Decision
 
 log = logging.getLogger("roundhouse.gateway.demand")
 Writer = Callable[[GatewayReport], Awaitable[None]]

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from roundhouse_api.families import FAMILIES
-
-from .catalog import Engine
+from roundhouse_gateway.engines.catalog import Engine
 
 
 @dataclass

@@ -13,7 +13,7 @@ import html
 import json
 import re
 
-from .wire import error_body
+from roundhouse_gateway.http.wire import error_body
 
 TEXT_KEPT = 500  # characters of the engine's own text kept in the message
 TAGS = re.compile(r"<(script|style)\b.*?</\1>|<[^>]+>", re.DOTALL | re.IGNORECASE)

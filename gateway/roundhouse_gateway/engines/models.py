@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .catalog import Catalog
+from roundhouse_gateway.engines.catalog import Catalog
 
 
 def _engines(catalog: Catalog, model: str) -> list[dict[str, Any]]:

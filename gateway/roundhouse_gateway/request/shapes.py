@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fields import (
+from roundhouse_gateway.request.fields import (
     INT_LIMIT,
     ROLES,
     Enum,

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 from roundhouse_api import Family, Mode
 from roundhouse_api.families import FAMILIES
-
-from .affinity import pick
-from .catalog import CAPABILITY_JSON_SCHEMA, CAPABILITY_TOOLS, Catalog, Engine
+from roundhouse_gateway.engines.catalog import CAPABILITY_JSON_SCHEMA, CAPABILITY_TOOLS, Catalog, Engine
+from roundhouse_gateway.routing.affinity import pick
 
 FAMILY_ALIASES = {"gguf": Family.LLAMACPP, "llama.cpp": Family.LLAMACPP, "llama-cpp": Family.LLAMACPP}
 

@@ -30,11 +30,10 @@ import httpx
 from roundhouse_api import EngineMode, InferenceEngine, Mode, OnDemandPolicy, runs
 from roundhouse_api.families.base import gpu_count
 from roundhouse_api.ondemand import Budget, DemandView, plan_on_demand
-
-from .budget import SWAPS_KEPT, BudgetState, History, Holder, Swap
-from .catalog import Catalog, ModeState
-from .demand import Demand
-from .localcmd import LOOPBACK, CommandError, local_command
+from roundhouse_gateway.engines.catalog import Catalog, ModeState
+from roundhouse_gateway.routing.demand import Demand
+from roundhouse_gateway.sources.budget import SWAPS_KEPT, BudgetState, History, Holder, Swap
+from roundhouse_gateway.sources.localcmd import LOOPBACK, CommandError, local_command
 
 log = logging.getLogger("roundhouse.gateway.local")
 HEALTH_POLL = 0.25

@@ -11,9 +11,8 @@ from pydantic import ValidationError
 from roundhouse_api import EngineMode, InferenceEngine, Mode, OnDemandPolicy
 from roundhouse_api.demand import GatewayReport, fold
 from roundhouse_api.families.base import gpu_count
-
-from .budget import SWAP_REASONS, BudgetState, Holder, Swap
-from .demand import Demand
+from roundhouse_gateway.routing.demand import Demand
+from roundhouse_gateway.sources.budget import SWAP_REASONS, BudgetState, Holder, Swap
 
 # The operator's GovernedEngine.state in the Budget view's words.
 STATES = {"active": "running", "standby": "standby", "waiting": "waiting", "starting": "starting",

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import metrics
-from .keys import Identity, KeyFileError, KeyRing, parse_keys, read_key_file
-from .limits import Limiter
-from .usage import Usage
-from .wire import ClientError, Scope, header, iso_time
+from roundhouse_gateway import metrics
+from roundhouse_gateway.http.wire import ClientError, Scope, header, iso_time
+from roundhouse_gateway.keys.keys import Identity, KeyFileError, KeyRing, parse_keys, read_key_file
+from roundhouse_gateway.keys.limits import Limiter
+from roundhouse_gateway.keys.usage import Usage
 
 log = logging.getLogger("roundhouse.gateway.keys")
 RELOAD_INTERVAL = 0.5  # seconds between looks at the key files: a change is in force within a second

@@ -11,8 +11,7 @@ from pydantic import ValidationError
 
 from roundhouse_api import EngineMode, InferenceEngine, Mode, governs, parse_resource
 from roundhouse_api.families import FAMILIES
-
-from .catalog import Catalog, engine_from_resource, mode_from_resource
+from roundhouse_gateway.engines.catalog import Catalog, engine_from_resource, mode_from_resource
 
 
 class ConfigError(ValueError):

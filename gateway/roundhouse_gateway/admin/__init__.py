@@ -1,0 +1,1 @@
+"""The admin API and the admin web page (its assets ship in ui/)."""

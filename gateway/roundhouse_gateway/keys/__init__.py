@@ -1,0 +1,1 @@
+"""Who calls: client and admin keys, per-key limits and budgets, and usage."""

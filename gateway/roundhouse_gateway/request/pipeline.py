@@ -1,0 +1,78 @@
+"""The OpenAI endpoints' way through the gateway: read -> admit -> decide -> forward -> account, each a
+module of this package. This class only hands each stage's result to the next."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from roundhouse_gateway.engines.fleet import Fleet
+from roundhouse_gateway.http.wire import ClientError, Receive, Scope, Send, cancel_on_disconnect
+from roundhouse_gateway.keys.auth import Auth
+from roundhouse_gateway.keys.keys import Identity
+from roundhouse_gateway.keys.usage import CALL, Call
+from roundhouse_gateway.request import account, read
+from roundhouse_gateway.request.admit import admit
+from roundhouse_gateway.request.decide import Decider, refusal
+from roundhouse_gateway.request.forward import Forwarder
+from roundhouse_gateway.request.read import Request
+from roundhouse_gateway.request.waiting import Prelude
+
+log = logging.getLogger("roundhouse.gateway")
+
+
+class Completions:
+    """Serves the OpenAI endpoints that go to an engine (chat, completions, embeddings, ...)."""
+
+    def __init__(self, fleet: Fleet, auth: Auth, decider: Decider, forwarder: Forwarder, max_body: int,
+                 retry_after: int) -> None:  # fmt: skip
+        self.fleet, self.auth, self.decider, self.forwarder = fleet, auth, decider, forwarder
+        self.max_body, self.retry_after = max_body, retry_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, rid: str, kind: str, who: Identity) -> None:
+        started = time.perf_counter()
+        call = Call(key=who.name)
+        CALL.set(call)  # app.py reads it for the headers every answer to this request carries
+        try:
+            request = await read.read(scope, receive, kind, self.max_body)
+            call.model = request.features.model
+            request = admit(who, call, request, self.auth)
+            # One watcher task cancels this one if the client leaves, which stops the upstream request
+            # too (a second task for the proxying and asyncio.wait cost ~10 us a request).
+            handler = asyncio.current_task()
+            assert handler is not None
+            left = asyncio.Event()
+            watcher = asyncio.create_task(cancel_on_disconnect(receive, handler, left))
+            try:
+                await self.answer(send, rid, request, call, started)
+            except asyncio.CancelledError:
+                if not left.is_set():
+                    raise
+                handler.uncancel()
+                call.status = call.status or 499  # the client closed the request
+                log.info("client disconnected", extra={"request_id": rid, "model": request.features.model})
+            finally:
+                watcher.cancel()
+        except ClientError as err:
+            call.status = err.status
+            raise
+        finally:
+            if self.auth.enabled:
+                account.charge(who, call, self.auth, self.fleet.catalog)
+
+    async def answer(self, send: Send, rid: str, request: Request, call: Call, started: float) -> None:
+        """Decide (waiting for an engine to start if need be), then forward, or answer the refusal."""
+        prelude = Prelude(send, {"X-Request-Id": rid}) if request.features.stream else None
+        features = await self.decider.counted(request.features, request.body)
+        decision = await self.decider.decide(features, prelude.waiting if prelude else None)
+        if decision.error:
+            status, code, message = decision.error
+            account.refused(features, status, code, call, rid)
+            if prelude is not None and prelude.started:
+                await prelude.fail(message, "service_unavailable", code)
+                return
+            raise refusal(decision, rid, self.retry_after)
+        account.decided(decision)
+        outcome = await self.forwarder.forward(prelude.send if prelude else send, rid, request, decision, started)
+        account.record(outcome, features, call, self.fleet.stats, rid, started)
