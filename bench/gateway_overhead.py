@@ -97,9 +97,10 @@ general_settings: {{disable_spend_logs: true, master_key: {key}}}
 """
 
 
-def roundhouse(name: str, docs: list[dict[str, object]], tmp: Path, logs: Path, keys: str | None = BENCH_KEY + "\n"
-               ) -> tuple[str, Process]:  # fmt: skip
-    """A standalone gateway from `docs`, pinned to core 0, with `keys` as its key file (None: no auth)."""
+def roundhouse(name: str, docs: list[dict[str, object]], tmp: Path, logs: Path, keys: str | None = BENCH_KEY + "\n",
+               state: str = "memory:") -> tuple[str, Process]:  # fmt: skip
+    """A standalone gateway from `docs`, pinned to core 0, with `keys` as its key file (None: no auth) and
+    `state` as its state store (memory: counted in the process, as before the stores)."""
     port = free_port()
     (tmp / f"{name}.yaml").write_text("\n---\n".join(json.dumps(d) for d in docs))
     auth: list[str] = []
@@ -108,7 +109,7 @@ def roundhouse(name: str, docs: list[dict[str, object]], tmp: Path, logs: Path, 
         auth = ["--api-keys-file", str(tmp / f"{name}.keys")]
     gw = Process(name, ["taskset", "-c", "0", str(VENV_BIN / "roundhouse-gateway"), "--config",
                         str(tmp / f"{name}.yaml"), "--host", "127.0.0.1", "--port", str(port), *auth,
-                        "--log-level", "warning"], dict(os.environ), logs,
+                        "--log-level", "warning", "--state", state], dict(os.environ), logs,
                  f"http://127.0.0.1:{port}/readyz").start()  # fmt: skip
     return f"http://127.0.0.1:{port}", gw
 

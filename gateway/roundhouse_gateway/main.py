@@ -12,12 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from roundhouse_api import Mode
 from roundhouse_gateway.app import Gateway
 from roundhouse_gateway.engines.catalog import Catalog, with_mode
-from roundhouse_gateway.http.drain import DEADLINE, DELAY, DrainingServer
+from roundhouse_gateway.http.drain import DEADLINE, DELAY, serve
 from roundhouse_gateway.keys.auth import Auth, KeySource
 from roundhouse_gateway.keys.keys import KeyFileError
 from roundhouse_gateway.settings import Settings
@@ -25,6 +23,7 @@ from roundhouse_gateway.sources.budget import BudgetState, History
 from roundhouse_gateway.sources.cluster import ClusterSource
 from roundhouse_gateway.sources.config import Config, ConfigError, load_config
 from roundhouse_gateway.sources.local import LocalEngines
+from roundhouse_gateway.state.open import StateError, open_state
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roundhouse"
 RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -74,6 +73,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEADLINE,
         help="after SIGTERM: seconds requests in flight may take; streams then end with an error event",
     )
+    p.add_argument("--state", default=f"sqlite://{CACHE / 'gateway-state.sqlite'}", metavar="URL",
+                   help="where limits, budgets and usage are kept: sqlite:///PATH (one gateway), redis://HOST:PORT"
+                        "/DB (shared by replicas; rediss:// with TLS; the password from $ROUNDHOUSE_STATE_PASSWORD),"
+                        " or memory: (this process only)")  # fmt: skip
+    p.add_argument(
+        "--state-on-failure",
+        choices=["open", "closed"],
+        default="open",
+        help="while the state store does not answer: count locally and serve (open), or answer 503",
+    )
+    p.add_argument("--state-timeout", type=float, default=0.25, help="seconds one state store call may take")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -90,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         admins.load()
         settings = Settings(max_body_bytes=args.max_body_bytes, probe_interval=args.probe_interval)
         config = load_config(args.config) if args.config else None
-    except (ConfigError, KeyFileError, OSError) as err:
+        state = open_state(args.state, args.state_on_failure, args.state_timeout)
+    except (ConfigError, KeyFileError, StateError, OSError) as err:
         sys.exit(f"roundhouse-gateway: {err}")
     endpoint_map = {}
     for item in args.endpoint_map:
@@ -98,18 +109,14 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not url.startswith(("http://", "https://")):
             sys.exit(f"roundhouse-gateway: --endpoint-map wants ENGINE=http(s)://host:port, got {item!r}")
         endpoint_map[name] = url.rstrip("/")
-    auth = Auth(clients, admins)
+    auth = Auth(clients, admins, state)
     if config is None:
         gateway = cluster_gateway(settings, auth, args.namespace, args.kubeconfig, endpoint_map)
     else:
         gateway = standalone_gateway(settings, auth, config.catalog)
         if config.local and config.mode is not None:
             run_locally(gateway, config, args.engine_log_dir, args.engine_cache_dir)
-    # No proxy-headers middleware: the gateway never uses the client address, and it is one more
-    # coroutine layer per request.
-    server = uvicorn.Config(gateway, host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
-                            access_log=False, log_config=None, timeout_keep_alive=75, proxy_headers=False)  # fmt: skip
-    DrainingServer(server, gateway.drain, args.drain_delay, args.drain_deadline).run()
+    serve(gateway, args.host, args.port, gateway.drain, args.drain_delay, args.drain_deadline)
 
 
 def cluster_gateway(

@@ -81,3 +81,9 @@ KEY_USAGE = KeyUsage()
 REGISTRY.register(KEY_USAGE)
 RATE_LIMITED = Counter("roundhouse_gateway_rate_limited_total", "Requests refused with 429, by key name and limit"
                        " (requests, tokens, insufficient_quota).", ["key", "limit"], registry=REGISTRY)  # fmt: skip
+STATE_DEGRADED = Gauge("roundhouse_gateway_state_degraded", "1 while the state store (limits, budgets, usage) does"
+                       " not answer and this replica counts on its own.", registry=REGISTRY)  # fmt: skip
+STATE_CALLS = Counter("roundhouse_gateway_state_calls_total", "Round trips to the state store, by operation (admit,"
+                      " write, read, ping) and result (ok, error).", ["op", "result"], registry=REGISTRY)  # fmt: skip
+STATE_UNWRITTEN = Gauge("roundhouse_gateway_state_unwritten_batches", "Batches of counts not yet in the state store.",
+                        registry=REGISTRY)  # fmt: skip

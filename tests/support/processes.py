@@ -136,7 +136,10 @@ def _gateway(source: list[str], work_dir: Path, name: str, log_dir: Path, api_ke
     keys.write_text(key_file if key_file is not None else "\n".join(api_keys) + "\n")
     admin.write_text("\n".join(admin_keys) + "\n")
     # No drain delay on a test's SIGTERM (its own tests set one): a stop would cost every fixture 5 s.
-    argv = [str(VENV_BIN / "roundhouse-gateway"), "--drain-delay", "0", "--drain-deadline", "3", *source,
+    # Each test's gateway keeps its state (limits, budgets, usage) in a SQLite file of its own, not in
+    # the user's cache that every gateway on the machine would share; a test may name another store.
+    state = () if "--state" in source else ("--state", f"sqlite://{work_dir.resolve() / name}.state.sqlite")
+    argv = [str(VENV_BIN / "roundhouse-gateway"), "--drain-delay", "0", "--drain-deadline", "3", *state, *source,
             "--host", "127.0.0.1", "--port", str(port),
             "--api-keys-file", str(keys), "--admin-keys-file", str(admin),
             "--probe-interval", str(probe_interval)]  # fmt: skip

@@ -44,10 +44,11 @@ async def handle(gw: Gateway, receive: Receive, send: Send, path: str, method: s
         day = args.get("day")
         if day is not None and not DAY.fullmatch(day):
             raise ClientError(400, "day must be a date like 2026-12-01", "invalid_day", "day")
-        report = gw.auth.usage.report(time.time(), args.get("key"), day)
-        await respond_json(send, 200, {**report, "limitsScope": "replica"})
+        # From the state store when it is shared: every replica shows the same totals.
+        await respond_json(send, 200, await gw.auth.state.report(time.time(), args.get("key"), day))
     elif path == "/admin/keys" and method == "GET":
-        await respond_json(send, 200, gw.auth.describe())
+        used = await gw.auth.state.month_used(gw.auth.clients.ring.names(), time.time())
+        await respond_json(send, 200, gw.auth.describe(used))
     elif path == "/admin/engines" and method == "GET":
         await respond_json(send, 200, {"engines": [describe(gw, e) for e in gw.catalog.engines], "view": view(gw)})
     elif path == "/admin/budget" and method == "GET":

@@ -13,8 +13,7 @@ from typing import Any
 from roundhouse_gateway import metrics
 from roundhouse_gateway.http.wire import ClientError, Scope, header, iso_time
 from roundhouse_gateway.keys.keys import Identity, KeyFileError, KeyRing, parse_keys, read_key_file
-from roundhouse_gateway.keys.limits import Limiter
-from roundhouse_gateway.keys.usage import Usage
+from roundhouse_gateway.state.keeper import Keeper
 
 log = logging.getLogger("roundhouse.gateway.keys")
 RELOAD_INTERVAL = 0.5  # seconds between looks at the key files: a change is in force within a second
@@ -65,11 +64,13 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
 class Auth:
     """Client keys (with identities and limits) and admin keys."""
 
-    def __init__(self, clients: KeySource | None = None, admins: KeySource | None = None) -> None:
+    def __init__(self, clients: KeySource | None = None, admins: KeySource | None = None,
+                 state: Keeper | None = None) -> None:  # fmt: skip
         self.clients = clients or KeySource(None)
         self.admins = admins or KeySource(None)
-        self.limiter = Limiter()
-        self.usage = Usage()
+        self.state = state or Keeper()  # no store: this replica's memory only
+        self.limiter = self.state.limiter
+        self.usage = self.state.usage
         metrics.KEY_USAGE.usage = self.usage  # one gateway a process: its usage is what /metrics shows
 
     @classmethod
@@ -97,27 +98,33 @@ class Auth:
             raise ClientError(401, "Invalid or missing admin key: send Authorization: Bearer <key>.", "invalid_api_key")
 
     async def watch(self) -> None:
-        """Reload the key files when they change, until cancelled."""
+        """Reload the key files when they change, and write the counts to the state store, until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.state.run())
+            tasks.create_task(self._reload())
+
+    async def _reload(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
             self.clients.reload_if_changed()
             self.admins.reload_if_changed()
 
-    def describe(self) -> dict[str, Any]:
-        """What /admin/keys shows: names and limits (never keys), where they came from, and the scope
-        of the counters."""
+    def describe(self, month_used: dict[str, int] | None = None) -> dict[str, Any]:
+        """What /admin/keys shows: names and limits (never keys), where they came from, and where the
+        counts are kept (`month_used`: this month's tokens per key from the store; none: this replica's)."""
+        used = month_used or {}
         ring = self.clients.ring
         keys = sorted({i.name: i for i in ring.by_digest.values()}.values(), key=lambda i: i.name)
         return {
             "enabled": ring.enabled, "source": str(self.clients.path) if self.clients.path else None,
             "loadedAt": iso_time(self.clients.loaded_at) if self.clients.loaded_at else None,
             "reloadError": self.clients.error,
-            # Limits and usage are counted by this replica alone: N replicas allow N times the limits.
-            "limitsScope": "replica",
+            # "store": every replica's counts; "replica": this one's (no shared store, or it is away).
+            **self.state.scope(),
             "keys": [{"name": i.name, "models": list(i.models), "engines": list(i.engines),
                       "requestsPerMinute": i.requests_per_minute, "tokensPerMinute": i.tokens_per_minute,
                       "monthlyTokenBudget": i.monthly_token_budget,
-                      "monthTokensUsed": self.limiter.month_used(i.name, time.time())} for i in keys],
+                      "monthTokensUsed": used.get(i.name, self.limiter.month_used(i.name, time.time()))} for i in keys],
         }  # fmt: skip
 
 

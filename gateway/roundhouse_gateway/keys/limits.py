@@ -1,8 +1,9 @@
 """Per-key limits: requests and tokens per minute (sliding windows) and a monthly token budget.
 
 Pure over an injected clock: `admit` decides before a request is routed, `spend` records the tokens
-an engine reported after it answered. State lives in this gateway replica only (docs/keys.md):
-with several replicas each one counts what it served.
+an engine reported after it answered. The Limiter counts in this replica's memory; a shared store
+(roundhouse_gateway.state) decides atomically in the store and gives back the windows it saw, which
+`refusal_of` and `headers_of` turn into the same answers.
 """
 
 from __future__ import annotations
@@ -50,6 +51,19 @@ class Window:
         self.newest = 0  # the second of the newest bucket
         self.last = 0  # the second something was last counted in
         self.total = 0
+
+    @classmethod
+    def of(cls, newest: int, counts: list[int]) -> Window:
+        """A window as a store holds it: `counts` is second, count, second, count, ... within the last 60 s."""
+        w = cls()
+        w.newest = newest
+        for i in range(0, len(counts) - 1, 2):
+            second, n = counts[i], counts[i + 1]
+            if newest - len(w.buckets) < second <= newest and n:
+                w.buckets[second % len(w.buckets)] += n
+                w.total += n
+                w.last = max(w.last, second)
+        return w
 
     def advance(self, now: float) -> None:
         second = int(now)
@@ -143,6 +157,39 @@ def _over(name: str, kind: str, unit: str, window: Window, limit: int | None, no
                    math.ceil(wait))  # fmt: skip
 
 
+def refusal_of(who: Identity, requests: Window, tokens: Window, month_tokens: int, now: float,
+               wall: float) -> Refusal | None:  # fmt: skip
+    """Why `who` may not send one more request, given its windows and this month's tokens (None: it may).
+    The order is the answer's: a spent budget first, then tokens, then requests."""
+    return (_budget(who, month_tokens, wall)
+            or _over(who.name, "tokens", "TPM", tokens, who.tokens_per_minute, now, "")
+            or _over(who.name, "requests", "RPM", requests, who.requests_per_minute, now, ", Requested 1"))  # fmt: skip
+
+
+def headers_of(who: Identity, requests: Window, tokens: Window, now: float) -> list[tuple[bytes, bytes]]:
+    """The x-ratelimit-* headers of `who`'s per-minute limits, as OpenAI sends them (ASGI form)."""
+    out: list[tuple[bytes, bytes]] = []
+    for what, limit, window in ((b"requests", who.requests_per_minute, requests),
+                                (b"tokens", who.tokens_per_minute, tokens)):  # fmt: skip
+        if limit is not None:
+            reset = duration(max(0.0, window.empty_at() - now)).encode()
+            out += [(b"x-ratelimit-limit-" + what, b"%d" % limit),
+                    (b"x-ratelimit-remaining-" + what, b"%d" % max(0, limit - window.total)),
+                    (b"x-ratelimit-reset-" + what, reset)]  # fmt: skip
+    return out
+
+
+def _budget(who: Identity, used: int, wall: float) -> Refusal | None:
+    budget = who.monthly_token_budget
+    if budget is None or used < budget:
+        return None
+    resets = next_month(wall)
+    return Refusal("insufficient_quota", "insufficient_quota",
+                   f"Key `{who.name}` has used {used} of its monthly budget of {budget} tokens;"
+                   f" the budget renews on {resets:%Y-%m-%d} (UTC).",
+                   math.ceil(resets.timestamp() - wall))  # fmt: skip
+
+
 class Limiter:
     """Every key's windows and month. `now` is monotonic seconds, `wall` epoch seconds."""
 
@@ -156,25 +203,10 @@ class Limiter:
             return Verdict()
         st = self.state.get(who.name) or self.state.setdefault(who.name, _State())
         self._expire(st, now, wall)
-        refusal = self._budget(who, st, wall)
-        rpm, tpm = who.requests_per_minute, who.tokens_per_minute
-        refusal = refusal or _over(who.name, "tokens", "TPM", st.tokens, tpm, now, "")
-        refusal = refusal or _over(who.name, "requests", "RPM", st.requests, rpm, now, ", Requested 1")
-        if refusal is None and rpm is not None:
+        refusal = refusal_of(who, st.requests, st.tokens, st.month_tokens, now, wall)
+        if refusal is None and who.requests_per_minute is not None:
             st.requests.add(now, 1)
-        return Verdict(refusal, self._headers(who, st, now) if headers or refusal else None)
-
-    @staticmethod
-    def _headers(who: Identity, st: _State, now: float) -> list[tuple[bytes, bytes]]:
-        out: list[tuple[bytes, bytes]] = []
-        for what, limit, window in ((b"requests", who.requests_per_minute, st.requests),
-                                    (b"tokens", who.tokens_per_minute, st.tokens)):  # fmt: skip
-            if limit is not None:
-                reset = duration(max(0.0, window.empty_at() - now)).encode()
-                out += [(b"x-ratelimit-limit-" + what, b"%d" % limit),
-                        (b"x-ratelimit-remaining-" + what, b"%d" % max(0, limit - window.total)),
-                        (b"x-ratelimit-reset-" + what, reset)]  # fmt: skip
-        return out
+        return Verdict(refusal, headers_of(who, st.requests, st.tokens, now) if headers or refusal else None)
 
     def spend(self, who: Identity, tokens: int, now: float, wall: float) -> None:
         """Count the tokens (prompt and completion) an engine reported for a request of `who`."""
@@ -188,6 +220,12 @@ class Limiter:
             st.tokens.add(now, tokens)  # moves the window itself
         st.month_tokens += tokens
 
+    def seen(self, name: str, month_tokens: int, wall: float) -> None:
+        """This month's tokens of `name` as the shared store last counted them: what a store outage
+        counts on from."""
+        st = self.state.get(name) or self.state.setdefault(name, _State())
+        st.month, st.month_tokens = month_of(wall), month_tokens
+
     def month_used(self, name: str, wall: float) -> int:
         st = self.state.get(name)
         return st.month_tokens if st is not None and st.month == month_of(wall) else 0
@@ -199,14 +237,3 @@ class Limiter:
         month = month_of(wall)
         if st.month != month:
             st.month, st.month_tokens = month, 0
-
-    @staticmethod
-    def _budget(who: Identity, st: _State, wall: float) -> Refusal | None:
-        budget = who.monthly_token_budget
-        if budget is None or st.month_tokens < budget:
-            return None
-        resets = next_month(wall)
-        return Refusal("insufficient_quota", "insufficient_quota",
-                       f"Key `{who.name}` has used {st.month_tokens} of its monthly budget of {budget} tokens;"
-                       f" the budget renews on {resets:%Y-%m-%d} (UTC).",
-                       math.ceil(resets.timestamp() - wall))  # fmt: skip

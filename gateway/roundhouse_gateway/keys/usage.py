@@ -1,5 +1,7 @@
 """Usage per key name (never the key): requests, tokens and errors by key, model, engine and day,
-plus a per-minute series of the last hour for the admin page's chart. In memory, per replica."""
+plus a per-minute series of the last hour for the admin page's chart. In memory: what this replica
+counted (and, with an embedded store, what it counted before a restart); roundhouse_gateway.state keeps
+them in the store."""
 
 from __future__ import annotations
 
@@ -64,9 +66,10 @@ class Usage:
         if error:
             self.errors[(key, model, status)] = self.errors.get((key, model, status), 0) + 1
         if prompt or completion:
-            self._minute(key, prompt + completion, wall)
+            self.add_minute(key, prompt + completion, wall)
 
-    def _minute(self, key: str, tokens: int, wall: float) -> None:
+    def add_minute(self, key: str, tokens: int, wall: float) -> None:
+        """Count `tokens` of `key` in the minute of `wall` (the last hour is kept, oldest first)."""
         minute = int(wall // 60)
         if not self.minutes or self.minutes[-1][0] != minute:
             self.minutes.append((minute, {}))

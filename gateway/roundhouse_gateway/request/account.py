@@ -77,9 +77,7 @@ def refused(f: Features, status: int, code: str, call: Call | None, rid: str) ->
 
 
 def charge(who: Identity, call: Call, auth: Auth, catalog: Catalog) -> None:
-    """Count what a request used against its key: usage rows, metrics, token limits."""
+    """Count what a request used against its key: usage rows, metrics, token limits, the monthly budget
+    (in memory now, in the state store with the next batch: never a wait here)."""
     model = call.model if call.model in catalog.served else ""
-    wall = time.time()
-    auth.usage.record(who.name, model, call.engine, call.status or 499, call.prompt_tokens, call.completion_tokens,
-                      wall)  # fmt: skip
-    auth.limiter.spend(who, call.prompt_tokens + call.completion_tokens, time.monotonic(), wall)
+    auth.state.charge(who, model, call.engine, call.status or 499, call.prompt_tokens, call.completion_tokens)

@@ -1,11 +1,12 @@
 """Stage two, admit: the caller's key decides what the request may use: 404 for a model it may not use
-(OpenAI's answer), its engines narrowed to the key's, 429 over a limit. A stream of a counted key asks
-the engine for its usage, which the client then does not see."""
+(OpenAI's answer), its engines narrowed to the key's, 429 over a limit (decided in the state store when
+it is shared: one round trip, none for a key without limits), 503 when the store is away and the gateway
+is set to refuse then. A stream of a counted key asks the engine for its usage, which the client then
+does not see."""
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
 from roundhouse_gateway import metrics
 from roundhouse_gateway.engines import models
@@ -16,7 +17,7 @@ from roundhouse_gateway.keys.usage import Call
 from roundhouse_gateway.request.read import Request
 
 
-def admit(who: Identity, call: Call, request: Request, auth: Auth) -> Request:
+async def admit(who: Identity, call: Call, request: Request, auth: Auth) -> Request:
     """The request as `who` may send it, counted against its limits; ClientError (404, 429) if it may not.
     `call` gets the x-ratelimit-* headers every answer to this request carries."""
     f, body = request.features, request.body
@@ -24,7 +25,7 @@ def admit(who: Identity, call: Call, request: Request, auth: Auth) -> Request:
         raise ClientError(404, models.not_found(f.model), "model_not_found", "model")
     if who.engines:
         f = dataclasses.replace(f, engines=who.engines)
-    verdict = auth.limiter.admit(who, time.monotonic(), time.time(), auth.clients.ring.headers_always)
+    verdict = await auth.state.admit(who, auth.clients.ring.headers_always)
     if verdict.refusal is not None:
         r = verdict.refusal
         metrics.child(metrics.RATE_LIMITED, who.name, r.type).inc()

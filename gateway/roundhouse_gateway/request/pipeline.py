@@ -37,7 +37,7 @@ class Completions:
         try:
             request = await read.read(scope, receive, kind, self.max_body)
             call.model = request.features.model
-            request = admit(who, call, request, self.auth)
+            request = await admit(who, call, request, self.auth)
             # One watcher task cancels this one if the client leaves, which stops the upstream request
             # too (a second task for the proxying and asyncio.wait cost ~10 us a request).
             handler = asyncio.current_task()

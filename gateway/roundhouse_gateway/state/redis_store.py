@@ -1,0 +1,184 @@
+"""The shared store: a Redis-protocol server (Redis, Valkey) that every gateway replica uses.
+
+Admission is one Lua script, run atomically by the server on its own clock: it drops what left the
+key's windows, checks the budget and both windows, and counts the request if it is admitted, so N
+replicas together never admit more than the limit. Counts are written by a second script, once per
+batch id: a batch sent again after an answer was lost is not counted twice. No Redis Cluster: the
+scripts name keys they build themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from roundhouse_gateway.keys.keys import Identity
+from roundhouse_gateway.keys.usage import DAYS_KEPT, Row
+from roundhouse_gateway.state.store import Batch, Counts, Loaded, StoreError
+
+PREFIX = "roundhouse:"
+SEP = "\t"  # between key, model and engine in a usage field: none of them holds a tab
+
+ADMIT = """
+local sec = tonumber(redis.call('TIME')[1])
+local function window(k)
+  local all = redis.call('HGETALL', k)
+  local total, keep, old = 0, {}, {}
+  for i = 1, #all, 2 do
+    local s, n = tonumber(all[i]), tonumber(all[i + 1])
+    if s <= sec - 60 then old[#old + 1] = all[i] else total = total + n; keep[#keep + 1] = s; keep[#keep + 1] = n end
+  end
+  if #old > 0 then redis.call('HDEL', k, unpack(old)) end
+  return total, keep
+end
+local rpm, tpm, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local used = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+local rtotal, rb, ttotal, tb = 0, {}, 0, {}
+if rpm then rtotal, rb = window(KEYS[1]) end
+if tpm then ttotal, tb = window(KEYS[2]) end
+local ok = (not budget or used < budget) and (not tpm or ttotal < tpm) and (not rpm or rtotal < rpm)
+if ok and rpm then
+  redis.call('HINCRBY', KEYS[1], sec, 1)
+  redis.call('EXPIRE', KEYS[1], 61)
+  rb[#rb + 1] = sec; rb[#rb + 1] = 1
+end
+if ok and ARGV[5] ~= '1' then rb, tb = {}, {} end
+return {ok and 1 or 0, sec, used, rb, tb}
+"""
+
+WRITE = """
+local p = ARGV[1]
+if not redis.call('SET', p .. 'batch:' .. ARGV[2], '1', 'NX', 'EX', 86400) then return 0 end
+local b = cjson.decode(ARGV[3])
+local sec = tonumber(redis.call('TIME')[1])
+local names = {'r', 'p', 'c', 'e'}
+for _, u in ipairs(b.rows) do
+  local k = p .. 'usage:' .. u[1]
+  for i = 1, 4 do
+    if u[i + 2] ~= 0 then redis.call('HINCRBY', k, u[2] .. '\\t' .. names[i], u[i + 2]) end
+  end
+  redis.call('EXPIRE', k, ARGV[4])
+end
+for _, m in ipairs(b.month) do
+  redis.call('HINCRBY', p .. 'month:' .. m[1], m[2], m[3])
+  redis.call('EXPIRE', p .. 'month:' .. m[1], 40 * 86400)
+end
+for _, w in ipairs(b.window) do
+  redis.call('HINCRBY', p .. 'win:' .. w[1] .. ':t', sec, w[2])
+  redis.call('EXPIRE', p .. 'win:' .. w[1] .. ':t', 61)
+end
+for _, m in ipairs(b.minutes) do
+  redis.call('HINCRBY', p .. 'min:' .. m[1], m[2], m[3])
+  redis.call('EXPIRE', p .. 'min:' .. m[1], 3660)
+end
+return 1
+"""
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and /admin/keys."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisStore:
+    shared = True
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = redacted(url)
+        self.calls = 0
+        # The keeper bounds each call by `timeout` too; no retries here: a failed call falls back to
+        # local counting at once, and the keeper tries the store again in the background.
+        # The password from the environment (a Secret in the chart) rather than the command line.
+        password = None if urlsplit(url).password else os.environ.get("ROUNDHOUSE_STATE_PASSWORD") or None
+        self.client = aioredis.Redis.from_url(url, password=password, socket_timeout=timeout,
+                                              socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+                                              health_check_interval=0)  # fmt: skip
+        self._admit = self.client.register_script(ADMIT)
+        self._write = self.client.register_script(WRITE)
+
+    def load(self) -> Loaded:
+        return Loaded()  # read on demand: other replicas write too
+
+    async def admit(self, who: Identity, month: str, details: bool) -> Counts:
+        name = who.name
+        keys = [f"{PREFIX}win:{name}:r", f"{PREFIX}win:{name}:t", f"{PREFIX}month:{month}"]
+        args = [name, _arg(who.requests_per_minute), _arg(who.tokens_per_minute), _arg(who.monthly_token_budget),
+                "1" if details else "0"]  # fmt: skip
+        self.calls += 1
+        try:
+            ok, sec, used, rb, tb = await self._admit(keys, args)
+        except RedisError as err:
+            raise StoreError(f"{type(err).__name__}: {err}") from None
+        return Counts(bool(ok), float(sec), int(used), [int(x) for x in rb], [int(x) for x in tb])
+
+    async def write(self, batch: Batch) -> None:
+        doc = {
+            "rows": [[day, SEP.join((k, m, e)), r.requests, r.prompt_tokens, r.completion_tokens, r.errors]
+                     for (k, m, e, day), r in batch.rows.items()],
+            "month": [[m, k, n] for (m, k), n in batch.month.items()],
+            "window": [[k, n] for k, n in batch.window.items()],
+            "minutes": [[m, k, n] for (m, k), n in batch.minutes.items()],
+        }  # fmt: skip
+        self.calls += 1
+        try:
+            await self._write([], [PREFIX, batch.id, json.dumps(doc), str((DAYS_KEPT + 1) * 86400)])
+        except RedisError as err:
+            raise StoreError(f"{type(err).__name__}: {err}") from None
+
+    async def read(self, days: list[str], minutes: list[int], month: str) -> Loaded:
+        """Usage rows of `days`, the series of `minutes` and `month`'s tokens, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for d in days:
+            pipe.hgetall(f"{PREFIX}usage:{d}")
+        for m in minutes:
+            pipe.hgetall(f"{PREFIX}min:{m}")
+        pipe.hgetall(f"{PREFIX}month:{month}")
+        self.calls += 1
+        try:
+            answers = await pipe.execute()
+        except RedisError as err:
+            raise StoreError(f"{type(err).__name__}: {err}") from None
+        out = Loaded()
+        for day, fields in zip(days, answers, strict=False):
+            for field, value in fields.items():
+                key, model, engine, what = field.decode().split(SEP)
+                row = out.rows.get((key, model, engine, day))
+                if row is None:
+                    row = out.rows[(key, model, engine, day)] = Row()
+                setattr(row, FIELDS[what], int(value))
+        for minute, fields in zip(minutes, answers[len(days) :], strict=False):
+            for key, value in fields.items():
+                out.minutes[(minute, key.decode())] = int(value)
+        out.month = {(month, k.decode()): int(v) for k, v in answers[-1].items()}
+        return out
+
+    async def ping(self) -> None:
+        self.calls += 1
+        try:
+            await self.client.ping()
+        except RedisError as err:
+            raise StoreError(f"{type(err).__name__}: {err}") from None
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def round_trips(self) -> int:
+        return self.calls
+
+
+FIELDS = {"r": "requests", "p": "prompt_tokens", "c": "completion_tokens", "e": "errors"}
+
+
+def _arg(limit: int | None) -> str:
+    return "" if limit is None else str(limit)
