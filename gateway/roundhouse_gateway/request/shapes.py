@@ -58,7 +58,9 @@ def load(raw: bytes) -> Any:
         raise ShapeError("request body is not valid UTF-8", None, "invalid_json") from None
     except ValueError as err:
         raise ShapeError(f"request body is not valid JSON: {err}", None, "invalid_json") from None
-    if _depth_exceeds(body, MAX_DEPTH):
+    # Nesting needs an opening bracket per level: a body with few of them cannot be too deep, and
+    # counting bytes costs a fraction of walking the parsed body (a tenth of a request's CPU).
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth_exceeds(body, MAX_DEPTH):
         raise ShapeError(f"request body is nested deeper than {MAX_DEPTH} levels", None, "invalid_json")
     return body
 
