@@ -128,7 +128,7 @@ def test_the_alerts_fire_where_they_should_over_recorded_series(scraped: list[An
     healthy = {"interval": "1m", "input_series": series(scraped), "alert_rule_test": [
         {"eval_time": "30m", "alertname": a, "exp_alerts": []} for a in (
             "RoundhouseNoHealthyEngine", "RoundhouseErrorRatio", "RoundhouseSwitchStuck", "RoundhouseEngineNotReady",
-            "RoundhouseOperatorNotReconciling")]}  # fmt: skip
+            "RoundhouseOperatorNotReconciling", "RoundhouseStateStoreDegraded")]}  # fmt: skip
     broken = {
         "interval": "1m",
         "input_series": series(
@@ -137,6 +137,7 @@ def test_the_alerts_fire_where_they_should_over_recorded_series(scraped: list[An
                 "roundhouse_gateway_endpoint_healthy": 0,
                 "roundhouse_operator_engine_ok": 0,
                 "roundhouse_operator_mode_switch_age_seconds": 600,
+                "roundhouse_gateway_state_degraded": 1,
             },
         ),
         "alert_rule_test": [
@@ -152,6 +153,15 @@ def test_the_alerts_fire_where_they_should_over_recorded_series(scraped: list[An
                     {"exp_labels": labels | {"severity": "warning"}}
                     for name, labels, _ in scraped
                     if name == "roundhouse_operator_mode_switch_age_seconds"
+                ],
+            },
+            {
+                "eval_time": "30m",
+                "alertname": "RoundhouseStateStoreDegraded",
+                "exp_alerts": [
+                    {"exp_labels": labels | {"severity": "warning"}}
+                    for name, labels, _ in scraped
+                    if name == "roundhouse_gateway_state_degraded"
                 ],
             },
             {

@@ -217,7 +217,7 @@ class Keeper:
             "state": {"store": self.store.url if self.store else "memory", "shared": self.shared,
                       "onFailure": self.on_failure, "degraded": self.degraded,
                       "degradedSince": datetime.fromtimestamp(since, UTC).isoformat() if since else None,
-                      "error": self.health.error, "unwrittenBatches": len(self.unwritten)},
+                      "error": self.health.error, "unwrittenBatches": len(self.unwritten) + bool(self.pending)},
         }  # fmt: skip
 
 

@@ -97,12 +97,13 @@ class RedisStore:
     def __init__(self, url: str, timeout: float) -> None:
         self.url = redacted(url)
         self.calls = 0
-        # The keeper bounds each call by `timeout` too; no retries here: a failed call falls back to
-        # local counting at once, and the keeper tries the store again in the background.
+        # The keeper bounds each call by `timeout` too. One retry at once, on a new connection: after a
+        # store restart every pooled connection is dead, and only that retry tells a dead connection
+        # from a dead store. A store that is down fails both at once (refused): local counting at once.
         # The password from the environment (a Secret in the chart) rather than the command line.
         password = None if urlsplit(url).password else os.environ.get("ROUNDHOUSE_STATE_PASSWORD") or None
         self.client = aioredis.Redis.from_url(url, password=password, socket_timeout=timeout,
-                                              socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+                                              socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1),
                                               health_check_interval=0)  # fmt: skip
         self._admit = self.client.register_script(ADMIT)
         self._write = self.client.register_script(WRITE)
