@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 # What each README command builds or installs before its real work (each a target below).
 DEMO_SETUP := venv control-plane engines images node-deps
-TEST_SETUP := $(DEMO_SETUP) browser promtool
+TEST_SETUP := $(DEMO_SETUP) browser promtool stores
 TIERS := lint crds-check chart-check test-unit test-contract test-integration test-e2e
 SETUP_JOBS ?= 3
 # A phase's command, timed: hack/setup.py prints how long it took (or that it was already in place).
@@ -96,7 +96,7 @@ test-contract: venv engines ## each family's rendered command lines run by the r
 	$(PY) -m pytest tests/contract -q $(PYTEST_ARGS)
 
 .PHONY: test-integration
-test-integration: venv control-plane engines browser promtool ## integration tests against the real local control plane (and the admin page in Chromium)
+test-integration: venv control-plane engines browser promtool stores ## integration tests against the real local control plane (and the admin page in Chromium)
 	$(PY) -m pytest tests/integration -q $(PYTEST_ARGS)
 
 .PHONY: manifests
@@ -142,6 +142,10 @@ node-deps: ## Debian's containerd, runc, CNI plugins, iptables and conntrack for
 .PHONY: promtool
 promtool: ## Debian's prometheus package, for promtool: the chart's alert rules are checked with it (apt-get, once)
 	@$(call timed,promtool) hack/apt-install --no-install-recommends prometheus
+
+.PHONY: stores
+stores: ## Debian's redis-server: the gateway's shared state store tests start their own (apt-get, once)
+	@$(call timed,stores) hack/apt-install --no-install-recommends redis-server
 
 .PHONY: images
 images: engines ## build (cached by content) the OCI images: pause, llama-server, ollama, roundhouse, vLLM and SGLang stand-ins

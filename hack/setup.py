@@ -49,6 +49,7 @@ PHASES: dict[str, Phase] = {
     "node-deps": Phase("containerd, runc, CNI plugins (Debian)", 20),
     "browser": Phase("chromium (Debian)", 20),
     "promtool": Phase("prometheus, for promtool (Debian)", 25),
+    "stores": Phase("redis-server, for the gateway state store tests (Debian)", 15),  # estimated, not yet timed cold
 }
 
 

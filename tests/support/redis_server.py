@@ -3,7 +3,6 @@ directory, persistence on (an append-only file written on every command, as the 
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import tools
 from tests.support.processes import free_port
 
 
@@ -22,9 +22,10 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is missing: `make stores` installs it")
+        try:
+            binary = tools.path("redis-server")
+        except tools.ToolMissing as err:
+            pytest.fail(str(err), pytrace=False)
         self.work.mkdir(parents=True, exist_ok=True)
         log = open(self.work / "redis.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(

@@ -30,6 +30,7 @@ TOOLS: dict[str, Tool] = {
        for t in ("containerd", "ctr", "runc", "iptables", "conntrack")},
     "chromium": Tool("browser", "Debian's chromium"),
     "promtool": Tool("promtool", "Debian's prometheus package"),
+    "redis-server": Tool("stores", "Debian's redis-server"),
     **{t: Tool("control-plane", "built from the Go module proxy", "control-plane")
        for t in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy",
                  "etcd", "kwok", "helm")},
