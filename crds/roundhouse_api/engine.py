@@ -499,6 +499,13 @@ ADAPTER_RULES = [
         ".adapters",
     ),
     CelRule(
+        "self.engine != 'llamacpp' || !has(self.adapters) ||"
+        " self.adapters.all(a, a.source.matches('(?i)^(https?://[^/]+/)?[^:]*$'))",
+        "spec.adapters[].source must not contain ':' (but in a URL's scheme and port) when spec.engine is"
+        " 'llamacpp': llama-server reads --lora-scaled as FILE:SCALE",
+        ".adapters",
+    ),
+    CelRule(
         "self.engine == 'llamacpp' || !has(self.adapters) || self.adapters.all(a, !a.source.matches('(?i)^https?://'))",
         "spec.adapters[].source must be a Hugging Face repo id or a directory for vLLM and SGLang: only llama.cpp's"
         " GGUF adapters are fetched from a URL",

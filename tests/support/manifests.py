@@ -290,6 +290,11 @@ INVALID: list[Invalid] = [
         "spec.adapters",
     ),
     Invalid(
+        "llamacpp-adapter-path-with-colon",
+        _with(_llama, lambda d: d["spec"].update(adapters=[{"name": "a", "source": "/m/a:b.gguf"}])),
+        "spec.adapters",
+    ),
+    Invalid(
         "vllm-adapter-url",
         _with(_vllm, lambda d: d["spec"].update(adapters=[{"name": "a", "source": "https://h/lora"}])),
         "spec.adapters",
@@ -368,7 +373,7 @@ VALID_SPECS: dict[str, dict[str, Any]] = {
     "llamacpp-adapters": engine(
         engine="llamacpp",
         model={"source": "x.gguf", "servedName": "x"},
-        adapters=[{"name": "a", "source": "https://h/a.GGUF", "scale": 0.5}, {"name": "b", "source": "b.gguf"}],
+        adapters=[{"name": "a", "source": "https://h:8443/a.GGUF", "scale": 0.5}, {"name": "b", "source": "b.gguf"}],
     ),
     "sglang-adapters": engine(engine="sglang", adapters=[{"name": "sql", "source": "org/sql-lora"}]),
 }

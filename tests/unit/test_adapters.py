@@ -87,8 +87,9 @@ def test_llamacpp_loads_every_adapter_unapplied_in_spec_order() -> None:
         cache={"mountPath": "/cache"},
     )
     argv = args(ie)
-    loras = [argv[i + 1] for i, a in enumerate(argv) if a == "--lora"]
-    assert loras == ["/cache/loras/a.gguf", "/cache/lora/b.gguf", "/abs/c.gguf"]
+    loras = [argv[i + 1] for i, a in enumerate(argv) if a == "--lora-scaled"]
+    assert loras == ["/cache/loras/a.gguf:0", "/cache/lora/b.gguf:0", "/abs/c.gguf:0"]
+    assert "--lora" not in argv  # its scale 1 would apply every adapter to requests for the base
     assert "--lora-init-without-apply" in argv
     init = container(ie)["initContainers"]
     assert [c["name"] for c in init] == ["fetch-adapters"]

@@ -41,7 +41,7 @@ class AdapterRoute:
 
     name: str  # what clients put in "model"
     model: str  # the "model" the engine expects for it
-    # llama.cpp: the per-request "lora" field as (id, scale) pairs; id is the adapter's place in --lora order.
+    # llama.cpp: the per-request "lora" field as (id, scale) pairs; id is the adapter's place on the command line.
     lora: tuple[tuple[int, float], ...] = ()
 
     def rewrite(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -154,11 +154,12 @@ class LlamaCpp(EngineFamily):
         flag(args, "--rope-freq-scale", cfg.rope_freq_scale)
         flag(args, "--load-mode", load_mode(cfg))
         flag(args, "--numa", cfg.numa)
+        # Every adapter loaded at scale 0: a request applies its own with the per-request "lora" field, so
+        # one replica serves the base model and every adapter. The 0 matters: at b11312 a request without
+        # "lora" runs with the command line's scales (--lora's are 1), --lora-init-without-apply or not.
         for adapter in spec.adapters:
-            args += ["--lora", lora_local_path(adapter.source, cache_path)]
+            args += ["--lora-scaled", f"{lora_local_path(adapter.source, cache_path)}:0"]
         if spec.adapters:
-            # Loaded at scale 0: a request applies its adapter with its own "lora" field, so one replica
-            # serves the base model and every adapter.
             args.append("--lora-init-without-apply")
         args += cfg.extra_args
         source = spec.model.source
@@ -199,7 +200,7 @@ class LlamaCpp(EngineFamily):
 
     def adapter_routes(self, spec: InferenceEngineSpec) -> list[AdapterRoute]:
         # A request for an adapter is a request for the base with that adapter's id (its place in the
-        # --lora order) and scale in "lora"; the adapters loaded but not named stay at scale 0.
+        # --lora-scaled order) and scale in "lora"; the adapters loaded but not named stay at scale 0.
         base = self.upstream_model(spec)
         return [AdapterRoute(a.name, base, ((i, a.scale or 1.0),)) for i, a in enumerate(spec.adapters)]
 
