@@ -127,9 +127,9 @@ class Adapter(ApiModel):
         max_length=2048,
         pattern=ADAPTER_SOURCE_PATTERN,
         description=(
-            "The adapter's weights, like spec.model.source: a Hugging Face repo id or a directory (vLLM,"
-            " SGLang), a LoRA GGUF file path or https:// URL (llama.cpp; a URL is fetched into the model"
-            " cache); a relative path is on the model cache volume."
+            "The adapter's weights, like spec.model.source. vLLM, SGLang: a Hugging Face repo id (downloaded into"
+            " the model cache) or a directory in the container, passed as is. llama.cpp: a LoRA GGUF file, a"
+            " relative path being on the model cache volume, or an https:// URL fetched into it."
         ),
     )
     scale: float | None = Field(

@@ -50,7 +50,7 @@ ABSENT = {"npu", "hpu", "mps", "musa"}  # sglang tests hasattr(torch, ...) for t
 PARSED_FIELDS = (
     "model_path", "served_model_name", "host", "port", "tp_size", "dp_size", "pp_size", "context_length",
     "mem_fraction_static", "max_running_requests", "chunked_prefill_size", "kv_cache_dtype", "quantization",
-    "enable_metrics", "api_key", "revision",
+    "enable_metrics", "api_key", "revision", "enable_lora", "lora_paths",
 )  # fmt: skip
 STUBS: list[str] = []
 

@@ -333,6 +333,10 @@ PARSED_FIELDS = (
     "tokenizer",
     "disable_log_stats",
     "enable_log_requests",
+    "enable_lora",
+    "max_loras",
+    "max_lora_rank",
+    "lora_modules",
 )
 
 
