@@ -35,6 +35,9 @@ ASGI = {"version": "3.0", "spec_version": "2.3"}
 STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 DISCONNECT = {"type": "http.disconnect"}
+# A scope extension: the app gives a callable to run if the client goes away while its request is
+# answered (None takes it back), instead of a task per request waiting on receive() for the disconnect.
+ON_DISCONNECT = "roundhouse.on_disconnect"
 
 
 class HeadTooLarge(Exception):
@@ -52,8 +55,8 @@ class Cycle:
     """One request and its response on a connection."""
 
     __slots__ = ("body", "buffered", "chunked", "conn", "continue_sent", "disconnected", "done", "expect_continue",
-                 "head", "head_only", "keep_alive", "more_body", "read_done", "response_complete", "scope", "started",
-                 "waiter")  # fmt: skip
+                 "head", "head_only", "keep_alive", "left", "more_body", "read_done", "response_complete", "scope",
+                 "started", "waiter")  # fmt: skip
 
     def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
         self.conn, self.scope, self.keep_alive = conn, scope, keep_alive
@@ -70,6 +73,19 @@ class Cycle:
         self.response_complete = False
         self.done = False  # the connection is done with this cycle
         self.waiter: asyncio.Future[None] | None = None
+        self.left: Callable[[], None] | None = None  # what the app asked to be run on a disconnect
+        scope["extensions"] = {ON_DISCONNECT: self.on_disconnect}
+
+    def on_disconnect(self, callback: Callable[[], None] | None) -> None:
+        self.left = callback
+
+    def lost(self) -> None:
+        """The connection is gone."""
+        self.disconnected = True
+        self.wake()
+        if self.left is not None and not self.response_complete:
+            left, self.left = self.left, None
+            left()
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -212,8 +228,7 @@ class Connection(asyncio.Protocol):
             self._idle.cancel()
         for cycle in (self.current, self.parsing, *self.queue):
             if cycle is not None:
-                cycle.disconnected = True
-                cycle.wake()
+                cycle.lost()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 

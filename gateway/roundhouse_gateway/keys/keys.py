@@ -8,6 +8,7 @@ Lookup hashes the presented key and looks the digest up: no comparison that a ti
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,8 +74,9 @@ class Identity:
     def may_use_engine(self, engine: str) -> bool:
         return not self.engines or engine in self.engines or any(fnmatch.fnmatchcase(engine, p) for p in self.engines)
 
-    @property
+    @functools.cached_property
     def limited(self) -> bool:
+        """Whether any limit applies (asked several times a request: computed once)."""
         return any(v is not None for v in (self.requests_per_minute, self.tokens_per_minute,
                                            self.monthly_token_budget))  # fmt: skip
 

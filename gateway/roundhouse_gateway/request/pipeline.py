@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from roundhouse_gateway.engines.fleet import Fleet
+from roundhouse_gateway.http.server import ON_DISCONNECT
 from roundhouse_gateway.http.wire import ClientError, Receive, Scope, Send, cancel_on_disconnect
 from roundhouse_gateway.keys.auth import Auth
 from roundhouse_gateway.keys.keys import Identity
@@ -20,6 +22,7 @@ from roundhouse_gateway.request.read import Request
 from roundhouse_gateway.request.waiting import Prelude
 
 log = logging.getLogger("roundhouse.gateway")
+DisconnectHook = Callable[[Callable[[], None] | None], None]
 
 
 class Completions:
@@ -38,12 +41,23 @@ class Completions:
             request = await read.read(scope, receive, kind, self.max_body)
             call.model = request.features.model
             request = await admit(who, call, request, self.auth)
-            # One watcher task cancels this one if the client leaves, which stops the upstream request
-            # too (a second task for the proxying and asyncio.wait cost ~10 us a request).
+            # If the client leaves, this task is cancelled, which stops the upstream request too: the
+            # server calls back where it can (http/server.py), else a watcher task waits for the
+            # disconnect (a second task for the proxying and asyncio.wait cost ~10 us a request).
             handler = asyncio.current_task()
             assert handler is not None
             left = asyncio.Event()
-            watcher = asyncio.create_task(cancel_on_disconnect(receive, handler, left))
+
+            def leave() -> None:
+                left.set()
+                handler.cancel()
+
+            hook: DisconnectHook | None = (scope.get("extensions") or {}).get(ON_DISCONNECT)
+            watcher = None
+            if hook is not None:
+                hook(leave)
+            else:
+                watcher = asyncio.create_task(cancel_on_disconnect(receive, handler, left))
             try:
                 await self.answer(send, rid, request, call, started)
             except asyncio.CancelledError:
@@ -53,7 +67,10 @@ class Completions:
                 call.status = call.status or 499  # the client closed the request
                 log.info("client disconnected", extra={"request_id": rid, "model": request.features.model})
             finally:
-                watcher.cancel()
+                if watcher is not None:
+                    watcher.cancel()
+                elif hook is not None:
+                    hook(None)
         except ClientError as err:
             call.status = err.status
             raise

@@ -10,8 +10,11 @@ Fields a table does not name pass untouched: engines take extensions.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from roundhouse_gateway.request.fields import (
     INT_LIMIT,
@@ -38,6 +41,7 @@ from roundhouse_gateway.request.fields import (
 
 __all__ = ["INT_LIMIT", "KINDS", "MAX_DEPTH", "ROLES", "Kind", "ShapeError", "check", "load"]
 
+_LONG_DIGITS = re.compile(rb"\d{19}")
 MAX_DEPTH = 64  # no OpenAI request nests deeper than a handful of levels
 _ABSENT = object()
 
@@ -48,8 +52,26 @@ def _no_constant(name: str) -> Any:
 
 def load(raw: bytes) -> Any:
     """Parse a body: invalid UTF-8, NaN/Infinity and nesting deeper than MAX_DEPTH are refused."""
+    # orjson parses a body in a fraction of json's time. It reads integers past 64 bits as floats, so a
+    # body with a run of 19 digits goes to json; so does what orjson refuses (json accepts some of it,
+    # UTF-16 say, and says precisely what is wrong with the rest).
+    if _LONG_DIGITS.search(raw) is not None:
+        body = _load_slowly(raw)
+    else:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = _load_slowly(raw)
+    # Nesting needs an opening bracket per level: a body with few of them cannot be too deep, and
+    # counting bytes costs a fraction of walking the parsed body (a tenth of a request's CPU).
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth_exceeds(body, MAX_DEPTH):
+        raise ShapeError(f"request body is nested deeper than {MAX_DEPTH} levels", None, "invalid_json")
+    return body
+
+
+def _load_slowly(raw: bytes) -> Any:
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
+        return json.loads(raw, parse_constant=_no_constant)
     except ShapeError:
         raise
     except RecursionError:
@@ -58,11 +80,6 @@ def load(raw: bytes) -> Any:
         raise ShapeError("request body is not valid UTF-8", None, "invalid_json") from None
     except ValueError as err:
         raise ShapeError(f"request body is not valid JSON: {err}", None, "invalid_json") from None
-    # Nesting needs an opening bracket per level: a body with few of them cannot be too deep, and
-    # counting bytes costs a fraction of walking the parsed body (a tenth of a request's CPU).
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth_exceeds(body, MAX_DEPTH):
-        raise ShapeError(f"request body is nested deeper than {MAX_DEPTH} levels", None, "invalid_json")
-    return body
 
 
 def _depth_exceeds(obj: Any, limit: int) -> bool:

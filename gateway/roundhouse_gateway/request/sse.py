@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 from roundhouse_gateway.http.wire import error_body
 
 
@@ -19,12 +21,12 @@ def usage_of(data: bytes) -> tuple[int, int]:
     """(prompt, completion) tokens of an answer's `usage`: the chat and completions names, or the
     Responses API's (input, output), also inside a stream's `response.completed` event."""
     try:
-        obj = json.loads(data)
+        obj = orjson.loads(data)
         usage = obj.get("usage") or (obj.get("response") or {}).get("usage") or {}
         prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
         completion = usage.get("completion_tokens", usage.get("output_tokens"))
         return int(prompt or 0), int(completion or 0)
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError):  # orjson.JSONDecodeError is a ValueError
         return 0, 0
 
 
