@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from roundhouse_api import InferenceEngine
-from roundhouse_api.families import FAMILIES, adapter_routes
+from roundhouse_api.families import FAMILIES, adapter_routes, replica_serves_adapter
 from roundhouse_operator.render import render
 from tests.support.manifests import engine as engine_doc
 
@@ -141,3 +141,15 @@ def test_sglang_adapters_are_asked_for_as_base_colon_adapter() -> None:
 def test_families_without_adapters_route_none() -> None:
     assert adapter_routes(make().spec) == {}
     assert adapter_routes(make(engine="ollama", model={"source": "llama3", "servedName": "l"}).spec) == {}
+
+
+def test_which_replicas_serve_an_adapter() -> None:
+    listing = b'{"data": [{"id": "m", "parent": null}, {"id": "sql", "root": "org/sql-lora", "parent": "m"}]}'
+    runtime = make(adapters=TWO).spec
+    assert replica_serves_adapter(runtime, "sql", listing)
+    assert not replica_serves_adapter(runtime, "chat", listing)  # not loaded there yet
+    assert not replica_serves_adapter(runtime, "sql", None)  # no listing read yet
+    assert not replica_serves_adapter(runtime, "other", listing)  # not in the spec
+    on_the_command_line = make(adapters=TWO, vllm={"runtimeAdapterUpdates": False}).spec
+    assert replica_serves_adapter(on_the_command_line, "chat", None)
+    assert replica_serves_adapter(llama([{"name": "a", "source": "a.gguf"}]).spec, "a", None)

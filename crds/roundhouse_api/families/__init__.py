@@ -34,6 +34,17 @@ def adapter_routes(spec: InferenceEngineSpec) -> dict[str, AdapterRoute]:
     return {r.name: r for r in FAMILIES[spec.engine].adapter_routes(spec)}
 
 
+def replica_serves_adapter(spec: InferenceEngineSpec, name: str, models_body: bytes | None) -> bool:
+    """Whether a ready replica serves adapter `name`: always where adapters come with the command line;
+    where the operator loads them at run time, once the replica's /v1/models answer (`models_body`) lists it."""
+    family = FAMILIES[spec.engine]
+    if name not in adapter_routes(spec):
+        return False
+    if not family.runtime_adapters(spec):
+        return True
+    return models_body is not None and name in family.loaded_adapters(models_body)
+
+
 __all__ = [
     "DEFAULT_HELPER_IMAGE",
     "FAMILIES",
@@ -44,5 +55,6 @@ __all__ = [
     "family",
     "gpu_count",
     "repeated_managed_flags",
+    "replica_serves_adapter",
     "served_names",
 ]
