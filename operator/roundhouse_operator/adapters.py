@@ -74,16 +74,34 @@ def after_calls(listed: Mapping[str, str], done: list[AdapterCall], wanted: Mapp
     return names
 
 
+def termination_logs(pods: list[dict[str, Any]]) -> str:
+    """The engine containers' last words: the log tails Kubernetes keeps when they exit (the rendered
+    terminationMessagePolicy is FallbackToLogsOnError)."""
+    texts = []
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != "engine":
+                continue
+            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                if message := (state.get("terminated") or {}).get("message"):
+                    texts.append(str(message))
+    return "\n".join(texts)
+
+
 def adapter_statuses(
-    adapters: list[Adapter], ready: int, report: AdapterReport | None, runtime: bool
+    adapters: list[Adapter],
+    ready: int,
+    report: AdapterReport | None,
+    runtime: bool,
+    failed: Mapping[str, str] | None = None,
 ) -> list[AdapterStatus]:
     """status.adapters: on how many ready replicas each adapter is loaded. Adapters on the command line
-    are on every ready replica (an engine that cannot load one does not start); runtime ones are what
-    the replicas listed after the last pass's calls."""
+    are on every ready replica (an engine that cannot load one exits: `failed` holds what it said);
+    runtime ones are what the replicas listed after the last pass's calls."""
     out = []
     for a in adapters:
         if not runtime:
-            out.append(AdapterStatus(name=a.name, loaded_replicas=ready))
+            out.append(AdapterStatus(name=a.name, loaded_replicas=ready, message=(failed or {}).get(a.name)))
             continue
         loaded = sum(1 for names in (report.loaded if report else {}).values() if a.name in names)
         message = report.errors.get(a.name) if report else None

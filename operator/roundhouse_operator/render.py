@@ -9,6 +9,7 @@ from typing import Any
 
 from roundhouse_api import API_VERSION, Family, InferenceEngine
 from roundhouse_api.families import DEFAULT_HELPER_IMAGE, FAMILIES, ContainerPlan, gpu_count
+from roundhouse_api.families.base import cache_path as family_cache_path
 
 FIELD_MANAGER = "roundhouse"
 ENGINE_LABEL = "roundhouse.dev/engine"
@@ -77,7 +78,7 @@ def endpoint_url(engine: InferenceEngine) -> str:
 
 
 def cache_path(engine: InferenceEngine) -> str:
-    return engine.spec.cache.mount_path if engine.spec.cache else "/models"
+    return family_cache_path(engine.spec)
 
 
 def cache_claim_name(engine: InferenceEngine) -> str | None:

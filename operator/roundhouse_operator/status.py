@@ -10,7 +10,7 @@ from typing import Any
 from roundhouse_api import Condition, EngineStatus, InferenceEngine, Phase
 from roundhouse_api.families import FAMILIES
 
-from .adapters import AdapterReport, adapter_statuses, adapters_condition_state
+from .adapters import AdapterReport, adapter_statuses, adapters_condition_state, termination_logs
 from .fit import Fit
 from .plan import EnginePlan
 from .render import endpoint_url, runs_workload, selector
@@ -213,7 +213,8 @@ def engine_status(o: Observed, previous: EngineStatus | None, now: datetime) -> 
         condition("ModelFits", o.fit.fits, o.fit.reason, o.fit.message, gen, now),
         condition("Ready", phase == Phase.READY, phase.value, message, gen, now),
     ]  # fmt: skip
-    runtime = FAMILIES[o.engine.spec.engine].runtime_adapters(o.engine.spec)
+    family = FAMILIES[o.engine.spec.engine]
+    runtime = family.runtime_adapters(o.engine.spec)
     # Replicas that serve requests; for engines given by spec.endpoints, the endpoints that answered.
     if workload:
         serving = ready
@@ -221,7 +222,8 @@ def engine_status(o: Observed, previous: EngineStatus | None, now: datetime) -> 
         serving = len(o.adapters.loaded)
     else:
         serving = len(o.engine.spec.endpoints or []) if o.probe_ok else 0
-    adapters = adapter_statuses(o.engine.spec.adapters, serving, o.adapters, runtime)
+    failed = family.failed_adapters(o.engine.spec, termination_logs(o.pods)) if o.engine.spec.adapters else {}
+    adapters = adapter_statuses(o.engine.spec.adapters, serving, o.adapters, runtime, failed)
     if adapters:
         ok, reason, text = adapters_condition_state(adapters, serving)
         conditions.append(condition("AdaptersLoaded", ok, reason, text, gen, now))

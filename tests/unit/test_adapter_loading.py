@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from roundhouse_api import Adapter
+from roundhouse_api.families import FAMILIES
 from roundhouse_api.families.vllm import LOAD_ADAPTER_PATH, UNLOAD_ADAPTER_PATH, listed_adapters
 from roundhouse_operator.adapters import (
     AdapterCall,
@@ -201,3 +202,41 @@ def test_the_simulators_vllm_shim_starts_with_the_rendered_lora_modules() -> Non
                          "--lora-modules", "a=/p", "b=org/b", "--port", "8001"])  # fmt: skip
     assert isinstance(argv, list)
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--lora-module"] == ["a=/p", "b=org/b"]
+
+
+# --- adapters on the command line that the engine could not load -----------------------------------
+
+# What llama-server b11312 logged, exiting, for a --lora-scaled file it could not load (run here).
+LLAMA_LOG = """0.00.007.310 E cmn  common_init_: failed to load lora adapter '/models/loras/sql.gguf'
+0.00.007.311 E cmn  common_init_: failed to create context with model '/models/base.gguf'
+0.00.007.754 E srv  llama_server: exiting due to model loading error"""
+
+
+def crashed(log: str) -> dict[str, Any]:
+    ended = {"terminated": {"exitCode": 1, "reason": "Error", "message": log}}
+    status = {"containerStatuses": [{"name": "engine", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                     "lastState": ended}]}  # fmt: skip
+    return {"metadata": {"name": "p-0"}, "status": status}
+
+
+def test_llamacpp_names_the_adapter_it_could_not_load() -> None:
+    adapters = [{"name": "sql", "source": "loras/sql.gguf"}, {"name": "ok", "source": "loras/ok.gguf"}]
+    ie = make(engine="llamacpp", model={"source": "/models/base.gguf", "servedName": "base"}, adapters=adapters)
+    plan = EnginePlan(replicas=1, active=True, held=False)
+    observed = Observed(engine=ie, plan=plan, deployment={"status": {"replicas": 1}}, pods=[crashed(LLAMA_LOG)],
+                        fit=Fit(True, "Fits", ""))  # fmt: skip
+    status = engine_status(observed, None, NOW)
+    assert [(a.name, a.loaded_replicas, a.message) for a in status.adapters] == [
+        ("sql", 0, "failed to load lora adapter '/models/loras/sql.gguf'"),
+        ("ok", 0, None),
+    ]
+    cond = next(c for c in status.conditions if c.type == "AdaptersLoaded")
+    assert (cond.status, cond.reason) == ("False", "LoadFailed") and cond.message.startswith("sql: ")
+
+
+def test_vllm_names_the_lora_module_it_could_not_load() -> None:
+    ie = make(adapters=TWO, vllm={"runtimeAdapterUpdates": False})
+    log = "ValueError: Loading lora chat failed: No adapter found for /models/loras/chat\n"
+    failed = FAMILIES[ie.spec.engine].failed_adapters(ie.spec, log)
+    assert failed == {"chat": "Loading lora chat failed: No adapter found for /models/loras/chat"}
+    assert FAMILIES[ie.spec.engine].failed_adapters(ie.spec, "Loading lora other failed: x") == {}

@@ -57,6 +57,11 @@ def served_names(spec: InferenceEngineSpec) -> list[str]:
     return [spec.model.served_name, *spec.model.aliases]
 
 
+def cache_path(spec: InferenceEngineSpec) -> str:
+    """Where the model cache volume is mounted in the engine container."""
+    return spec.cache.mount_path if spec.cache else "/models"
+
+
 def gpu_count(spec: InferenceEngineSpec) -> int:
     """GPUs per replica: spec.gpus, else 1 (0 for external)."""
     if spec.gpus is not None:
@@ -188,6 +193,10 @@ class EngineFamily:
 
     def loaded_adapters(self, models_body: bytes) -> dict[str, str]:
         """The adapters a replica's /v1/models answer lists: name -> where it was loaded from."""
+        return {}
+
+    def failed_adapters(self, spec: InferenceEngineSpec, log: str) -> dict[str, str]:
+        """The adapters an engine that exited says it could not load, from its log's tail: name -> its words."""
         return {}
 
     def kv_tokens(self, spec: InferenceEngineSpec) -> int:

@@ -21,6 +21,7 @@ from .base import (
     ContainerPlan,
     EngineFamily,
     TokenCount,
+    cache_path,
     flag,
     gguf_bits,
     hf_token_env,
@@ -29,6 +30,8 @@ from .base import (
 
 BUILD = 11312
 COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
+# What llama-server logs (common/common.cpp) before it exits on an adapter it cannot load.
+LORA_LOAD_FAILED = re.compile(r"failed to load lora adapter '([^']*)'")
 SPLIT_GGUF = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 DEFAULT_CONFIG = LlamaCppConfig()  # built once: construction runs CEL rules
 
@@ -197,6 +200,10 @@ class LlamaCpp(EngineFamily):
 
     def listed_models(self, spec: InferenceEngineSpec) -> list[str]:
         return [min(served_names(spec))]
+
+    def failed_adapters(self, spec: InferenceEngineSpec, log: str) -> dict[str, str]:
+        by_path = {lora_local_path(a.source, cache_path(spec)): a.name for a in spec.adapters}
+        return {by_path[m[1]]: m[0] for m in LORA_LOAD_FAILED.finditer(log) if m[1] in by_path}
 
     def adapter_routes(self, spec: InferenceEngineSpec) -> list[AdapterRoute]:
         # A request for an adapter is a request for the base with that adapter's id (its place in the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from typing import Any, ClassVar
 
 from .. import managed_flags
@@ -36,6 +37,9 @@ DTYPE_BITS = {"float32": 32.0, "float": 32.0}
 # vLLM serves POST /v1/load_lora_adapter and /v1/unload_lora_adapter only with this set (envs.py).
 RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 LOAD_ADAPTER_PATH = "/v1/load_lora_adapter"
+# How vLLM says an adapter failed to load (exceptions.py, LoRAAdapterNotFoundError; a --lora-modules
+# adapter that fails stops the server with it).
+LORA_LOAD_FAILED = re.compile(r"Loading lora (\S+) failed: [^\n]*")
 UNLOAD_ADAPTER_PATH = "/v1/unload_lora_adapter"
 
 
@@ -148,6 +152,10 @@ class VLLM(EngineFamily):
 
     def loaded_adapters(self, models_body: bytes) -> dict[str, str]:
         return listed_adapters(models_body)
+
+    def failed_adapters(self, spec: InferenceEngineSpec, log: str) -> dict[str, str]:
+        names = {a.name for a in spec.adapters}
+        return {m[1]: m[0] for m in LORA_LOAD_FAILED.finditer(log) if m[1] in names}
 
     def context_per_request(self, spec: InferenceEngineSpec) -> int | None:
         return spec.vllm.max_model_len if spec.vllm else None
