@@ -5,6 +5,8 @@ differently at temperature 0 when a request applies it (the per-request field th
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,13 @@ import httpx
 import pytest
 
 from roundhouse_api.families import FAMILIES, adapter_routes
+from roundhouse_api.families.vllm import (
+    LOAD_ADAPTER_PATH,
+    RUNTIME_LORA_ENV,
+    UNLOAD_ADAPTER_PATH,
+    load_adapter_body,
+    unload_adapter_body,
+)
 from tests.contract.cases import BASES, Case, engine, from_engine
 from tests.contract.conftest import ARTIFACTS, need, run_checker
 from tests.support import engines, tinylora
@@ -56,6 +65,23 @@ def test_vllm_refuses_a_rank_outside_its_choices() -> None:
     ok = VLLM_CASES[0].container["args"]
     (result,) = run_checker("vllm-python", SUPPORT / "vllm_check.py", [[*ok, "--max-lora-rank", "24"]])
     assert not result["ok"], result
+
+
+def test_vllm_serves_the_operators_load_and_unload_calls_only_with_runtime_updating() -> None:
+    """vLLM's own API server code: the routes it attaches with and without the env var the pod gets,
+    and the operator's bodies as its request models read them."""
+    env = {e["name"]: e.get("value") for e in VLLM_CASES[0].container["env"]}
+    assert env[RUNTIME_LORA_ENV] == "1"
+    bodies = {"load": load_adapter_body("sql", "org/sql-lora"), "unload": unload_adapter_body("sql")}
+    out = subprocess.run([str(need("vllm-python")), str(SUPPORT / "vllm_lora_check.py")], input=json.dumps(bodies),
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["routes_without_env"] == []
+    assert seen["routes_with_env"] == [[LOAD_ADAPTER_PATH, ["POST"]], [UNLOAD_ADAPTER_PATH, ["POST"]]]
+    assert seen["load"]["lora_name"] == "sql" and seen["load"]["lora_path"] == "org/sql-lora"
+    assert seen["unload"]["lora_name"] == "sql"
+    assert {"id", "root", "parent"} <= set(seen["model_card_fields"])  # what listed_adapters reads
 
 
 def test_sglang_parses_every_adapter_command_line() -> None:
