@@ -16,6 +16,7 @@ from roundhouse_api import Adapter, AdapterStatus, InferenceEngine
 from roundhouse_api.families import FAMILIES
 from roundhouse_api.families.vllm import LOAD_ADAPTER_PATH, UNLOAD_ADAPTER_PATH, load_adapter_body, unload_adapter_body
 
+from . import metrics
 from .render import port
 
 # Loading an adapter may download it first (a Hugging Face repo): far longer than a probe.
@@ -183,11 +184,14 @@ async def _replica_calls(
     """One replica's calls in order (an unload before the load of the same name); the ones that worked."""
     done = []
     for call in calls:
+        kind = "load" if call.path == LOAD_ADAPTER_PATH else "unload"
         try:
             resp = await http.post(url + call.path, json=call.body, timeout=LOAD_TIMEOUT_SECONDS)
         except httpx.HTTPError as err:
+            metrics.ADAPTER_CALLS.labels(kind, "error").inc()
             report.errors.setdefault(call.adapter, f"{url}: {type(err).__name__} {err}".strip())
             continue
+        metrics.ADAPTER_CALLS.labels(kind, "ok" if resp.status_code < 300 else "refused").inc()
         if resp.status_code < 300:
             done.append(call)
         else:

@@ -18,6 +18,12 @@ SWITCH_SECONDS = Histogram(
     "roundhouse_operator_mode_switch_duration_seconds", "Time from a mode change to every engine in place.",
     buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
 )  # fmt: skip
+ADAPTER_CALLS = Counter(
+    "roundhouse_operator_adapter_calls_total",
+    "Run-time adapter calls to engine replicas (vLLM's load/unload_lora_adapter), by call (load, unload) and"
+    " result (ok, refused, error).",
+    ["call", "result"],
+)  # fmt: skip
 ENGINES = Gauge("roundhouse_operator_engines", "InferenceEngines by phase, as last reconciled.", ["phase"])
 API_REQUESTS = Counter(
     "roundhouse_operator_api_requests_total", "Requests the operator sent to the API server (watches aside).", ["verb"]

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from roundhouse_api import Adapter
 from roundhouse_api.families import FAMILIES
@@ -181,6 +182,10 @@ async def _sync_against_sim(adapters: list[dict[str, Any]], preloaded: dict[str,
         await runner.cleanup()
 
 
+def metric(call: str, result: str) -> float:
+    return REGISTRY.get_sample_value("roundhouse_operator_adapter_calls_total", {"call": call, "result": result}) or 0
+
+
 def test_sync_loads_unloads_and_reports_the_engines_refusal() -> None:
     wanted = [{"name": "sql", "source": "org/sql-lora"}, {"name": "bad", "source": "/models/missing-lora"},
               {"name": "moved", "source": "/models/new"}]  # fmt: skip
@@ -193,6 +198,7 @@ def test_sync_loads_unloads_and_reports_the_engines_refusal() -> None:
     assert (
         report.errors["bad"] == f"{url}: HTTP 404: Loading lora bad failed: No adapter found for /models/missing-lora"
     )
+    assert metric("load", "refused") >= 1 and metric("unload", "ok") >= 2
     again, (_, calls) = asyncio.run(_sync_against_sim(wanted[:1], {"sql": "org/sql-lora"}))
     assert calls == [] and again.errors == {}
 
