@@ -25,6 +25,7 @@ from .engine import (
     Phase,
     Routing,
     SGLangConfig,
+    Shadow,
     VLLMConfig,
 )
 from .mode import (
@@ -72,6 +73,7 @@ __all__ = [
     "Routing",
     "SGLangConfig",
     "SecretKeyRef",
+    "Shadow",
     "SwitchPolicy",
     "VLLMConfig",
     "governs",

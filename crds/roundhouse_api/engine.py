@@ -413,6 +413,17 @@ class Timeouts(ApiModel):
     idle_seconds: float = Field(default=60, gt=0, le=3600, description="Silence allowed between chunks.")
 
 
+class Shadow(ApiModel):
+    """A copy of another model's traffic for this engine: its answers are compared, never returned."""
+
+    of: str = Field(min_length=1, max_length=253, description="The served name (or alias) whose requests are copied.")
+    percent: float = Field(gt=0, le=100, description="The share of that model's requests copied here, in percent.")
+    max_in_flight: int = Field(
+        default=4, ge=1, le=1024,
+        description="Copies in flight at most; more are shed (and counted), so a slow shadow never builds a queue.",
+    )  # fmt: skip
+
+
 class Routing(ApiModel):
     """What the gateway needs to route well."""
 
@@ -442,6 +453,11 @@ class Routing(ApiModel):
         description="Engines (names) to try, in order, when this one cannot serve.",
     )
     timeouts: Timeouts | None = Field(default=None, description="Gateway timeouts towards this engine.")
+    shadow: Shadow | None = Field(
+        default=None,
+        description="Receive a copy of another model's requests (answers compared at /admin/compare, never sent"
+        " to clients).",
+    )
 
 
 class Probes(ApiModel):
@@ -660,6 +676,13 @@ class InferenceEngineSpec(ApiModel):
             ".model.source",
         ),
         *ADAPTER_RULES,
+        CelRule(
+            "!has(self.routing) || !has(self.routing.shadow) || (self.routing.shadow.of != self.model.servedName"
+            " && (!has(self.model.aliases) || !(self.routing.shadow.of in self.model.aliases)))",
+            "spec.routing.shadow.of must name another model than this engine's own servedName and aliases: an engine"
+            " shadows a model it does not serve",
+            ".routing.shadow.of",
+        ),
         CelRule(
             "!has(self.llamacpp) || !has(self.llamacpp.tensorSplit) || "
             "self.llamacpp.tensorSplit.size() == (has(self.gpus) ? self.gpus : 1)",

@@ -18,6 +18,7 @@ from roundhouse_gateway import metrics
 from roundhouse_gateway.admin import api as admin_api
 from roundhouse_gateway.admin import ui
 from roundhouse_gateway.admin.api import BudgetReader, ModeSetter
+from roundhouse_gateway.compare.window import Comparison
 from roundhouse_gateway.engines import models
 from roundhouse_gateway.engines.catalog import Catalog
 from roundhouse_gateway.engines.fleet import Fleet
@@ -41,6 +42,7 @@ from roundhouse_gateway.request import openapi, shapes
 from roundhouse_gateway.request.decide import Decider
 from roundhouse_gateway.request.forward import Forwarder
 from roundhouse_gateway.request.pipeline import Completions
+from roundhouse_gateway.request.shadow import Shadower
 from roundhouse_gateway.request.waiting import error_event
 from roundhouse_gateway.routing.demand import Demand
 from roundhouse_gateway.settings import Settings
@@ -78,8 +80,10 @@ class Gateway:
         self.auth = auth or Auth.from_keys(settings.api_keys, settings.admin_keys)
         self.forwarder = Forwarder(self.fleet, self.upstream, self.demand, settings.retry_after_seconds)
         decider = Decider(self.fleet, self.demand, self.prober, self.upstream)
-        self.completions = Completions(self.fleet, self.auth, decider, self.forwarder, settings.max_body_bytes,
-                                       settings.retry_after_seconds)  # fmt: skip
+        self.comparison = Comparison()
+        shadower = Shadower(self.fleet, self.upstream, self.comparison)
+        self.completions = Completions(self.fleet, self.auth, decider, self.forwarder, shadower,
+                                       settings.max_body_bytes, settings.retry_after_seconds)  # fmt: skip
         self.openapi = openapi.serialized(package_version())  # GET /openapi.json: built once
         # Cluster mode: since when the view of engines and mode is the last one seen (None: current).
         self.stale_since: Callable[[], float | None] = lambda: None

@@ -83,7 +83,16 @@ RATE_LIMITED = Counter("roundhouse_gateway_rate_limited_total", "Requests refuse
                        " (requests, tokens, insufficient_quota).", ["key", "limit"], registry=REGISTRY)  # fmt: skip
 STATE_DEGRADED = Gauge("roundhouse_gateway_state_degraded", "1 while the state store (limits, budgets, usage) does"
                        " not answer and this replica counts on its own.", registry=REGISTRY)  # fmt: skip
-STATE_CALLS = Counter("roundhouse_gateway_state_calls_total", "Round trips to the state store, by operation (admit,"
-                      " write, read, ping) and result (ok, error).", ["op", "result"], registry=REGISTRY)  # fmt: skip
+STATE_CALLS = Counter("roundhouse_gateway_state_calls_total", "Calls to the state store, by operation (admit, write,"
+                      " read, ping) and result (ok, error).", ["op", "result"], registry=REGISTRY)  # fmt: skip
 STATE_UNWRITTEN = Gauge("roundhouse_gateway_state_unwritten_batches", "Batches of counts not yet in the state store.",
                         registry=REGISTRY)  # fmt: skip
+STATE_ROUND_TRIPS = Counter("roundhouse_gateway_state_round_trips_total", "Round trips to the state store (a"
+                            " pipeline of admissions is one; an embedded store's transaction is one).",
+                            registry=REGISTRY)  # fmt: skip
+SHADOW = Counter("roundhouse_gateway_shadow_requests_total", "Copies of requests for comparison (routing.shadow and"
+                 " X-Roundhouse-Engine: ab), by model, engine and outcome (ok, error, shed).",
+                 ["model", "engine", "outcome"], registry=REGISTRY)  # fmt: skip
+AGREEMENT = Histogram("roundhouse_gateway_shadow_similarity", "Similarity of a copy's answer to the primary's (1:"
+                      " the same words), by model and engine.", ["model", "engine"],
+                      buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0), registry=REGISTRY)  # fmt: skip

@@ -47,6 +47,8 @@ class Knobs:
     max_concurrency: int = 0  # 503 when more requests than this are in flight (0: no cap)
     prefill_us_per_token: float = 0.0  # uncached prompt tokens cost this, one prompt at a time (0: free)
     cache_tokens: int = 0  # prompt-prefix cache size in tokens (tests/support/prefixcache.py; 0: none)
+    vocab: str = ""  # answers are "<vocab>-0 <vocab>-1 ..." (default: the simulator's name): equal vocabs agree
+    differ_every: int = 0  # every Nth answer says other words (A/B agreement tests; 0: never)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class State:
     cache: PrefixCache | None = None
     adapters: Adapters | None = None  # vLLM flavour: LoRA adapters (--lora-module, run-time loading)
     runtime_lora: bool = False  # vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING: the load/unload routes exist
+    log: list[dict[str, Any]] = field(default_factory=list)  # every completion: request id, status, text (/_sim/log)
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:
@@ -190,6 +193,14 @@ class Sim:
             return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", "model_not_found")
         if k.max_concurrency and self.s.running >= k.max_concurrency:
             return error(503, "server busy", "unavailable_error")
+        entry: dict[str, Any] = {
+            "id": request.headers.get("X-Request-Id"),
+            "status": k.fail_status or 200,
+            "shadow": "X-Roundhouse-Shadow" in request.headers,
+            "tokens": 0,
+            "text": "",
+        }
+        self.s.log.append(entry)
         if k.fail_status:
             return error(k.fail_status, f"simulated failure {k.fail_status}", "server_error")
         prompt = estimate_tokens(body)
@@ -206,14 +217,17 @@ class Sim:
                 return await self.embeddings(body)
             n = int(body.get("max_tokens") or body.get("max_completion_tokens") or k.tokens)
             n = min(n, k.tokens)
+            words = self.words(n)
+            entry["tokens"], entry["text"] = n, "".join(words)
             cached = await self.prefill(body)
             self.s.prompt_tokens += prompt
             self.s.completion_tokens += n
             self.s.served += 1
             if body.get("stream"):
-                return await self.stream(request, body, kind, prompt, n, cached)
+                return await self.stream(request, body, kind, prompt, n, cached, words)
             await asyncio.sleep(k.ttft_ms / 1000)
-            return web.json_response(self.whole(body, kind, prompt, n, cached), headers={"X-Sim-Name": self.s.name})
+            return web.json_response(self.whole(body, kind, prompt, n, cached, words),
+                                     headers={"X-Sim-Name": self.s.name})  # fmt: skip
         finally:
             self.s.running -= 1
 
@@ -236,10 +250,16 @@ class Sim:
         return cached
 
     def words(self, n: int) -> list[str]:
-        return [f"{self.s.name}-{i} " for i in range(n)]
+        k = self.s.knobs
+        differ = k.differ_every > 0 and len(self.s.log) % k.differ_every == 0  # the log holds this request already
+        return [f"{k.vocab or self.s.name}-{'x' if differ else ''}{i} " for i in range(n)]
 
-    def whole(self, body: dict[str, Any], kind: str, prompt: int, n: int, cached: int = 0) -> dict[str, Any]:
-        text = "".join(self.words(n))
+    async def sim_log(self, _: web.Request) -> web.Response:
+        return web.json_response(self.s.log)
+
+    def whole(self, body: dict[str, Any], kind: str, prompt: int, n: int, cached: int = 0,
+              words: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+        text = "".join(words or self.words(n))
         usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n,
                  "prompt_tokens_details": {"cached_tokens": cached}}  # fmt: skip
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:12]}"
@@ -282,8 +302,9 @@ class Sim:
         )
 
     async def stream(
-        self, request: web.Request, body: dict[str, Any], kind: str, prompt: int, n: int, cached: int = 0
-    ) -> web.StreamResponse:
+        self, request: web.Request, body: dict[str, Any], kind: str, prompt: int, n: int, cached: int = 0,
+        words: list[str] | None = None,
+    ) -> web.StreamResponse:  # fmt: skip
         k = self.s.knobs
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Sim-Name": self.s.name}
@@ -292,7 +313,7 @@ class Sim:
         rid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
         await self.wait(resp, k.ttft_ms)
-        for i, word in enumerate(self.words(n)):
+        for i, word in enumerate(words or self.words(n)):
             if k.drop_after >= 0 and i >= k.drop_after:
                 assert request.transport is not None
                 request.transport.close()  # an engine that dies mid-stream
@@ -369,6 +390,7 @@ def make_app(state: State) -> web.Application:
         if state.runtime_lora:
             state.adapters.add_to(r)
     r.add_route("*", "/_sim/config", sim.config)
+    r.add_get("/_sim/log", sim.sim_log)
     if state.flavour in ("vllm", "llamacpp", "sglang"):
         r.add_get("/health", sim.health)
         r.add_get("/metrics", sim.metrics)

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from roundhouse_api import Family, Mode, OnDemandPolicy, runs
+from roundhouse_gateway.compare.window import Comparison
 from roundhouse_gateway.engines.catalog import Catalog, Engine
 from roundhouse_gateway.engines.fleet import Fleet
 from roundhouse_gateway.http.wire import ClientError, Receive, Send, iso_time, read_body, respond_json
@@ -25,6 +26,7 @@ class Gateway(Protocol):
 
     fleet: Fleet
     auth: Auth
+    comparison: Comparison
     standalone: bool
     set_mode: ModeSetter | None
     budget: BudgetReader | None
@@ -46,6 +48,8 @@ async def handle(gw: Gateway, receive: Receive, send: Send, path: str, method: s
             raise ClientError(400, "day must be a date like 2026-12-01", "invalid_day", "day")
         # From the state store when it is shared: every replica shows the same totals.
         await respond_json(send, 200, await gw.auth.state.report(time.time(), args.get("key"), day))
+    elif path == "/admin/compare" and method == "GET":
+        await respond_json(send, 200, gw.comparison.report(time.time(), roles(gw.catalog)))
     elif path == "/admin/keys" and method == "GET":
         used = await gw.auth.state.month_used(gw.auth.clients.ring.names(), time.time())
         await respond_json(send, 200, gw.auth.describe(used))
@@ -73,6 +77,19 @@ async def handle(gw: Gateway, receive: Receive, send: Send, path: str, method: s
         await respond_json(send, 200, answer)
     else:
         raise ClientError(404, f"Unknown admin path {method} {path}", "not_found")
+
+
+def roles(catalog: Catalog) -> dict[tuple[str, str], dict[str, Any]]:
+    """What the catalog says of each engine under each name it answers or shadows (for /admin/compare)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in catalog.engines:
+        for name in e.served:
+            out[(name, e.name)] = {"family": e.family.value, "weight": e.weight}
+        if e.shadow_of:
+            shadowed = {n for o in catalog.engines if e.shadow_of in o.served for n in o.served} | {e.shadow_of}
+            for name in shadowed:
+                out[(name, e.name)] = {"family": e.family.value, "shadowOf": e.shadow_of, "percent": e.shadow_percent}
+    return out
 
 
 def view(gw: Gateway) -> dict[str, Any]:

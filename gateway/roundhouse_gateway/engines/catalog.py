@@ -52,6 +52,9 @@ class Engine:
     phase: str | None = None  # as the operator reports it (None standalone)
     message: str | None = None  # why it is in that phase, in words
     starting: tuple[str, ...] = ()  # replicas whose pods start (not ready yet, not terminating): early.py
+    shadow_of: str | None = None  # the served name whose requests this engine gets a copy of (routing.shadow)
+    shadow_percent: float = 0.0
+    shadow_max: int = 4  # copies in flight at most
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,18 @@ class Catalog:
     def served(self) -> frozenset[str]:
         """Every name any engine serves (active or not): what a metric's model label may be."""
         return frozenset(n for e in self.engines for n in e.served)
+
+    @functools.cached_property
+    def compared(self) -> frozenset[str]:
+        """Names whose answers are compared: served by two engines or more (A/B arms), or shadowed."""
+        count: dict[str, int] = {}
+        for e in self.engines:
+            for n in e.served:
+                count[n] = count.get(n, 0) + 1
+        shadowed = {e.shadow_of for e in self.engines if e.shadow_of}
+        # A shadow names the model by a served name or an alias: every name of the engines serving it counts.
+        names = {n for e in self.engines if e.served & shadowed for n in e.served}
+        return frozenset(n for n, c in count.items() if c > 1) | names
 
     def models(self) -> list[str]:
         """Served names and aliases of active engines."""
@@ -137,6 +152,9 @@ def engine_from_resource(
         api_key=api_key,
         phase=status.phase.value if status and status.phase else None,
         message=status.message if status else None,
+        shadow_of=routing.shadow.of if routing and routing.shadow else None,
+        shadow_percent=routing.shadow.percent if routing and routing.shadow else 0.0,
+        shadow_max=routing.shadow.max_in_flight if routing and routing.shadow else 4,
     )
 
 

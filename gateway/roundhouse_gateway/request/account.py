@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from roundhouse_gateway import metrics
+from roundhouse_gateway.compare.window import Answer, Comparison
 from roundhouse_gateway.engines.catalog import Catalog, Engine
 from roundhouse_gateway.engines.fleet import EngineStats
 from roundhouse_gateway.keys.auth import Auth
@@ -30,6 +31,7 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     counted: bool = False  # the engine reported its usage
+    answer: bytes | None = None  # what the engine answered, kept when a copy's answer is compared with it
 
 
 def record(o: Outcome, f: Features, call: Call | None, stats: dict[str, EngineStats], rid: str,
@@ -81,3 +83,11 @@ def charge(who: Identity, call: Call, auth: Auth, catalog: Catalog) -> None:
     (in memory now, in the state store with the next batch: never a wait here)."""
     model = call.model if call.model in catalog.served else ""
     auth.state.charge(who, model, call.engine, call.status or 499, call.prompt_tokens, call.completion_tokens)
+
+
+def compared(o: Outcome, f: Features, comparison: Comparison, started: float) -> None:
+    """An answer to a model whose arms or shadows are compared: its figures, for /admin/compare."""
+    if o.engine is not None:
+        comparison.answered(f.model, o.engine.name, "arm", Answer(time.time(), o.status, o.ttft,
+                                                                  time.perf_counter() - started,
+                                                                  o.completion_tokens))  # fmt: skip

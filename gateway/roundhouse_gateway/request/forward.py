@@ -52,7 +52,9 @@ class Forwarder:
     def __init__(self, fleet: Fleet, upstream: Upstream, demand: Demand, retry_after: int) -> None:
         self.fleet, self.upstream, self.demand, self.retry_after = fleet, upstream, demand, retry_after
 
-    async def forward(self, send: Send, rid: str, request: Request, d: Decision, started: float) -> Outcome:
+    async def forward(self, send: Send, rid: str, request: Request, d: Decision, started: float,
+                      capture: bool = False) -> Outcome:  # fmt: skip
+        """The answer of the first candidate that gives one (`capture`: keep it on the Outcome)."""
         f, fleet = request.features, self.fleet
         last_error = "no candidate"
         reason = d.reason
@@ -73,7 +75,7 @@ class Forwarder:
             self.demand.request_begin(engine.name)
             try:
                 sent = await self.try_one(send, rid, cand, data, headers, f, f.path, started, reason,
-                                          request.strip_usage)  # fmt: skip
+                                          request.strip_usage, capture)  # fmt: skip
             finally:
                 self.demand.request_end(engine.name)
                 fleet.outstanding[cand.endpoint] -= 1
@@ -94,7 +96,7 @@ class Forwarder:
 
     async def try_one(self, send: Send, rid: str, cand: Candidate, payload: bytes, headers: list[tuple[str, str]],
                       f: Features, path: str, started: float, reason: str,
-                      strip: bool = False) -> Outcome | str:  # fmt: skip
+                      strip: bool = False, capture: bool = False) -> Outcome | str:  # fmt: skip
         """Forward to one endpoint. Its Outcome once the answer went to the client; else why it failed
         (nothing has reached the client yet, so the caller may try the next candidate)."""
         engine, t, health = cand.engine, cand.engine.timeouts, self.fleet.health
@@ -121,7 +123,8 @@ class Forwarder:
                 "X-Roundhouse-Route-Reason": reason,
             }
             if "text/event-stream" in out_headers["Content-Type"]:
-                return await self.stream(send, resp, out_headers, engine, cand, f, started, rid, reason, strip)
+                return await self.stream(send, resp, out_headers, engine, cand, f, started, rid, reason, strip,
+                                         capture)  # fmt: skip
             # Small bodies: read it all first, so a failure mid-body can still fail over.
             try:
                 async with asyncio.timeout(t.first_byte):
@@ -130,6 +133,8 @@ class Forwarder:
                 health.failure(cand.endpoint, type(err).__name__)
                 return f"read:{type(err).__name__}"
             outcome = Outcome(engine, cand.endpoint, resp.status, reason, time.perf_counter() - started)
+            if capture:
+                outcome.answer = data
             if resp.status < 400:
                 health.success(cand.endpoint)
                 _counted(outcome, data)
@@ -142,7 +147,7 @@ class Forwarder:
 
     async def stream(self, send: Send, resp: Response, headers: dict[str, str], engine: Engine, cand: Candidate,
                      f: Features, started: float, rid: str, reason: str,
-                     strip: bool = False) -> Outcome | str:  # fmt: skip
+                     strip: bool = False, capture: bool = False) -> Outcome | str:  # fmt: skip
         health, idle = self.fleet.health, engine.timeouts.idle
         try:
             async with asyncio.timeout(engine.timeouts.first_byte):
@@ -164,6 +169,7 @@ class Forwarder:
         await send({"type": "http.response.start", "status": resp.status,
                     "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})  # fmt: skip
         await send({"type": "http.response.body", "body": first, "more_body": True})
+        kept = [first] if capture else None
         ended_cleanly = stream_ended(f.kind, first, first)
         loop = asyncio.get_running_loop()
         try:
@@ -185,6 +191,8 @@ class Forwarder:
                     elif b'"usage"' in chunk:
                         usage_chunk = chunk
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if kept is not None:
+                        kept.append(chunk)
         except (UpstreamError, TimeoutError) as err:
             ended_cleanly = False
             health.failure(cand.endpoint, type(err).__name__)
@@ -196,6 +204,8 @@ class Forwarder:
             outcome.status = 502
             return outcome
         health.success(cand.endpoint)
+        if kept is not None:
+            outcome.answer = b"".join(kept)
         await send({"type": "http.response.body", "body": pending, "more_body": False})
         if usage_chunk:
             _counted(outcome, usage_chunk if strip else last_usage_event(usage_chunk))

@@ -15,10 +15,12 @@ from roundhouse_gateway.keys.auth import Auth
 from roundhouse_gateway.keys.keys import Identity
 from roundhouse_gateway.keys.usage import CALL, Call
 from roundhouse_gateway.request import account, read
+from roundhouse_gateway.request.account import Outcome
 from roundhouse_gateway.request.admit import admit
 from roundhouse_gateway.request.decide import Decider, refusal
 from roundhouse_gateway.request.forward import Forwarder
 from roundhouse_gateway.request.read import Request
+from roundhouse_gateway.request.shadow import Shadower
 from roundhouse_gateway.request.waiting import Prelude
 
 log = logging.getLogger("roundhouse.gateway")
@@ -28,9 +30,10 @@ DisconnectHook = Callable[[Callable[[], None] | None], None]
 class Completions:
     """Serves the OpenAI endpoints that go to an engine (chat, completions, embeddings, ...)."""
 
-    def __init__(self, fleet: Fleet, auth: Auth, decider: Decider, forwarder: Forwarder, max_body: int,
-                 retry_after: int) -> None:  # fmt: skip
+    def __init__(self, fleet: Fleet, auth: Auth, decider: Decider, forwarder: Forwarder, shadower: Shadower,
+                 max_body: int, retry_after: int) -> None:  # fmt: skip
         self.fleet, self.auth, self.decider, self.forwarder = fleet, auth, decider, forwarder
+        self.shadower = shadower
         self.max_body, self.retry_after = max_body, retry_after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, rid: str, kind: str, who: Identity) -> None:
@@ -38,7 +41,7 @@ class Completions:
         call = Call(key=who.name)
         CALL.set(call)  # app.py reads it for the headers every answer to this request carries
         try:
-            request = await read.read(scope, receive, kind, self.max_body)
+            request = await read.read(scope, receive, kind, self.max_body, who.name or None)
             call.model = request.features.model
             request = await admit(who, call, request, self.auth)
             # If the client leaves, this task is cancelled, which stops the upstream request too: the
@@ -91,5 +94,16 @@ class Completions:
                 return
             raise refusal(decision, rid, self.retry_after)
         account.decided(decision)
-        outcome = await self.forwarder.forward(prelude.send if prelude else send, rid, request, decision, started)
+        targets = self.shadower.targets(request, decision, rid)
+        shadowing = self.shadower.start(request, targets, rid) if targets else None
+        outcome: Outcome | None = None
+        try:
+            outcome = await self.forwarder.forward(prelude.send if prelude else send, rid, request, decision, started,
+                                                   shadowing is not None)  # fmt: skip
+        finally:
+            if shadowing is not None:  # the copies compare with the primary's answer (none if it failed)
+                engine = outcome.engine if outcome is not None else None
+                shadowing.answered(engine.name if engine else "", outcome.answer if outcome is not None else None)
         account.record(outcome, features, call, self.fleet.stats, rid, started)
+        if features.model in self.fleet.catalog.compared:
+            account.compared(outcome, features, self.shadower.comparison, started)

@@ -30,15 +30,19 @@ class Request:
         return None if self.rewritten else self.raw
 
 
-async def read(scope: Scope, receive: Receive, kind: str, limit: int) -> Request:
-    """The request of `kind` (a shapes.KINDS name) on this connection; ClientError if it is not one."""
+async def read(scope: Scope, receive: Receive, kind: str, limit: int, user: str | None = None) -> Request:
+    """The request of `kind` (a shapes.KINDS name) on this connection; ClientError if it is not one.
+    `user`: who it is for when the body does not say (A/B arms stick to it)."""
     raw = await read_body(receive, limit)
-    body, features, rewritten = parse_request(raw, kind, scope)
+    body, features, rewritten = parse_request(raw, kind, scope, user)
     return Request(raw, body, features, rewritten)
 
 
-def parse_request(raw: bytes, kind: str, scope: Scope) -> tuple[dict[str, Any], Features, bool]:
-    """Parse the body once; return it, the routing features, and whether it must be re-serialized."""
+def parse_request(
+    raw: bytes, kind: str, scope: Scope, user: str | None = None
+) -> tuple[dict[str, Any], Features, bool]:
+    """Parse the body once; return it, the routing features, and whether it must be re-serialized.
+    `user` is who the request is for when its body does not say (the key's name)."""
     try:
         body = shapes.check(shapes.load(raw), kind)
     except shapes.ShapeError as err:
@@ -56,7 +60,7 @@ def parse_request(raw: bytes, kind: str, scope: Scope) -> tuple[dict[str, Any], 
         json_schema=isinstance(fmt, dict) and fmt.get("type") == "json_schema",
         prompt_tokens=_estimate_tokens(body, kind), max_tokens=max_tokens, override=override,
         prefix=prefix_key(body, kind), path=scope.get("path", ""),
-        task=header(scope, b"x-roundhouse-task"),
+        task=header(scope, b"x-roundhouse-task"), user=given if isinstance(given := body.get("user"), str) else user,
     )  # fmt: skip
     return body, features, rewritten
 

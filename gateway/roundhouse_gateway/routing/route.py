@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from roundhouse_api import Family, Mode
 from roundhouse_api.families import FAMILIES
 from roundhouse_gateway.engines.catalog import CAPABILITY_JSON_SCHEMA, CAPABILITY_TOOLS, Catalog, Engine
+from roundhouse_gateway.routing import split
 from roundhouse_gateway.routing.affinity import pick
 
 FAMILY_ALIASES = {"gguf": Family.LLAMACPP, "llama.cpp": Family.LLAMACPP, "llama-cpp": Family.LLAMACPP}
@@ -37,6 +38,7 @@ class Features:
     near_limit: bool = False  # the estimate was close to a context size: the reason says which count decided
     engines: tuple[str, ...] = ()  # the caller's key may use only engines matching these globs (none: any)
     path: str = ""  # the OpenAI path asked for: only families that serve it are candidates ("": any)
+    user: str | None = None  # who the request is for (its `user` field, else the key's name): A/B arms stick to it
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,11 @@ class Decision:
     # Mode onDemand: the engine to start for this request (it waits while the operator swaps).
     activate: str | None = None
     retry_after: int | None = None  # seconds, for a 503 whose wait can be estimated
+    compare: tuple[str, ...] = ()  # X-Roundhouse-Engine: ab — the other arms, which get a copy to compare
 
 
 Healthy = Callable[[str], bool]
+Tier = tuple[bool, bool, int, int]  # at its cap, not preferred for the task, -priority, context rank
 Outstanding = Callable[[str], float]  # requests in flight at an endpoint (plus what its engine says is queued)
 
 
@@ -82,12 +86,15 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
     reasons: list[str] = []
     mode = catalog.mode
     pool = [e for e in serving if mode.active(e)]
-    if f.override and f.override.lower() != "auto":
-        picked, why = _override(f.override, serving)
+    ab, primary = split.parse_ab(f.override)
+    if (f.override and f.override.lower() != "auto" and not ab) or primary:
+        picked, why = _override(primary or f.override or "", serving)
         if not picked:
             return Decision(error=(400, "invalid_engine", why))
         pool = picked  # an explicit choice may name an engine the mode has switched off
-        reasons.append(f"override:{f.override}")
+        reasons.append(f"ab:{primary}" if ab else f"override:{f.override}")
+    elif ab:
+        reasons.append("ab")
     if not pool:
         return _switched_off(f, serving, catalog)
     rules = mode.rules
@@ -112,7 +119,7 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
             return Decision(hold_for=incoming, reason="hold:switching")
         return _fallback(pool, catalog, healthy, outstanding, "no ready engine")
     by_load = rules.balancing == "leastOutstanding"
-    candidates = _rank(ready, healthy, outstanding, task_family, f.task, reasons, by_context, turn, by_load)
+    candidates, tiers = _rank(ready, healthy, outstanding, task_family, f.task, reasons, by_context, turn, by_load)
     if not candidates and mode.mode == Mode.ON_DEMAND:
         return _activate(ready, reasons)  # started, not yet answering its probes
     if not candidates:
@@ -121,13 +128,34 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
         return _fallback(pool, catalog, healthy, outstanding, "no healthy endpoint")
     if not reasons:
         reasons.append("model")
+    if f.user is not None and not primary:
+        candidates = _split(f.user, candidates, tiers, reasons)
     if len(candidates) > 1 and f.prefix is not None and _affinity_on(candidates[0].engine, rules.prefix_affinity):
         candidates = _prefix_affinity(f.prefix, candidates, outstanding, rules.prefix_affinity_epsilon, reasons)
     elif len(candidates) > 1:
         reasons.append("least-loaded" if by_load else "round-robin")
     else:
         reasons.append("only-candidate")
-    return Decision(candidates=candidates, reason=",".join(reasons))
+    compare = _others(candidates[0].engine, serving, catalog) if ab else ()
+    return Decision(candidates=candidates, reason=",".join(reasons), compare=compare)
+
+
+def _others(chosen: Engine, serving: list[Engine], catalog: Catalog) -> tuple[str, ...]:
+    """The arms an A/B request is compared with: the other engines serving its name that can answer."""
+    return tuple(e.name for e in serving if e is not chosen and e.ready and e.endpoints and catalog.mode.active(e))
+
+
+def _split(user: str, candidates: list[Candidate], tiers: list[Tier], reasons: list[str]) -> list[Candidate]:
+    """The user's arm first among the best-ranked engines (those equal to the first before load: cap,
+    task, priority, context), the rest kept in order for failover."""
+    arms = {c.engine.name: c.engine.weight for c, tier in zip(candidates, tiers, strict=True) if tier == tiers[0]}
+    if len(arms) < 2:
+        return candidates
+    chosen = split.arm(user, arms.items())
+    if chosen is None:
+        return candidates
+    reasons.append(f"split:{chosen}")
+    return [*(c for c in candidates if c.engine.name == chosen), *(c for c in candidates if c.engine.name != chosen)]
 
 
 def _affinity_on(engine: Engine, rule: bool | None) -> bool:
@@ -221,9 +249,9 @@ def _context(f: Features, pool: list[Engine], reasons: list[str]) -> tuple[list[
 def _rank(
     pool: list[Engine], healthy: Healthy, outstanding: Outstanding, task_family: Family | None, task: str | None,
     reasons: list[str], by_context: bool, turn: int, by_load: bool = True,
-) -> list[Candidate]:  # fmt: skip
+) -> tuple[list[Candidate], list[Tier]]:  # fmt: skip
     """Best first: under its cap, preferred for the task, priority, smallest fitting context (for long
-    requests), then least outstanding per unit of weight."""
+    requests), then least outstanding per unit of weight; with each candidate's rank before load."""
     scored: list[tuple[bool, bool, int, int, float, int, Candidate]] = []
     for order, e in enumerate(pool):
         context_rank = order if by_context else 0
@@ -241,7 +269,7 @@ def _rank(
         reasons.append("concurrency-overflow")
     n = len(scored)
     scored.sort(key=lambda s: (*s[:5], (s[5] - turn) % max(n, 1)))
-    return [s[-1] for s in scored]
+    return [s[-1] for s in scored], [s[:4] for s in scored]
 
 
 def _fallback(pool: list[Engine], catalog: Catalog, healthy: Healthy, outstanding: Outstanding, why: str) -> Decision:

@@ -1,0 +1,157 @@
+"""A/B splits and shadow copies (routing/split.py, route()) and how answers are compared (compare/)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from roundhouse_api import Family
+from roundhouse_gateway.compare.agreement import agreement, answer_text
+from roundhouse_gateway.compare.window import Answer, Comparison
+from roundhouse_gateway.engines.catalog import Catalog, Engine, ModeState
+from roundhouse_gateway.routing import split
+from roundhouse_gateway.routing.route import Features, route
+
+USERS = [f"user-{i}" for i in range(2000)]
+
+
+def binomial_bounds(n: int, p: float, z: float = 2.576) -> tuple[float, float]:
+    """The 99% interval of a binomial count, normal approximation."""
+    sd = math.sqrt(n * p * (1 - p))
+    return n * p - z * sd, n * p + z * sd
+
+
+@pytest.mark.parametrize("weights", [(100, 100), (90, 10), (1, 3), (50, 30, 20)])
+def test_shares_follow_the_weights_within_the_99_percent_bounds(weights: tuple[int, ...]) -> None:
+    arms = [(f"arm{i}", w) for i, w in enumerate(weights)]
+    counts = {name: 0 for name, _ in arms}
+    for user in USERS:
+        chosen = split.arm(user, arms)
+        assert chosen is not None
+        counts[chosen] += 1
+    for name, w in arms:
+        low, high = binomial_bounds(len(USERS), w / sum(weights))
+        assert low <= counts[name] <= high, (name, counts)
+
+
+def test_a_user_always_gets_the_same_arm() -> None:
+    arms = [("a", 70), ("b", 30)]
+    first = {u: split.arm(u, arms) for u in USERS}
+    assert all(split.arm(u, list(reversed(arms))) == first[u] for u in USERS)  # 100% sticky, whatever the order
+
+
+def test_a_sick_arms_users_move_and_only_they() -> None:
+    arms = [("a", 100), ("b", 100), ("c", 100)]
+    before = {u: split.arm(u, arms) for u in USERS}
+    after = {u: split.arm(u, [a for a in arms if a[0] != "c"]) for u in USERS}
+    assert all(after[u] == before[u] for u in USERS if before[u] != "c")
+    moved = [after[u] for u in USERS if before[u] == "c"]
+    assert moved and set(moved) == {"a", "b"}
+
+
+def test_weight_zero_never_wins() -> None:
+    assert {split.arm(u, [("a", 0), ("b", 5)]) for u in USERS[:200]} == {"b"}
+    assert split.arm("u", [("a", 0)]) is None
+
+
+def test_shadow_sampling_takes_its_share_and_is_the_same_everywhere() -> None:
+    taken = sum(split.sampled(f"req-{i}", "shadow", 25) for i in range(4000))
+    low, high = binomial_bounds(4000, 0.25)
+    assert low <= taken <= high
+    assert [split.sampled(f"req-{i}", "shadow", 25) for i in range(50)] == [
+        split.sampled(f"req-{i}", "shadow", 25) for i in range(50)
+    ]
+    assert all(split.sampled(f"r{i}", "s", 100) for i in range(100))
+
+
+def test_parse_ab() -> None:
+    assert split.parse_ab("ab") == (True, None)
+    assert split.parse_ab("AB:candidate") == (True, "candidate")
+    assert split.parse_ab("vllm") == (False, None) and split.parse_ab(None) == (False, None)
+
+
+def engine(name: str, weight: int = 100, served: str = "m", **kw: object) -> Engine:
+    return Engine(name, Family.VLLM, frozenset([served]), (f"http://{name}",), served, weight=weight,
+                  **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+CATALOG = Catalog((engine("a", 80), engine("b", 20), engine("s", served="s", shadow_of="m",
+                                                             shadow_percent=50)), ModeState())  # fmt: skip
+
+
+def test_route_puts_the_users_arm_first_and_says_so() -> None:
+    chosen = {}
+    for user in USERS[:400]:
+        d = route(Features("m", user=user), CATALOG, lambda ep: True, lambda ep: 0.0)
+        first = d.candidates[0].engine.name
+        assert f"split:{first}" in d.reason and {c.engine.name for c in d.candidates} == {"a", "b"}
+        chosen[user] = first
+    low, high = binomial_bounds(400, 0.8)
+    assert low <= sum(1 for v in chosen.values() if v == "a") <= high
+    # Load does not move a user: the same arm however busy it is, while it is healthy.
+    busy = route(Features("m", user=USERS[0]), CATALOG, lambda ep: True, lambda ep: 50.0 if "a" in ep else 0.0)
+    assert busy.candidates[0].engine.name == chosen[USERS[0]]
+    # A sick arm's users go to the other one.
+    user_a = next(u for u, v in chosen.items() if v == "a")
+    sick = route(Features("m", user=user_a), CATALOG, lambda ep: "a" not in ep, lambda ep: 0.0)
+    assert [c.engine.name for c in sick.candidates] == ["b"]
+
+
+def test_without_a_user_routing_is_by_load_as_before() -> None:
+    d = route(Features("m"), CATALOG, lambda ep: True, lambda ep: 5.0 if "a" in ep else 0.0)
+    assert d.candidates[0].engine.name == "b" and "split" not in d.reason
+
+
+def test_ab_asks_for_the_other_arms_to_be_compared() -> None:
+    d = route(Features("m", override="ab", user="u1"), CATALOG, lambda ep: True, lambda ep: 0.0)
+    assert d.reason.startswith("ab") and set(d.compare) == {"a", "b"} - {d.candidates[0].engine.name}
+    named = route(Features("m", override="ab:b"), CATALOG, lambda ep: True, lambda ep: 0.0)
+    assert named.candidates[0].engine.name == "b" and named.compare == ("a",) and "ab:b" in named.reason
+    bad = route(Features("m", override="ab:nope"), CATALOG, lambda ep: True, lambda ep: 0.0)
+    assert bad.error is not None and bad.error[:2] == (400, "invalid_engine")
+
+
+def test_shadows_are_the_engines_that_shadow_the_name_sampled_by_request() -> None:
+    picked = [bool(split.shadows("m", f"req-{i}", CATALOG, "a")) for i in range(1000)]
+    low, high = binomial_bounds(1000, 0.5)
+    assert low <= sum(picked) <= high
+    assert split.shadows("s", "req-1", CATALOG, None) == []  # nobody shadows the shadow
+    assert CATALOG.compared == {"m"}
+
+
+def test_answer_texts_of_whole_answers_and_streams() -> None:
+    assert answer_text(b'{"choices": [{"message": {"role": "assistant", "content": "hi there"}}]}') == "hi there"
+    assert answer_text(b'{"choices": [{"text": "legacy"}]}') == "legacy"
+    stream = (b'data: {"choices": [{"delta": {"role": "assistant", "content": "hi"}}]}\n\n: ping\n\n'
+              b'data: {"choices": [{"delta": {"content": " there"}}]}\n\ndata: {"choices": [], "usage": {}}\n\n'
+              b"data: [DONE]\n\n")  # fmt: skip
+    assert answer_text(stream) == "hi there"
+    assert answer_text(b"") is None and answer_text(b'{"error": {}}') is None
+
+
+def test_agreement_measures() -> None:
+    assert agreement("a b  c", "a b c\n") == (True, 1.0)
+    exact, sim = agreement("the cat sat on the mat", "the cat sat on a mat")
+    assert not exact and 0.8 < sim < 1
+    assert agreement("x y", "p q") == (False, 0.0)
+    assert agreement("", "p") == (False, 0.0)
+
+
+def test_the_comparison_reads_at_a_glance() -> None:
+    c = Comparison(window=60)
+    for i in range(20):
+        c.answered("m", "a", "arm", Answer(100.0 + i, 200, 0.10, 0.5, 10))
+        c.answered("m", "s", "shadow", Answer(100.0 + i, 200 if i else 500, 0.08, 0.4, 10))
+        if i:
+            c.paired("m", "s", 100.0 + i, i % 4 != 0, 1.0 if i % 4 else 0.5)
+    c.answered("m", "a", "arm", Answer(0.0, 200, 9.0, 9.0, 1))  # outside the window
+    report = c.report(125.0, {("m", "s"): {"shadowOf": "m", "percent": 50.0}})
+    model = report["models"][0]
+    arms = {r["engine"]: r for r in model["arms"]}
+    assert model["baseline"] == "a" and arms["a"]["requests"] == 20 and arms["a"]["ttftP95"] == 0.1
+    assert arms["s"]["errors"] == 1 and arms["s"]["percent"] == 50.0
+    assert arms["s"]["agreement"] == {"pairs": 19, "exactRate": round(15 / 19, 4),
+                                      "similarity": round((15 + 4 * 0.5) / 19, 4)}  # fmt: skip
+    assert model["verdicts"] == ["shadow s: p95 TTFT \N{MINUS SIGN}20%, p95 latency \N{MINUS SIGN}20%, agreement 79%"
+                                 " (similarity 0.89, 19 pairs), errors 1 of 20"]  # fmt: skip
