@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from roundhouse_api.families import FAMILIES, adapter_routes
 from roundhouse_api.families.vllm import (
@@ -23,7 +22,7 @@ from roundhouse_api.families.vllm import (
 )
 from tests.contract.cases import BASES, Case, engine, from_engine
 from tests.contract.conftest import ARTIFACTS, need, run_checker
-from tests.support import engines, tinylora
+from tests.support import engines
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 TWO = [{"name": "sql", "source": "org/sql-lora"}, {"name": "chat", "source": "/models/loras/chat"}]
@@ -99,26 +98,20 @@ def test_sglang_parses_every_adapter_command_line() -> None:
 # --- llama-server with a real LoRA GGUF --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tinylora.write(tmp_path_factory.mktemp("lora") / "tiny-lora.gguf")
-
-
 def answer(url: str, body: dict[str, Any]) -> str:
     resp = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
     assert resp.status_code == 200, resp.text
     return str(resp.json()["choices"][0]["message"]["content"])
 
 
-def test_llama_server_serves_the_base_and_each_adapter_from_one_replica(tiny_gguf: Path, tiny_lora: Path) -> None:
+def test_llama_server_serves_the_base_and_each_adapter_from_one_replica(tiny_gguf: Path) -> None:
     need("llama-server")
     adapters = [{"name": "tiny-sql", "source": "loras/sql.gguf"},
                 {"name": "tiny-half", "source": "https://h/half.gguf", "scale": 0.5}]  # fmt: skip
     c = case("llamacpp-lora", "llamacpp", adapters=adapters)
-    args = list(c.container["args"])
-    # Both adapters are the tiny LoRA on this machine; what is checked is the rendered command line.
-    args = [f"{tiny_lora}:0" if i > 0 and args[i - 1] == "--lora-scaled" else a for i, a in enumerate(args)]
-    proc = engines.llama_server({**c.container, "args": args}, tiny_gguf, ARTIFACTS / "logs", name="llama-lora")
+    # Both adapters are the tiny model's LoRA here (engines.llama_server maps each --lora-scaled file to
+    # it, keeping the rendered scale): what is checked is the rendered command line.
+    proc = engines.llama_server(c.container, tiny_gguf, ARTIFACTS / "logs", name="llama-lora")
     try:
         proc.start(timeout=60)
         url = proc.url  # type: ignore[attr-defined]

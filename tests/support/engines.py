@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from tests.support import tools
+from tests.support import tinylora, tools
 from tests.support.processes import Process, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,12 +53,23 @@ def plain_env(env: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def llama_server_argv(container: dict[str, Any], model: Path, port: int) -> list[str]:
-    """The rendered llama-server command line, run here: the built binary, the tiny model, loopback."""
+    """The rendered llama-server command line, run here: the built binary, the tiny model (and, for
+    each LoRA adapter, the tiny model's LoRA at the rendered scale), loopback."""
     assert container["command"] == ["/app/llama-server"], container["command"]
     args = replace_flag(list(container["args"]), "--model", str(model))
     args = replace_flag(args, "--host", "127.0.0.1")
     args = replace_flag(args, "--port", str(port))
+    for i in [i + 1 for i, a in enumerate(args) if a == "--lora-scaled"]:
+        args[i] = f"{tiny_lora(model)}:{args[i].rsplit(':', 1)[1]}"
     return [str(binary("llama-server")), *args]
+
+
+def tiny_lora(model: Path) -> Path:
+    """The tiny LoRA GGUF (tests/support/tinylora.py) beside the tiny model, written once."""
+    path = model.with_name(model.stem + "-lora.gguf")
+    if not path.exists():
+        tinylora.write(path)
+    return path
 
 
 def llama_server(container: dict[str, Any], model: Path, log_dir: Path, name: str = "llama-server") -> Process:
