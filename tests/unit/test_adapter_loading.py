@@ -34,6 +34,8 @@ from tests.support.enginesim import State, make_app, shim
 from tests.support.processes import free_port
 from tests.support.simendpoints import Adapters
 from tests.unit.test_adapters import TWO, make
+from tests.unit.test_controller_passes import NS, controller, em, ie
+from tests.unit.test_controller_passes import pod as engine_pod
 
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
 
@@ -246,3 +248,44 @@ def test_vllm_names_the_lora_module_it_could_not_load() -> None:
     failed = FAMILIES[ie.spec.engine].failed_adapters(ie.spec, log)
     assert failed == {"chat": "Loading lora chat failed: No adapter found for /models/loras/chat"}
     assert FAMILIES[ie.spec.engine].failed_adapters(ie.spec, "Loading lora other failed: x") == {}
+
+
+# --- the controller's pass: which engines it loads adapters on, and the status it writes --------------
+
+
+def test_a_pass_loads_adapters_on_ready_pods_of_running_vllm_engines_only() -> None:
+    calls: list[tuple[str, str]] = []
+    listing = {"object": "list", "data": [{"id": "lora", "root": "org/m", "parent": None}]}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append((request.method, str(request.url)))
+        return httpx.Response(200, json=listing) if request.method == "GET" else httpx.Response(200, text="Success")
+
+    running = ie("lora")
+    running["spec"]["adapters"] = [{"name": "sql", "source": "org/sql-lora"}]
+    switched_off = ie("off", "llamacpp")  # command-line adapters: nothing to call
+    switched_off["spec"].update(model={"source": "/m/x.gguf", "servedName": "off"},
+                                adapters=[{"name": "a", "source": "a.gguf"}])  # fmt: skip
+    ready = engine_pod("lora")
+    ready["status"].update(podIP="10.1.0.7", conditions=[{"type": "Ready", "status": "True"}])
+    c, kube = controller(("InferenceEngine", running), ("InferenceEngine", switched_off), ("Pod", ready))
+    c.http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    asyncio.run(c.reconcile(NS))
+    assert calls == [("GET", "http://10.1.0.7:8000/v1/models"), ("POST", "http://10.1.0.7:8000/v1/load_lora_adapter")]
+
+    deployment = c.store.get("Deployment", NS, "lora")
+    assert deployment is not None
+    c.store.put("Deployment", {**deployment, "status": {"replicas": 1, "readyReplicas": 1}})
+    listing["data"].append({"id": "sql", "root": "org/sql-lora", "parent": "lora"})
+    calls.clear()
+    asyncio.run(c.reconcile(NS, {"lora"}))
+    assert calls == [("GET", "http://10.1.0.7:8000/v1/models")]  # in step: nothing to load
+    status = c.store.get("InferenceEngine", NS, "lora")["status"]  # type: ignore[index]
+    assert status["adapters"] == [{"name": "sql", "loadedReplicas": 1}]
+    assert next(x for x in status["conditions"] if x["type"] == "AdaptersLoaded")["status"] == "True"
+
+    c.store.put("EngineMode", em("llamacpp"))  # the vLLM family switched off: no calls to its pods
+    calls.clear()
+    asyncio.run(c.reconcile(NS))
+    assert calls == []
+    assert kube.status_patched
