@@ -3,7 +3,7 @@
 Each proxy is pinned to core 0 with taskset; the simulator and wrk share core 1. Contenders run
 interleaved, `--reps` times each; the report gives the median and spread of requests/s at 64
 connections and the proxy's CPU seconds per 1,000 requests (utime+stime of its process tree).
-Usage: .venv/bin/python bench/gateway_overhead.py [--reps 3] [--seconds 10] [--litellm] [--routing] [--keys]
+Usage: .venv/bin/python bench/gateway_overhead.py [--reps 3] [--seconds 10] [--litellm] [--routing] [--keys] [--state]
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.processes import VENV_BIN, Process, enginesim, free_port  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
 # One key every contender accepts (LiteLLM will not start without a strong master key).
@@ -118,15 +121,40 @@ def key_contenders(doc: dict[str, object], tmp: Path, logs: Path) -> dict[str, t
     """No keys at all, against 50 named keys where the benchmark's has every limit (set high enough
     never to refuse): the limiter, usage and the usage chunk of streams all run. The third also sends
     the x-ratelimit-* headers on every answer, not only on 429s (the key file's rateLimitHeaders)."""
+    headers = json.dumps({**json.loads(key_file()), "rateLimitHeaders": "always"})
+    return {
+        "rh-no-keys": roundhouse("rh-no-keys", [doc], tmp, logs, keys=None),
+        "rh-keys-limits": roundhouse("rh-keys-limits", [doc], tmp, logs, keys=key_file()),
+        "rh-keys-headers": roundhouse("rh-keys-headers", [doc], tmp, logs, keys=headers),
+    }
+
+
+def key_file() -> str:
+    """50 named keys; the benchmark's has every limit, set high enough never to refuse."""
     entries = [{"name": f"team-{i}", "key": f"sk-team-{i}-{'x' * 32}", "models": ["*"]} for i in range(49)]
     entries.append({"name": "bench", "key": BENCH_KEY, "models": ["m"], "requestsPerMinute": 10**9,
                     "tokensPerMinute": 10**12, "monthlyTokenBudget": 10**15})  # fmt: skip
+    return json.dumps({"keys": entries})
+
+
+def state_contenders(doc: dict[str, object], tmp: Path, logs: Path, redis_url: str) -> dict[str, tuple[str, Process]]:
+    """The keys of key_contenders counted three ways: in the process (as before the stores), with the
+    embedded SQLite store, and in a redis-server on loopback (every admission one round trip)."""
     return {
-        "rh-no-keys": roundhouse("rh-no-keys", [doc], tmp, logs, keys=None),
-        "rh-keys-limits": roundhouse("rh-keys-limits", [doc], tmp, logs, keys=json.dumps({"keys": entries})),
-        "rh-keys-headers": roundhouse("rh-keys-headers", [doc], tmp, logs,
-                                      keys=json.dumps({"keys": entries, "rateLimitHeaders": "always"})),
-    }  # fmt: skip
+        f"rh-state-{kind}": roundhouse(f"rh-state-{kind}", [doc], tmp, logs, keys=key_file(), state=url)
+        for kind, url in (("memory", "memory:"), ("sqlite", f"sqlite://{tmp / 'state.sqlite'}"), ("redis", redis_url))
+    }
+
+
+def scraped(url: str) -> tuple[float, float]:
+    """(requests answered, state store round trips) from a gateway's /metrics."""
+    text = httpx.get(url + "/metrics").text
+    total = {"roundhouse_gateway_requests_total": 0.0, "roundhouse_gateway_state_round_trips_total": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in total:
+            total[name] += float(line.rsplit(" ", 1)[1])
+    return total["roundhouse_gateway_requests_total"], total["roundhouse_gateway_state_round_trips_total"]
 
 
 def routing_contenders(upstream: str, tmp: Path, logs: Path) -> dict[str, tuple[str, Process]]:
@@ -149,7 +177,8 @@ def routing_contenders(upstream: str, tmp: Path, logs: Path) -> dict[str, tuple[
 
 
 def start_contenders(upstream: str, tmp: Path, logs: Path, litellm: bool = False, routing: bool = False,
-                     keys: bool = False) -> tuple[dict[str, tuple[str, Process | None]], list[Process]]:  # fmt: skip
+                     keys: bool = False, redis_url: str | None = None
+                     ) -> tuple[dict[str, tuple[str, Process | None]], list[Process]]:  # fmt: skip
     """Each proxy in front of `upstream`, pinned to core 0. Returns name -> (base URL, process)."""
     nport = free_port()
     (tmp / "nginx.conf").write_text(NGINX.format(tmp=tmp, upstream=upstream.rsplit(":", 1)[1], port=nport))
@@ -165,7 +194,8 @@ def start_contenders(upstream: str, tmp: Path, logs: Path, litellm: bool = False
     }  # fmt: skip
     procs = [nginx, gw]
     extra = {**(routing_contenders(upstream, tmp, logs) if routing else {}),
-             **(key_contenders(doc, tmp, logs) if keys else {})}  # fmt: skip
+             **(key_contenders(doc, tmp, logs) if keys else {}),
+             **(state_contenders(doc, tmp, logs, redis_url) if redis_url else {})}  # fmt: skip
     for name, (url, proc) in extra.items():
         contenders[name] = (url, proc)
         procs.append(proc)
@@ -195,8 +225,10 @@ def main() -> None:
     )
     ap.add_argument("--keys", action="store_true",
                     help="add gateways without keys and with 50 named keys and limits, side by side")  # fmt: skip
+    ap.add_argument("--state", action="store_true",
+                    help="add gateways whose keys are counted in memory, in SQLite and in redis-server")  # fmt: skip
     args = ap.parse_args()
-    for tool in ("wrk", "nginx", "taskset"):
+    for tool in ("wrk", "nginx", "taskset", *(["redis-server"] if args.state else [])):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed: apt-get install wrk nginx-light util-linux")
     tmp = Path(tempfile.mkdtemp(prefix="rh-bench-"))
@@ -205,8 +237,13 @@ def main() -> None:
     sim = enginesim("vllm", "sim", ["m"], logs, host="0.0.0.0", ttft_ms=20, tokens=8,
                     prefix=("taskset", "-c", "1")).start()  # fmt: skip
     upstream = sim.url.replace("0.0.0.0", "127.0.0.1")  # type: ignore[attr-defined]
+    redis = None
+    if args.state:  # beside the simulator and wrk on core 1: its CPU is not the gateway's
+        redis = RedisServer(tmp / "redis")
+        redis.start(prefix=("taskset", "-c", "1"))
     contenders, procs = start_contenders(upstream, tmp, logs, litellm=args.litellm, routing=args.routing,
-                                         keys=args.keys)  # fmt: skip
+                                         keys=args.keys, redis_url=redis.url if redis else None)  # fmt: skip
+    trips: dict[str, list[float]] = {}
     script = tmp / "post.lua"
     script.write_text(LUA.replace("{key}", BENCH_KEY))
     results: dict[str, list[tuple[float, float, float, float | None]]] = {k: [] for k in contenders}
@@ -215,9 +252,13 @@ def main() -> None:
             wrk(url + "/v1/chat/completions", 2, script)
         for rep in range(args.reps):
             for name, (url, proc) in contenders.items():
+                counted = scraped(url) if name.startswith("rh-state-") else None  # before the CPU count starts
                 before = cpu_seconds(proc.proc.pid) if proc and proc.proc else 0.0
                 rps, p50, p99 = wrk(url + "/v1/chat/completions", args.seconds, script)
                 cpu = cpu_seconds(proc.proc.pid) - before if proc and proc.proc else None
+                if counted is not None:
+                    after = scraped(url)
+                    trips.setdefault(name, []).append((after[1] - counted[1]) / max(1.0, after[0] - counted[0]))
                 per_k = cpu / (rps * args.seconds) * 1000 if cpu is not None else None
                 results[name].append((rps, p50, p99, per_k))
                 print(f"rep {rep + 1} {name:10} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
@@ -225,6 +266,8 @@ def main() -> None:
     finally:
         for p in [*procs, sim]:
             p.stop()
+        if redis is not None:
+            redis.stop()
     print("\n| contender | req/s at 64 conns (median, min-max) | p50 ms | p99 ms | proxy CPU-s per 1k requests |")
     print("|---|---|---|---|---|")
     for name, rows in results.items():
@@ -239,6 +282,13 @@ def main() -> None:
             pairs = [b[3] / a[3] for a, b in zip(results["rh-no-keys"], results[name], strict=True) if a[3] and b[3]]
             print(f"{name} vs rh-no-keys, CPU per request: x{statistics.median(pairs):.3f} (median of {len(pairs)}"
                   f" paired reps, {min(pairs):.3f}-{max(pairs):.3f})")  # fmt: skip
+    if args.state:
+        for name in ("rh-state-sqlite", "rh-state-redis"):
+            pairs = [b[3] / a[3] for a, b in zip(results["rh-state-memory"], results[name], strict=True)
+                     if a[3] and b[3]]  # fmt: skip
+            print(f"{name} vs rh-state-memory, CPU per request: x{statistics.median(pairs):.3f} (median of"
+                  f" {len(pairs)} paired reps, {min(pairs):.3f}-{max(pairs):.3f}); store round trips per request:"
+                  f" {statistics.median(trips[name]):.4f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -151,6 +151,22 @@ def test_sqlite_keeps_usage_and_the_month_across_a_restart(tmp_path: Path) -> No
     asyncio.run(second(asyncio.run(first())))
 
 
+def test_sqlite_counts_a_batch_sent_twice_once(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'state.sqlite'}"
+
+    async def run() -> None:
+        k = open_state(url)
+        k.charge(RPM, "m", "e", 200, 3, 4)
+        batch = k.pending
+        assert await k.flush() and k.store is not None
+        await k.store.write(batch)  # a write cancelled at shutdown runs on in its thread, and is sent again
+        await k.close()
+
+    asyncio.run(run())
+    rows = asyncio.run(open_state(url).report(time.time(), None, None))["rows"]
+    assert [r["requests"] for r in rows] == [1]
+
+
 def test_memory_keeps_nothing_and_calls_nothing() -> None:
     k = Keeper()
     assert asyncio.run(k.flush()) and k.scope()["limitsScope"] == "replica"

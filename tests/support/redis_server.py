@@ -21,7 +21,8 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> RedisServer:
+    def start(self, prefix: tuple[str, ...] = ()) -> RedisServer:
+        """Start it (`prefix`: through another command, e.g. taskset) and wait until it answers PING."""
         try:
             binary = tools.path("redis-server")
         except tools.ToolMissing as err:
@@ -29,7 +30,7 @@ class RedisServer:
         self.work.mkdir(parents=True, exist_ok=True)
         log = open(self.work / "redis.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.work), "--save", "",
+            [*prefix, binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.work), "--save", "",
              "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip

@@ -10,15 +10,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from roundhouse_gateway import metrics
 from roundhouse_gateway.keys.keys import Identity
 from roundhouse_gateway.keys.usage import DAYS_KEPT, MINUTES_KEPT, Row
-from roundhouse_gateway.state.store import Batch, Counts, Loaded
+from roundhouse_gateway.state.store import Batch, Counts, Loaded, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (key TEXT, model TEXT, engine TEXT, day TEXT, requests INTEGER,
   prompt_tokens INTEGER, completion_tokens INTEGER, errors INTEGER, PRIMARY KEY (key, model, engine, day));
 CREATE TABLE IF NOT EXISTS month (month TEXT, key TEXT, tokens INTEGER, PRIMARY KEY (month, key));
 CREATE TABLE IF NOT EXISTS minutes (minute INTEGER, key TEXT, tokens INTEGER, PRIMARY KEY (minute, key));
+CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, written REAL);
 """
 
 
@@ -28,7 +30,6 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.url = f"sqlite://{path}"
-        self.writes = 0
         # WAL with synchronous=NORMAL: a commit survives the process dying at once; only losing power
         # can take the last commits, which are a second of counts at most.
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -52,12 +53,18 @@ class SqliteStore:
         raise NotImplementedError("an embedded store is not shared: the gateway decides in memory")
 
     async def write(self, batch: Batch) -> None:
-        await asyncio.to_thread(self._write, batch)
+        try:
+            await asyncio.to_thread(self._write, batch)
+        except sqlite3.Error as err:
+            raise StoreError(f"sqlite: {err}") from None
 
     def _write(self, b: Batch) -> None:
-        self.writes += 1
+        metrics.STATE_ROUND_TRIPS.inc()
         with self.db:  # one transaction: the batch is in the file whole or not at all
             self.db.execute("BEGIN")
+            # Once per id: a write cancelled at shutdown still runs in its thread, and is sent again.
+            if self.db.execute("INSERT OR IGNORE INTO batches VALUES (?, ?)", (b.id, time.time())).rowcount == 0:
+                return
             self.db.executemany(
                 "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
                 " requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
@@ -75,6 +82,7 @@ class SqliteStore:
             self.db.execute("DELETE FROM usage WHERE day < ?", (oldest_day,))
             self.db.execute("DELETE FROM month WHERE month < ?", (oldest_day[:7],))
             self.db.execute("DELETE FROM minutes WHERE minute < ?", (oldest_minute,))
+            self.db.execute("DELETE FROM batches WHERE written < ?", (oldest_minute * 60.0,))
 
     async def read(self, days: list[str], minutes: list[int], month: str) -> Loaded:
         raise NotImplementedError("an embedded store is read from the gateway's memory")
@@ -84,6 +92,3 @@ class SqliteStore:
 
     async def close(self) -> None:
         self.db.close()
-
-    def round_trips(self) -> int:
-        return self.writes

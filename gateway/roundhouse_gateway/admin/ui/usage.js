@@ -45,9 +45,19 @@ function renderUsage() {
     : [el("tr", {}, el("td", { colspan: 5, class: "empty" }, "No requests yet."))]));
   document.getElementById("usage-table").classList.remove("stale");
   document.getElementById("usage-updated").textContent = `(updated ${clock(usageState.at)})`;
-  document.getElementById("usage-scope").textContent = report.limitsScope === "replica"
-    ? "Counted by this gateway replica since it started: with several replicas, each shows its own." : "";
+  document.getElementById("usage-scope").textContent = scopeText(report);
   renderChart(report.tokensPerMinute);
+}
+
+// Where the figures come from: the shared store (every replica's), or this replica alone.
+function scopeText(report) {
+  const state = report.state || {};
+  if (report.limitsScope === "store") return `Every gateway replica's counts, from the shared state store ${state.store}.`;
+  if (state.degraded) {
+    return `The state store ${state.store} does not answer (since ${state.degradedSince}): counted by this gateway`
+      + " replica alone until it returns; its counts are written back then.";
+  }
+  return `Counted by this gateway replica (kept in ${state.store || "memory"}): with several replicas, each shows its own.`;
 }
 
 // One bar a minute, stacked by nothing: the total across keys (the table has the split).
