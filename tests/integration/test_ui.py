@@ -278,7 +278,7 @@ def test_keyboard_labels_and_narrow_screen(stack: Stack, page: Page) -> None:
     expect(row(page, "qwen-vllm")).to_contain_text("healthy")
 
     page.set_viewport_size({"width": 390, "height": 844})
-    for view in ("Engines", "Engine mode", "Playground", "Usage"):
+    for view in ("Engines", "Engine mode", "Playground", "Usage", "Compare"):
         page.get_by_role("tab", name=view).click()
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{view}: the page scrolls sideways by {overflow}px on a narrow screen"

@@ -146,6 +146,8 @@ def test_the_comparison_reads_at_a_glance() -> None:
         if i:
             c.paired("m", "s", 100.0 + i, i % 4 != 0, 1.0 if i % 4 else 0.5)
     c.answered("m", "a", "arm", Answer(0.0, 200, 9.0, 9.0, 1))  # outside the window
+    c.answered("m", "b", "arm", Answer(110.0, 200, 0.2, 0.6, 10))
+    c.answered("m", "b", "shadow", Answer(110.0, 200, 0.2, 0.6, 10))
     report = c.report(125.0, {("m", "s"): {"shadowOf": "m", "percent": 50.0}})
     model = report["models"][0]
     arms = {r["engine"]: r for r in model["arms"]}
@@ -153,5 +155,9 @@ def test_the_comparison_reads_at_a_glance() -> None:
     assert arms["s"]["errors"] == 1 and arms["s"]["percent"] == 50.0
     assert arms["s"]["agreement"] == {"pairs": 19, "exactRate": round(15 / 19, 4),
                                       "similarity": round((15 + 4 * 0.5) / 19, 4)}  # fmt: skip
-    assert model["verdicts"] == ["shadow s: p95 TTFT \N{MINUS SIGN}20%, p95 latency \N{MINUS SIGN}20%, agreement 79%"
-                                 " (similarity 0.89, 19 pairs), errors 1 of 20"]  # fmt: skip
+    assert model["verdicts"] == [
+        "candidate b: p95 TTFT +100%, p95 latency +20%, errors 0 of 1",
+        "copies to b: p95 TTFT +100%, p95 latency +20%, errors 0 of 1",
+        "shadow s: p95 TTFT \N{MINUS SIGN}20%, p95 latency \N{MINUS SIGN}20%, agreement 79% (similarity 0.89, 19"
+        " pairs), errors 1 of 20",
+    ]

@@ -7,7 +7,7 @@ from importlib import resources
 
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8"}  # fmt: skip
-ASSETS = ("index.html", "app.js", "usage.js", "budget.js", "app.css")
+ASSETS = ("index.html", "app.js", "usage.js", "budget.js", "compare.js", "app.css")
 # The page talks only to its own origin and runs only its own script: no inline code, no framing.
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"

@@ -65,7 +65,9 @@ def _change(new: float | None, old: float | None) -> str | None:
 
 def verdict(engine: str, role: str, mine: dict[str, Any], base: dict[str, Any] | None) -> str:
     """One line a person reads at a glance: how this arm or shadow compares with the baseline arm."""
-    words = [f"{'shadow' if role == 'shadow' else 'arm'} {engine}:"]
+    # A shadow engine has its share of the model; a copy without one went to the other arm of an A/B request.
+    kind = ("shadow" if "percent" in mine else "copies to") if role == "shadow" else "candidate"
+    words = [f"{kind} {engine}:"]
     if base is not None:
         for label, key in (("p95 TTFT", "ttftP95"), ("p95 latency", "latencyP95")):
             if (change := _change(mine.get(key), base.get(key))) is not None:

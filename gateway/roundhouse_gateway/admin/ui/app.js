@@ -514,7 +514,8 @@ async function refreshAll() {
   if (refreshing) return;
   refreshing = true;
   try {
-    await Promise.all([refreshEngines(), refreshMode(), loadModels(), refreshUsage(), refreshBudget()]);
+    await Promise.all([refreshEngines(), refreshMode(), loadModels(), refreshUsage(), refreshBudget(),
+                       refreshCompare()]);
   } finally { refreshing = false; }
 }
 
