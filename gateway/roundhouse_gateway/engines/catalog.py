@@ -19,7 +19,8 @@ from roundhouse_api import (
     SwitchPolicy,
     runs,
 )
-from roundhouse_api.families import FAMILIES
+from roundhouse_api.families import FAMILIES, adapter_routes
+from roundhouse_api.families.base import AdapterRoute
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,15 @@ class Engine:
     shadow_of: str | None = None  # the served name whose requests this engine gets a copy of (routing.shadow)
     shadow_percent: float = 0.0
     shadow_max: int = 4  # copies in flight at most
+    # LoRA adapters (spec.adapters), by the name clients ask for; each is in `served` too.
+    adapters: tuple[AdapterRoute, ...] = ()
+    base: str = ""  # spec.model.servedName: an adapter's parent in /v1/models
+    runtime_adapters: bool = False  # loaded on running replicas: a replica serves one once its /v1/models lists it
+
+    @functools.cached_property
+    def adapter(self) -> dict[str, AdapterRoute]:
+        """The adapters by name."""
+        return {a.name: a for a in self.adapters}
 
 
 @dataclass(frozen=True)
@@ -132,10 +142,14 @@ def engine_from_resource(
     status = ie.status
     # Degraded means some replicas are ready: those still serve (the endpoints say which).
     ready = True if status is None or status.phase is None else status.phase in (Phase.READY, Phase.DEGRADED)
+    adapters = tuple(adapter_routes(spec).values())
     return Engine(
         name=ie.metadata.name,
         family=spec.engine,
-        served=frozenset([spec.model.served_name, *spec.model.aliases]),
+        served=frozenset([spec.model.served_name, *spec.model.aliases, *(a.name for a in adapters)]),
+        adapters=adapters,
+        base=spec.model.served_name,
+        runtime_adapters=bool(adapters) and family.runtime_adapters(spec),
         endpoints=tuple(urls),
         starting=tuple(u.rstrip("/") for u in starting or ()),
         upstream_model=upstream,

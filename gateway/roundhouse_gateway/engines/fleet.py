@@ -48,6 +48,8 @@ class Fleet:
         self.changed = asyncio.Event()
         self.slot_freed = asyncio.Event()
         self.on_update: list[Callable[[Catalog], None]] = []
+        # Adapters loaded at run time (vLLM): what each replica's /v1/models last listed, read by the probes.
+        self.loaded: dict[str, frozenset[str]] = {}
 
     def update(self, catalog: Catalog) -> None:
         """A new catalog from the config file or the cluster watchers."""
@@ -55,7 +57,9 @@ class Fleet:
         self.early = still_starting(catalog, self.early)
         self.catalog = with_early(catalog, self.early)
         self.synced = True
-        self.health.forget_except({ep for e in catalog.engines for ep in e.endpoints})
+        current = {ep for e in catalog.engines for ep in e.endpoints}
+        self.health.forget_except(current)
+        self.loaded = {ep: names for ep, names in self.loaded.items() if ep in current}
         for hook in self.on_update:
             hook(catalog)
         self.notify()
@@ -83,6 +87,13 @@ class Fleet:
         if self.catalog.mode.rules.engine_load:
             return self.outstanding[endpoint] + self.engine_load.others(endpoint)
         return self.outstanding[endpoint]
+
+    def holds(self, engine: Engine, endpoint: str, model: str) -> bool:
+        """Whether the replica at `endpoint` serves `model`: its base names always; an adapter loaded at run
+        time once the replica lists it (a replica that lacks it is never chosen for it)."""
+        if not engine.runtime_adapters or model not in engine.adapter:
+            return True
+        return model in self.loaded.get(endpoint, frozenset())
 
     def at_cap(self, engine: Engine, endpoint: str) -> bool:
         return engine.max_concurrency is not None and self.outstanding[endpoint] >= engine.max_concurrency

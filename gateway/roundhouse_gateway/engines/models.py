@@ -18,7 +18,13 @@ def model_object(catalog: Catalog, model: str) -> dict[str, Any] | None:
     engines = _engines(catalog, model)
     if not engines:
         return None
-    return {"id": model, "object": "model", "created": 0, "owned_by": "roundhouse", "roundhouse": {"engines": engines}}
+    out: dict[str, Any] = {"id": model, "object": "model", "created": 0, "owned_by": "roundhouse",
+                           "roundhouse": {"engines": engines}}  # fmt: skip
+    # A LoRA adapter names its base model, as vLLM's own /v1/models does.
+    parent = next((e.base for e in catalog.engines if model in e.adapter and catalog.mode.active(e)), None)
+    if parent:
+        out["parent"] = parent
+    return out
 
 
 def model_list(catalog: Catalog) -> dict[str, Any]:

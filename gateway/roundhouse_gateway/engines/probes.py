@@ -8,6 +8,7 @@ import logging
 import time
 from collections import Counter
 
+from roundhouse_api.families import FAMILIES
 from roundhouse_gateway import metrics
 from roundhouse_gateway.engines.catalog import Engine, switch_finished
 from roundhouse_gateway.engines.early import EARLY_PROBE_SECONDS, still_starting, to_probe
@@ -61,8 +62,32 @@ class Prober:
             ok, why = False, f"unreachable: {type(err).__name__}"
         return ok, why
 
+    async def adapters(self, engine: Engine, endpoint: str) -> None:
+        """The adapters a replica has loaded at run time, from its /v1/models (kept as they were if it does
+        not answer)."""
+        headers = [("Authorization", f"Bearer {engine.api_key}")] if engine.api_key else []
+        try:
+            async with asyncio.timeout(engine.timeouts.connect + 2):
+                r = await self.upstream.request("GET", endpoint, "/v1/models", b"", headers, engine.timeouts.connect,
+                                                engine.timeouts.connect + 2)  # fmt: skip
+                try:
+                    body = await r.read()
+                finally:
+                    r.release()
+        except (UpstreamError, TimeoutError):
+            return
+        if r.status == 200:
+            loaded = frozenset(FAMILIES[engine.family].loaded_adapters(body))
+            if loaded != self.fleet.loaded.get(endpoint):
+                self.fleet.loaded[endpoint] = loaded
+                log.info("replica adapters", extra={"engine": engine.name, "endpoint": endpoint,
+                                                    "adapters": sorted(loaded)})  # fmt: skip
+                self.fleet.notify()
+
     async def probe(self, engine: Engine, endpoint: str) -> None:
         ok, why = await self.check(engine, endpoint)
+        if ok and engine.runtime_adapters:
+            await self.adapters(engine, endpoint)
         health = self.fleet.health
         was = health.healthy(endpoint)
         health.probed(endpoint, ok, why)

@@ -45,7 +45,7 @@ class Decider:
         try:
             while True:
                 self.turn += 1
-                d = route(f, fleet.catalog, fleet.health.healthy, fleet.load_of, self.turn)
+                d = route(f, fleet.catalog, fleet.health.healthy, fleet.load_of, self.turn, fleet.holds)
                 if new := self.starting_for(d) - waited_for:
                     waited_for |= new
                     self.prober.wait_for(new, +1)

@@ -35,6 +35,8 @@ def payload(body: dict[str, Any], raw: bytes | None, f: Features, engine: Engine
     if f.kind not in HOT_KINDS:
         body = FAMILIES[engine.family].request_body(f.path, body)
         raw = None
+    if (adapter := engine.adapter.get(f.model)) is not None:  # a LoRA adapter: the engine's name and fields for it
+        return json.dumps(adapter.rewrite(body)).encode()
     if raw is not None and engine.upstream_model == f.model:
         return raw
     return json.dumps({**body, "model": engine.upstream_model}).encode()

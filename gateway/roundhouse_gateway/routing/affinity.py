@@ -44,6 +44,11 @@ def prefix_key(body: dict[str, Any], kind: str) -> int | None:
     return _h(text[:PREFIX_CHARS].encode("utf-8", "surrogatepass")) if text else None
 
 
+def keyed(prefix: int, name: str) -> int:
+    """A prefix key of its own for `name` (an adapter: the same prompt under another adapter is another cache)."""
+    return prefix ^ _h(name.encode())
+
+
 class Ring:
     """Virtual nodes of a set of endpoints, sorted by hash."""
 

@@ -15,7 +15,7 @@ from roundhouse_api import Family, Mode
 from roundhouse_api.families import FAMILIES
 from roundhouse_gateway.engines.catalog import CAPABILITY_JSON_SCHEMA, CAPABILITY_TOOLS, Catalog, Engine
 from roundhouse_gateway.routing import split
-from roundhouse_gateway.routing.affinity import pick
+from roundhouse_gateway.routing.affinity import keyed, pick
 
 FAMILY_ALIASES = {"gguf": Family.LLAMACPP, "llama.cpp": Family.LLAMACPP, "llama-cpp": Family.LLAMACPP}
 
@@ -64,11 +64,14 @@ class Decision:
 Healthy = Callable[[str], bool]
 Tier = tuple[bool, bool, int, int]  # at its cap, not preferred for the task, -priority, context rank
 Outstanding = Callable[[str], float]  # requests in flight at an endpoint (plus what its engine says is queued)
+Holds = Callable[[Engine, str, str], bool]  # (engine, endpoint, model): whether that replica serves the model
 
 
-def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstanding, turn: int = 0) -> Decision:
+def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstanding, turn: int = 0,
+          holds: Holds | None = None) -> Decision:  # fmt: skip
     """Candidates for one request, best first, with the reason for the choice. `turn` rotates the
-    order among equals, so equally loaded endpoints take turns."""
+    order among equals, so equally loaded endpoints take turns; `holds` says whether a replica serves
+    the requested model (an adapter loaded at run time: once it lists it; default: every replica)."""
     serving = [e for e in catalog.engines if f.model in e.served]
     if f.engines:  # engines the key may not use do not serve it: to that caller, they are not there
         serving = [e for e in serving if any(fnmatch.fnmatchcase(e.name, p) for p in f.engines)]
@@ -119,7 +122,16 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
             return Decision(hold_for=incoming, reason="hold:switching")
         return _fallback(pool, catalog, healthy, outstanding, "no ready engine")
     by_load = rules.balancing == "leastOutstanding"
-    candidates, tiers = _rank(ready, healthy, outstanding, task_family, f.task, reasons, by_context, turn, by_load)
+    # An adapter loaded at run time: only the replicas that list it (asked only for such a request).
+    loading = holds is not None and any(e.runtime_adapters and f.model in e.adapter for e in ready)
+    usable = healthy
+    if loading and holds is not None:
+        owner = {ep: e for e in ready for ep in e.endpoints}
+        usable = lambda ep: healthy(ep) and holds(owner[ep], ep, f.model)  # noqa: E731
+    candidates, tiers = _rank(ready, usable, outstanding, task_family, f.task, reasons, by_context, turn, by_load)
+    if not candidates and loading:
+        return Decision(error=(503, "adapter_loading", f"adapter `{f.model}` is not loaded on a ready replica yet;"
+                               " try again shortly"), reason="adapter-loading", retry_after=2)  # fmt: skip
     if not candidates and mode.mode == Mode.ON_DEMAND:
         return _activate(ready, reasons)  # started, not yet answering its probes
     if not candidates:
@@ -131,7 +143,9 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
     if f.user is not None and not primary:
         candidates = _split(f.user, candidates, tiers, reasons)
     if len(candidates) > 1 and f.prefix is not None and _affinity_on(candidates[0].engine, rules.prefix_affinity):
-        candidates = _prefix_affinity(f.prefix, candidates, outstanding, rules.prefix_affinity_epsilon, reasons)
+        # An adapter's requests have a KV cache of their own: the key is the prefix's and the adapter's.
+        key = f.prefix if f.model not in candidates[0].engine.adapter else keyed(f.prefix, f.model)
+        candidates = _prefix_affinity(key, candidates, outstanding, rules.prefix_affinity_epsilon, reasons)
     elif len(candidates) > 1:
         reasons.append("least-loaded" if by_load else "round-robin")
     else:
