@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .autoscaling import Autoscaling, ScalingStatus
 from .base import CEL_CONTEXT_KEY, CelRule, Condition, ObjectMeta, SecretKeyRef
 from .engine import (
     API_VERSION,
@@ -49,6 +50,7 @@ __all__ = [
     "Adapter",
     "AdapterStatus",
     "AutoRules",
+    "Autoscaling",
     "Capability",
     "CelRule",
     "Condition",
@@ -72,6 +74,7 @@ __all__ = [
     "Phase",
     "Routing",
     "SGLangConfig",
+    "ScalingStatus",
     "SecretKeyRef",
     "Shadow",
     "SwitchPolicy",

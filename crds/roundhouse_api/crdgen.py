@@ -187,6 +187,7 @@ def all_crds() -> dict[str, dict[str, Any]]:
             _col("Engine", ".spec.engine", description="Engine family"),
             _col("Model", ".spec.model.servedName", description="Name clients use"),
             _col("Ready", ".status.ready", description="Ready replicas / desired"),
+            _col("Desired", ".status.desiredReplicas", "integer", description="Replicas the operator set"),
             _col("Phase", ".status.phase"),
             _col("Active", ".status.active", "boolean", description="Whether the engine mode lets it run"),
             _col("Endpoint", ".status.endpoint", priority=1),

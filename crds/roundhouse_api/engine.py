@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic.config import JsonDict
 
 from . import managed_flags
+from .autoscaling import Autoscaling, ScalingStatus
 from .base import ApiModel, CelRule, Condition, ObjectMeta, SecretKeyRef
 
 GROUP = "roundhouse.dev"
@@ -541,6 +542,11 @@ class InferenceEngineSpec(ApiModel):
     engine: Family = Field(description="Engine family: vllm, llamacpp, ollama, sglang or external.")
     model: ModelSource = Field(description="Weights and the names clients use.")
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas while this engine is active.")
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Replicas follow the load (the gateways' requests running and waiting) instead of spec.replicas."
+        " Leave it unset when an HPA or KEDA drives the scale subresource.",
+    )
     gpus: int | None = Field(
         default=None, ge=0, le=64, description="nvidia.com/gpu per replica; default 1 (0 for external)."
     )
@@ -684,6 +690,11 @@ class InferenceEngineSpec(ApiModel):
             ".routing.shadow.of",
         ),
         CelRule(
+            "!has(self.autoscaling) || (self.engine != 'external' && !has(self.endpoints))",
+            "spec.autoscaling needs a workload the operator runs: not with spec.endpoints or spec.engine 'external'",
+            ".autoscaling",
+        ),
+        CelRule(
             "!has(self.llamacpp) || !has(self.llamacpp.tensorSplit) || "
             "self.llamacpp.tensorSplit.size() == (has(self.gpus) ? self.gpus : 1)",
             "spec.llamacpp.tensorSplit must have one entry per GPU (spec.gpus)",
@@ -708,6 +719,12 @@ class EngineStatus(ApiModel):
     ready_replicas: int | None = Field(default=None, ge=0, description="Replicas that are ready.")
     ready: str | None = Field(default=None, description="readyReplicas/desired, as kubectl get shows it.")
     selector: str | None = Field(default=None, description="Label selector of the pods (for the scale subresource).")
+    desired_replicas: int | None = Field(
+        default=None, ge=0, description="Replicas the operator set on the workload (the plan's, the autoscaler's)."
+    )
+    scaling: ScalingStatus | None = Field(
+        default=None, description="spec.autoscaling: what the load asks for, what the budget gave, and why."
+    )
     endpoint: str | None = Field(default=None, description="In-cluster URL of the engine's OpenAI API.")
     active: bool | None = Field(default=None, description="Whether the engine mode lets this engine run.")
     observed_generation: int | None = Field(default=None, ge=0, description="Last generation acted on.")

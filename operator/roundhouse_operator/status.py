@@ -235,6 +235,7 @@ def engine_status(o: Observed, previous: EngineStatus | None, now: datetime) -> 
         ready_replicas=ready,
         ready=f"{ready}/{desired}" if workload else ("1/1" if phase == Phase.READY else "0/1"),
         selector=",".join(f"{k}={v}" for k, v in selector(o.engine).items()),
+        desired_replicas=desired if workload else None,
         endpoint=endpoint_url(o.engine),
         active=o.plan.active,
         observed_generation=gen,

@@ -86,6 +86,21 @@ INVALID: list[Invalid] = [
         _with(_vllm, lambda d: d["spec"].update(llamacpp={"threads": 4})),
         "spec.llamacpp",
     ),
+    Invalid(
+        "autoscaling-min-above-max",
+        _with(_llama, lambda d: d["spec"].update(autoscaling={"minReplicas": 3, "maxReplicas": 2})),
+        "spec.autoscaling.minReplicas",
+    ),
+    Invalid(
+        "autoscaling-external",
+        _with(_external, lambda d: d["spec"].update(autoscaling={"maxReplicas": 2})),
+        "spec.autoscaling",
+    ),
+    Invalid(
+        "autoscaling-max-zero",
+        _with(_llama, lambda d: d["spec"].update(autoscaling={"maxReplicas": 0})),
+        "maxReplicas",
+    ),
     Invalid("tp-times-pp-not-gpus", _with(_vllm, lambda d: d["spec"].update(gpus=2)), "spec.gpus"),
     Invalid(
         "llamacpp-not-gguf",
