@@ -32,6 +32,7 @@ class GatewayReport(BaseModel):
     at: float = Field(description="When the gateway wrote it.")
     waiting: dict[str, float] = Field(default_factory=dict, description="Engine -> oldest request waiting for it.")
     in_flight: dict[str, int] = Field(default_factory=dict, alias="inFlight", description="Engine -> requests on it.")
+    queued: dict[str, int] = Field(default_factory=dict, description="Engine -> requests waiting for it (autoscaling).")
     last_request: dict[str, float] = Field(default_factory=dict, alias="lastRequest",
                                            description="Engine -> its latest request.")  # fmt: skip
 

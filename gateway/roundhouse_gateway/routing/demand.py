@@ -90,6 +90,7 @@ class Demand:
     # --- reporting -----------------------------------------------------------------------------------
     def report(self) -> GatewayReport:
         return GatewayReport(at=time.time(), waiting={e: min(t) for e, t in self.waiting.items() if t},
+                             queued={e: len(t) for e, t in self.waiting.items() if t},
                              inFlight=dict(self.in_flight), lastRequest=dict(self.last_request))  # fmt: skip
 
     def busy(self) -> bool:
