@@ -7,7 +7,10 @@ then the lowest routing priority. An engine being stopped first drains: it gets 
 and those running finish, until every gateway says none is left or drainSeconds pass; then it is
 scaled to zero, and its GPUs count as free only once its pods have stopped. An engine started on
 demand runs at least minActiveSeconds (no thrashing), and one with no request for idleSeconds is
-scaled to zero. Everything the planner remembers (activation and drain times) is in the
+scaled to zero. Engines with spec.autoscaling share the budget replica by replica: a model with
+requests waiting gets its first replica before any model gets another (extra replicas are taken
+back before a whole engine is evicted), then free GPUs go to the engine whose queue per replica is
+longest. Everything the planner remembers (activation and drain times) is in the
 EngineMode's status, so an operator restarted in the middle of a swap finishes it.
 """
 
@@ -39,6 +42,12 @@ class DemandView:
     last_request_at: float | None = None
     in_flight: int = 0  # requests on it, as the fresh gateway reports say
     drained: bool = False  # every gateway that has seen the drain reports nothing in flight
+    # spec.autoscaling: GPUs per replica (0: not autoscaled; `gpus` is then all it ever holds), the
+    # replicas the autoscaler wants, and the requests running and waiting (whose queue is longest).
+    # `spec_replicas` is then the replicas it starts with, and `gpus` what they hold.
+    unit: int = 0
+    want: int = 0
+    load: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,8 +94,10 @@ class DemandPlan:
 
 
 def holds(e: DemandView) -> int:
-    """GPUs the engine holds now: until its last pod is gone."""
-    return e.gpus if e.deployed > 0 or e.pods > 0 else 0
+    """GPUs the engine holds now: until its last pod is gone (an autoscaled one: per replica or pod)."""
+    if e.deployed <= 0 and e.pods <= 0:
+        return 0
+    return max(e.deployed, e.pods) * e.unit if e.unit else e.gpus
 
 
 def plan_on_demand(engines: list[DemandView], budget: Budget, now: float) -> DemandPlan:
@@ -102,6 +113,7 @@ def plan_on_demand(engines: list[DemandView], budget: Budget, now: float) -> Dem
             _start_drain(e, now, why, out)
     free = budget.gpus - out.gpus_held  # may be negative while over budget
     freeing = sum(holds(e) for e in engines if e.name not in running)  # drains and stopping pods
+    trimmed: dict[str, int] = {}  # autoscaled engines giving extra replicas back: replicas they keep
     for e in sorted((e for e in engines if e.demanded_at is not None and e.name not in running
                      and e.name not in out.engines), key=lambda e: (e.demanded_at, e.name)):  # fmt: skip
         if e.gpus > budget.gpus:
@@ -121,6 +133,9 @@ def plan_on_demand(engines: list[DemandView], budget: Budget, now: float) -> Dem
             )
             continue
         shortfall = e.gpus - max(free, 0) - freeing
+        if shortfall > 0 and (taken := _trim(list(running.values()), shortfall, trimmed, e.name, out)):
+            freeing += taken
+            shortfall -= taken
         if shortfall > 0:
             victims, blocked = _victims(list(running.values()), shortfall, budget, now)
             if not victims:
@@ -133,7 +148,7 @@ def plan_on_demand(engines: list[DemandView], budget: Budget, now: float) -> Dem
                 continue
             for v in victims:
                 del running[v.name]
-                freeing += v.gpus
+                freeing += holds(v) - _trimmed_gpus(v, trimmed)
                 _start_drain(v, now, f"making room for {e.name}", out)
         # The GPUs being freed are this engine's: it starts once the outgoing pods are gone.
         from_freeing = e.gpus - max(free, 0)
@@ -141,15 +156,17 @@ def plan_on_demand(engines: list[DemandView], budget: Budget, now: float) -> Dem
         others = sorted(x.name for x in engines if x.name not in running and holds(x) and x.name != e.name)
         what = ", ".join(others) if others else "its own old pods"
         out.engines[e.name] = Decision(0, "waiting", f"waiting for {what} to stop (GPUs to free up)")
-    _over_budget(running, budget, now, out)
+    _over_budget(running, budget, now, out, trimmed)
+    shares = _share(engines, running, budget, out, trimmed)
     for e in engines:
         if e.name in out.engines:
             continue
         if e.name in running:
             activated = e.activated_at if e.activated_at is not None else now  # adopted as it runs
             state: State = "active" if e.ready else "starting"
-            out.engines[e.name] = Decision(e.spec_replicas, state, "serving" if e.ready else "starting",
-                                           activated_at=activated)  # fmt: skip
+            replicas, note = shares.get(e.name, (e.spec_replicas, ""))
+            note = note or ("serving" if e.ready else "starting")
+            out.engines[e.name] = Decision(replicas, state, note, activated_at=activated)
             continue
         if e.pods:
             out.engines[e.name] = Decision(0, "stopping", f"{e.pods} pod(s) stopping")
@@ -212,15 +229,20 @@ def _victims(running: list[DemandView], shortfall: int, budget: Budget,
     for e in eligible:
         if freed >= shortfall:
             break
-        if e.gpus:
+        if holds(e):
             picked.append(e)
-            freed += e.gpus
+            freed += holds(e)
     return (picked, blocked) if freed >= shortfall else ([], blocked)
 
 
-def _over_budget(running: dict[str, DemandView], budget: Budget, now: float, out: DemandPlan) -> None:
-    """Engines already running beyond the budget (it was lowered, or the mode just became onDemand)."""
-    total = sum(e.gpus for e in running.values())
+def _over_budget(running: dict[str, DemandView], budget: Budget, now: float, out: DemandPlan,
+                 trimmed: dict[str, int]) -> None:  # fmt: skip
+    """Engines already running beyond the budget (it was lowered, or the mode just became onDemand):
+    extra replicas go first, then whole engines."""
+    total = sum(holds(e) - _trimmed_gpus(e, trimmed) for e in running.values())
+    if total <= budget.gpus:
+        return
+    total -= _trim(list(running.values()), total - budget.gpus, trimmed, None, out)
     if total <= budget.gpus:
         return
     victims, blocked = _victims(list(running.values()), total - budget.gpus, budget, now)
@@ -229,3 +251,76 @@ def _over_budget(running: dict[str, DemandView], budget: Budget, now: float, out
     for v in victims:
         del running[v.name]
         _start_drain(v, now, f"over the GPU budget of {budget.gpus}", out)
+
+
+def _replicas_held(e: DemandView) -> int:
+    return max(e.deployed, e.pods)
+
+
+def _trimmed_gpus(e: DemandView, trimmed: dict[str, int]) -> int:
+    """GPUs an autoscaled engine already gives back this pass (they count as freeing, not held)."""
+    return (_replicas_held(e) - trimmed[e.name]) * e.unit if e.name in trimmed else 0
+
+
+def _trim(running: list[DemandView], shortfall: int, trimmed: dict[str, int], for_whom: str | None,
+          out: DemandPlan) -> int:  # fmt: skip
+    """Take extra replicas back (never an engine's first ones), shortest queue per replica first, until
+    `shortfall` GPUs are freed or none is left; the GPUs freed. Nothing when they would not be enough
+    (a whole engine must go then, and taking replicas from others too would only cost them)."""
+    keep = {e.name: trimmed.get(e.name, _replicas_held(e)) for e in running if e.unit}
+    spare = sum((keep[e.name] - e.spec_replicas) * e.unit for e in running if e.unit and keep[e.name] > e.spec_replicas)
+    if spare < shortfall:
+        return 0
+    freed, now_trimmed = 0, set()
+    while freed < shortfall:
+        e = min((e for e in running if e.unit and keep[e.name] > e.spec_replicas),
+                key=lambda e: (e.load / keep[e.name], -keep[e.name], e.name))  # fmt: skip
+        keep[e.name] -= 1
+        trimmed[e.name] = keep[e.name]
+        now_trimmed.add(e.name)
+        freed += e.unit
+    for name in sorted(now_trimmed):
+        why = f"the GPU budget ({for_whom} waits for its first replica)" if for_whom else "over the GPU budget"
+        out.events.append(PlanEvent(name, "ScalingDown", f"{name} gives extra replicas back to {trimmed[name]}: {why}"))
+    return freed
+
+
+def _share(engines: list[DemandView], running: dict[str, DemandView], budget: Budget, out: DemandPlan,
+           trimmed: dict[str, int]) -> dict[str, tuple[int, str]]:  # fmt: skip
+    """Replicas and a note for each running autoscaled engine. Each keeps what it holds up to what it
+    wants (at least its first replicas); free GPUs then go one replica at a time to the longest queue
+    per replica, but none while a model waits for its first replica."""
+    scaled = [e for e in running.values() if e.unit]
+    if not scaled:
+        return {}
+    alloc = {e.name: trimmed.get(e.name, max(e.spec_replicas, min(e.want, _replicas_held(e)))) for e in scaled}
+    committed = 0
+    for e in engines:
+        d = out.engines.get(e.name)
+        planned = alloc[e.name] * e.unit if e.name in alloc else e.gpus if d is not None and d.replicas else 0
+        committed += max(holds(e), planned)
+    free = budget.gpus - committed
+    waiting = any(d.state == "waiting" and "more than the budget" not in d.note for d in out.engines.values())
+    grow = [e for e in scaled if alloc[e.name] < e.want and e.name not in trimmed]
+    while grow and not waiting:
+        e = max(grow, key=lambda e: (e.load / alloc[e.name], -alloc[e.name], e.name))
+        cost = e.unit if (alloc[e.name] + 1) * e.unit > holds(e) else 0
+        if cost > free:
+            grow.remove(e)
+            continue
+        alloc[e.name] += 1
+        free -= cost
+        if alloc[e.name] >= e.want:
+            grow.remove(e)
+    out_notes = {}
+    for e in scaled:
+        got, want = alloc[e.name], max(e.want, e.spec_replicas)
+        if e.name in trimmed:
+            note = f"{got} of {want} replicas: extra ones given back for the GPU budget"
+        elif got < want:
+            note = (f"{got} of {want} replicas: waiting for " + ("a model to get its first replica" if waiting
+                    else f"GPUs (budget {budget.gpus})"))  # fmt: skip
+        else:
+            note = f"{got} replica(s), as the load asks"
+        out_notes[e.name] = (got, note)
+    return out_notes
