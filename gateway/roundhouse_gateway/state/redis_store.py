@@ -1,9 +1,11 @@
 """The shared store: a Redis-protocol server (Redis, Valkey) that every gateway replica uses.
 
-Admission is one Lua script, run atomically by the server on its own clock: it drops what left the
-key's windows, checks the budget and both windows, and counts the request if it is admitted, so N
-replicas together never admit more than the limit. Counts are written by a second script, once per
-batch id: a batch sent again after an answer was lost is not counted twice. No Redis Cluster: the
+Admission is one Lua script, run atomically by the server on its own clock: for each request it drops
+what left the key's windows, checks the budget and both windows, and counts the request if it is
+admitted, so N replicas together never admit more than the limit. The admissions that arrive while
+one call is on its way go together in the next call: one round trip for all of them. Counts are
+written by a second script, once per batch id: a batch sent again after an answer was lost is not
+counted twice. No Redis Cluster: the
 scripts name keys they build themselves.
 """
 
@@ -18,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 from roundhouse_gateway import metrics
 from roundhouse_gateway.keys.keys import Identity
@@ -40,19 +42,24 @@ local function window(k)
   if #old > 0 then redis.call('HDEL', k, unpack(old)) end
   return total, keep
 end
-local rpm, tpm, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local used = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
-local rtotal, rb, ttotal, tb = 0, {}, 0, {}
-if rpm then rtotal, rb = window(KEYS[1]) end
-if tpm then ttotal, tb = window(KEYS[2]) end
-local ok = (not budget or used < budget) and (not tpm or ttotal < tpm) and (not rpm or rtotal < rpm)
-if ok and rpm then
-  redis.call('HINCRBY', KEYS[1], sec, 1)
-  redis.call('EXPIRE', KEYS[1], 61)
-  rb[#rb + 1] = sec; rb[#rb + 1] = 1
+local out = {}
+for i = 0, #ARGV / 5 - 1 do
+  local a, k = i * 5, i * 3
+  local rpm, tpm, budget = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local used = tonumber(redis.call('HGET', KEYS[k + 3], ARGV[a + 1]) or '0')
+  local rtotal, rb, ttotal, tb = 0, {}, 0, {}
+  if rpm then rtotal, rb = window(KEYS[k + 1]) end
+  if tpm then ttotal, tb = window(KEYS[k + 2]) end
+  local ok = (not budget or used < budget) and (not tpm or ttotal < tpm) and (not rpm or rtotal < rpm)
+  if ok and rpm then
+    redis.call('HINCRBY', KEYS[k + 1], sec, 1)
+    redis.call('EXPIRE', KEYS[k + 1], 61)
+    rb[#rb + 1] = sec; rb[#rb + 1] = 1
+  end
+  if ok and ARGV[a + 5] ~= '1' then rb, tb = {}, {} end
+  out[i + 1] = {ok and 1 or 0, sec, used, rb, tb}
 end
-if ok and ARGV[5] ~= '1' then rb, tb = {}, {} end
-return {ok and 1 or 0, sec, used, rb, tb}
+return out
 """
 
 WRITE = """
@@ -109,7 +116,9 @@ class RedisStore:
                                               health_check_interval=0)  # fmt: skip
         self.timeout = timeout
         self._admit = self.client.register_script(ADMIT)
-        self._queued: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._queued: list[tuple[Identity, str, bool, asyncio.Future[Any]]] = []
+        self._busy = False  # a call of the admission script is on its way
+        self._conn: Any = None  # the admissions' own connection (redis.asyncio.Connection)
         self._sending: set[asyncio.Task[None]] = set()
         self._write = self.client.register_script(WRITE)
 
@@ -117,63 +126,75 @@ class RedisStore:
         return Loaded()  # read on demand: other replicas write too
 
     async def admit(self, who: Identity, month: str, details: bool) -> Counts:
-        """One admission, sent with the others of this turn of the event loop in one pipeline: a call
-        through the client's pool costs ~90 us of CPU, a command in a pipeline ~20 (docs/benchmarks.md)."""
-        name = who.name
-        command = ("EVALSHA", self._admit.sha, 3, f"{PREFIX}win:{name}:r", f"{PREFIX}win:{name}:t",
-                   f"{PREFIX}month:{month}", name, _arg(who.requests_per_minute), _arg(who.tokens_per_minute),
-                   _arg(who.monthly_token_budget), "1" if details else "0")  # fmt: skip
+        """One admission. One call of the script at a time, on a connection of its own; what arrives
+        meanwhile goes in the next call: a call through the client's pool costs ~90 us of CPU, and an
+        admission in a batch a few (docs/benchmarks.md)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((command, future))
-        if len(self._queued) == 1:
-            asyncio.get_running_loop().call_soon(self._send_queued)
+        self._queued.append((who, month, details, future))
+        if not self._busy:
+            self._busy = True
+            asyncio.get_running_loop().call_soon(self._start)  # next turn: with the rest of this one's
         ok, sec, used, rb, tb = await future
-        return Counts(bool(ok), float(sec), int(used), [int(x) for x in rb], [int(x) for x in tb])
+        return Counts(bool(ok), float(sec), int(used), rb, tb)
 
-    def _send_queued(self) -> None:
-        batch, self._queued = self._queued, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+    def _start(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._lane())
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+    async def _lane(self) -> None:
         try:
-            answers = await self._pipeline([c for c, _ in batch])
-            if any(isinstance(a, NoScriptError) for a in answers):  # a restarted store forgot the script
-                await self.client.script_load(ADMIT)
-                answers = await self._pipeline([c for c, _ in batch])
-        except (RedisError, OSError, TimeoutError) as err:
-            answers = [StoreError(f"{type(err).__name__}: {err}")] * len(batch)
-        for (_, future), answer in zip(batch, answers, strict=True):
+            while self._queued:
+                batch, self._queued = self._queued, []
+                await self._send(batch)
+        finally:
+            self._busy = False
+
+    async def _send(self, batch: list[tuple[Identity, str, bool, asyncio.Future[Any]]]) -> None:
+        keys: list[str] = []
+        args: list[str] = []
+        for who, month, details, _ in batch:
+            name = who.name
+            keys += (f"{PREFIX}win:{name}:r", f"{PREFIX}win:{name}:t", f"{PREFIX}month:{month}")
+            args += (name, _arg(who.requests_per_minute), _arg(who.tokens_per_minute),
+                     _arg(who.monthly_token_budget), "1" if details else "0")  # fmt: skip
+        try:
+            answers = await self._call("EVALSHA", self._admit.sha, len(keys), *keys, *args)
+        except StoreError as err:
+            answers = [err] * len(batch)
+        for (*_, future), answer in zip(batch, answers, strict=True):
             if future.done():  # its caller gave up (the keeper's timeout)
                 continue
-            if isinstance(answer, Exception):
-                future.set_exception(answer if isinstance(answer, StoreError) else StoreError(str(answer)))
+            if isinstance(answer, StoreError):
+                future.set_exception(answer)
             else:
                 future.set_result(answer)
 
-    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """The commands' answers (an error as its exception), in one round trip on one pooled connection.
-        The client's Pipeline costs a fifth more CPU (its retry and timing layers); the connection's own
-        packing and parsing are used as they are."""
-        pool = self.client.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        metrics.STATE_ROUND_TRIPS.inc()
-        try:
-            async with asyncio.timeout(self.timeout):
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-                answers = []
-                for _ in commands:
-                    try:
-                        answers.append(await conn.read_response())
-                    except ResponseError as err:  # this command's error; the connection is fine
-                        answers.append(err)
-        except BaseException:
-            await conn.disconnect()  # a reply may still be on its way: never reuse it
-            raise
-        finally:
-            await pool.release(conn)
-        return answers
+    async def _call(self, *command: Any) -> Any:
+        """One command on the admissions' own connection, within the timeout. A connection that was
+        used before and fails is tried once more new (a restarted store closed it); a store that forgot
+        the script is given it again."""
+        for attempt in range(2):
+            conn, fresh = self._conn, self._conn is None
+            if conn is None:
+                conn = self._conn = self.client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if fresh:
+                        await conn.connect()
+                    await conn.send_packed_command(conn.pack_command(*command), check_health=False)
+                    answer = await conn.read_response()
+                metrics.STATE_ROUND_TRIPS.inc()
+                return answer
+            except NoScriptError:
+                metrics.STATE_ROUND_TRIPS.inc()
+                await self.client.script_load(ADMIT)
+            except (RedisError, OSError, TimeoutError) as err:
+                self._conn = None
+                await conn.disconnect()  # a late answer must never be read as the next call's
+                if fresh or attempt or isinstance(err, TimeoutError):
+                    raise StoreError(f"{type(err).__name__}: {err}") from None
+        raise StoreError("the store refused the admission script")
 
     async def write(self, batch: Batch) -> None:
         doc = {
@@ -224,6 +245,8 @@ class RedisStore:
             raise StoreError(f"{type(err).__name__}: {err}") from None
 
     async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.disconnect()
         await self.client.aclose()
 
 
