@@ -190,6 +190,7 @@ def test_a_store_outage_under_load_costs_clients_nothing_and_no_count(pair: Pair
     assert set(statuses) == {200}, statuses
     until(lambda: settled(gws), why="the outage's counts written back")
     rows, totals = usage(gws[0])
+    print(f"store outage of {OUTAGE_S:g} s under load: {dict(statuses)} answered, usage {totals['load']}")
     assert totals["load"]["requests"] == statuses[200] and totals["load"]["errors"] == 0, (totals, statuses)
     assert usage(gws[1]) == (rows, totals)
     metrics = httpx.get(url(gws[0]) + "/metrics").text
