@@ -36,6 +36,7 @@ from roundhouse_api import (
     Phase,
     governs,
 )
+from roundhouse_api.autoscaler import Scale
 from roundhouse_api.demand import fold
 from roundhouse_api.families import DEFAULT_HELPER_IMAGE, FAMILIES
 from roundhouse_api.ondemand import Budget, DemandPlan, DemandView, plan_on_demand
@@ -47,6 +48,8 @@ from .ondemand_status import Seen, budget_of, views
 from .plan import EnginePlan, EngineView, ModePlan, plan, wanted
 from .probes import Probing
 from .render import HASH_ANNOTATION, render, runs_workload
+from .scaling import History, horizon, scaling_status
+from .scaling import current as scaled_current
 from .status import Observed, engine_status
 from .status_writes import StatusWriting
 from .store import Store
@@ -160,6 +163,9 @@ class Controller(Probing, StatusWriting):
         self.settle_seconds = SETTLE_SECONDS
         self._gpu_memo: tuple[list[dict[str, Any]] | None, dict[str | None, int | None]] = (None, {})
         self._planning = 0.0  # seconds the last pass spent planning, which paces the next one
+        # spec.autoscaling: the gateways' reports over time, and each engine's last answer.
+        self.history = History()
+        self._scales: dict[tuple[str, str], Scale] = {}
 
     def mark(self, namespace: str, engine: str | None = None) -> None:
         """Reconcile `engine` (None: every engine and mode of `namespace`) on the next pass."""
@@ -258,6 +264,7 @@ class Controller(Probing, StatusWriting):
                 log.warning("invalid EngineMode ignored", extra={"namespace": namespace, "error": str(err)})
         raws = self.store.all("InferenceEngine", namespace)
         parsed = {r["metadata"]["name"]: (r, *self.parse(r)) for r in raws}
+        self._autoscale(namespace, modes, parsed, now)
 
         plans: dict[str, tuple[EngineMode | None, ModePlan]] = {}
         by_mode: dict[str | None, list[str]] = {}
@@ -360,7 +367,8 @@ class Controller(Probing, StatusWriting):
         demand, reports = fold(mode.metadata.annotations, now.timestamp())
         nodes = await self._nodes() if not (mode.spec.on_demand and mode.spec.on_demand.gpu_budget is not None) else []
         budget = budget_of(mode, nodes)
-        dviews = views(mode, seen, demand, reports)
+        scales = {n: s for (ns, n), s in self._scales.items() if ns == namespace}
+        dviews = views(mode, seen, demand, reports, scales)
         dplan = plan_on_demand(dviews, budget, now.timestamp())
         for n, d in dplan.engines.items():
             result.engines[n] = EnginePlan(replicas=d.replicas, active=True, held=d.state == "waiting", state=d.state,
@@ -369,15 +377,41 @@ class Controller(Probing, StatusWriting):
             self.mark_later(namespace, dplan.wake_in + 0.05)
         return result, (dplan, budget, dviews)
 
+    def _autoscale(
+        self, namespace: str, modes: list[EngineMode],
+        parsed: dict[str, tuple[dict[str, Any], InferenceEngine | None, str | None]], now: datetime,
+    ) -> None:  # fmt: skip
+        """The autoscaler's answer for every engine with spec.autoscaling, from the gateways' reports on the
+        namespace's EngineModes; a pass is due again when its windows move on."""
+        scaled = [e for (_r, e, err) in parsed.values() if e is not None and err is None and e.spec.autoscaling
+                  and runs_workload(e)]  # fmt: skip
+        for key in [k for k in self._scales if k[0] == namespace and k[1] not in {e.metadata.name for e in scaled}]:
+            del self._scales[key]
+        if not scaled:
+            self.history.forget(namespace)
+            return
+        t = now.timestamp()
+        self.history.see(namespace, [m.metadata.annotations for m in modes], t, horizon(scaled))
+        for e in scaled:
+            name = e.metadata.name
+            deployment = self.store.get("Deployment", namespace, name)
+            deployed = int(((deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
+            last = self._scales.get((namespace, name))
+            was = last.replicas if last else scaled_current(e, self._previous_status(parsed[name][0]), deployed)
+            scale = self._scales[(namespace, name)] = self.history.decide(namespace, e, was, t)
+            if scale.wake_in is not None:
+                self.mark_later(namespace, scale.wake_in + 0.05)
+
     def _view(self, namespace: str, raw: dict[str, Any], engine: InferenceEngine | None, governed: bool) -> EngineView:
         name = raw["metadata"]["name"]
         deployment = self.store.get("Deployment", namespace, name)
         deployed = int(((deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
         family = engine.spec.engine if engine else FAMILY_NAMES.get(raw["spec"].get("engine"), Family.VLLM)
+        scale = self._scales.get((namespace, name))
         return EngineView(
             name=name,
             family=family,
-            spec_replicas=engine.spec.replicas if engine else deployed,
+            spec_replicas=scale.replicas if scale else engine.spec.replicas if engine else deployed,
             deployed_replicas=deployed,
             pods=self.store.holding_pods(namespace, name),
             runs_workload=runs_workload(engine) if engine else True,
@@ -441,6 +475,11 @@ class Controller(Probing, StatusWriting):
             adapters=adapter_report,
         )
         status = engine_status(observed, previous, now)
+        if (scale := self._scales.get(key)) is not None and status.desired_replicas is not None:
+            status.scaling, event = scaling_status(scale, status.desired_replicas, ep.note, previous, now)
+            if event is not None:
+                metrics.SCALINGS.labels(direction=event.reason).inc()
+                await asyncio.to_thread(self.kube.event, raw, "Normal", event.reason, event.message)
         self.count_phase(namespace, name, status.phase.value if status.phase else "")
         if mode is not None:
             self._statuses[key] = (mode.metadata.name, engine.spec.engine, status, runs_workload(engine))

@@ -61,3 +61,6 @@ SWITCH_BOUND = Gauge(
     "roundhouse_operator_mode_switch_bound_seconds",
     "How long a switch may take before it counts as stuck: drainSeconds + maxHoldSeconds.", ["namespace", "mode"],
 )  # fmt: skip
+SCALINGS = Counter(
+    "roundhouse_operator_scalings_total", "spec.autoscaling: replica changes of running engines.", ["direction"]
+)

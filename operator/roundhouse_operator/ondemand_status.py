@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from roundhouse_api import EngineMode, EngineModeStatus, EngineStatus, Family, InferenceEngine, Mode, ModePhase
+from roundhouse_api.autoscaler import Scale, bounds
 from roundhouse_api.demand import EngineDemand, GatewayReport, drained
 from roundhouse_api.families.base import gpu_count
 from roundhouse_api.mode import GovernedEngine
@@ -48,9 +49,10 @@ def _int(value: Any) -> int:
         return 0
 
 
-def views(mode: EngineMode, seen: list[Seen], demand: dict[str, EngineDemand],
-          reports: list[GatewayReport]) -> list[DemandView]:  # fmt: skip
-    """Planner inputs: observed replicas and pods, the gateways' demand, and what the last pass recorded."""
+def views(mode: EngineMode, seen: list[Seen], demand: dict[str, EngineDemand], reports: list[GatewayReport],
+          scales: dict[str, Scale] | None = None) -> list[DemandView]:  # fmt: skip
+    """Planner inputs: observed replicas and pods, the gateways' demand, what the last pass recorded, and
+    for an engine with spec.autoscaling the autoscaler's answer (it starts with max(1, minReplicas))."""
     previous = {e.name: e for e in (mode.status.engines if mode.status else [])}
     out = []
     for s in seen:
@@ -61,9 +63,12 @@ def views(mode: EngineMode, seen: list[Seen], demand: dict[str, EngineDemand],
         d = demand.get(s.name, EngineDemand())
         draining_since = epoch(prev.draining_since) if prev else None
         lasts = [t for t in (d.last_request_at, epoch(prev.last_request_at) if prev else None) if t is not None]
+        scale = (scales or {}).get(s.name)
+        base = bounds(spec.autoscaling)[0] if scale and spec.autoscaling else spec.replicas
         out.append(DemandView(
-            name=s.name, gpus=spec.replicas * gpu_count(spec), spec_replicas=spec.replicas, deployed=deployed,
-            pods=s.pods, ready=deployed > 0 and int(dstatus.get("readyReplicas", 0) or 0) >= spec.replicas,
+            name=s.name, gpus=base * gpu_count(spec), spec_replicas=base, deployed=deployed,
+            pods=s.pods, ready=deployed > 0 and int(dstatus.get("readyReplicas", 0) or 0) >= base,
+            unit=gpu_count(spec) if scale else 0, want=scale.replicas if scale else 0, load=scale.load if scale else 0,
             priority=spec.routing.priority if spec.routing else 0,
             activated_at=epoch(prev.activated_at) if prev else None, draining_since=draining_since,
             demanded_at=d.demanded_at, last_request_at=max(lasts) if lasts else None, in_flight=d.in_flight,

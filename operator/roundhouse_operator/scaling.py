@@ -1,0 +1,91 @@
+"""spec.autoscaling, the operator's side: the gateways' reports kept as a time series, the autoscaler's
+answer per engine, and what status and events say about it.
+
+The reports are the annotations the gateways write on the EngineModes of the namespace (one per
+gateway, rewritten every REPORT_INTERVAL while busy): each version seen is one reading. They are kept
+in memory for the longest stabilization window; an operator that restarts starts a new series, and
+the autoscaler holds a direction until it has watched that direction's window whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from roundhouse_api import EngineStatus, InferenceEngine, ScalingStatus
+from roundhouse_api.autoscaler import Scale, autoscale, readings
+from roundhouse_api.demand import REPORT_PREFIX, REPORT_TTL, GatewayReport
+
+
+class History:
+    """Every gateway report seen per namespace, for as long as a window may look back."""
+
+    def __init__(self) -> None:
+        self.reports: dict[str, dict[tuple[str, float], GatewayReport]] = {}
+        self.since: dict[str, float] = {}
+
+    def see(self, namespace: str, annotations: list[dict[str, str]], now: float, horizon: float) -> None:
+        kept = self.reports.setdefault(namespace, {})
+        self.since.setdefault(namespace, now)
+        for notes in annotations:
+            for key, value in notes.items():
+                if not key.startswith(REPORT_PREFIX):
+                    continue
+                try:
+                    report = GatewayReport.model_validate_json(value)
+                except ValidationError:
+                    continue
+                kept.setdefault((key, report.at), report)
+        oldest = now - horizon - REPORT_TTL
+        for k in [k for k, r in kept.items() if r.at < oldest]:
+            del kept[k]
+
+    def decide(self, namespace: str, engine: InferenceEngine, current: int, now: float) -> Scale:
+        policy = engine.spec.autoscaling
+        assert policy is not None
+        series = readings(sorted(((k[0], r) for k, r in self.reports.get(namespace, {}).items()),
+                                 key=lambda kr: kr[1].at), engine.metadata.name)  # fmt: skip
+        return autoscale(policy, current, series, now, self.since.get(namespace, now))
+
+    def forget(self, namespace: str) -> None:
+        self.reports.pop(namespace, None)
+        self.since.pop(namespace, None)
+
+
+def horizon(engines: list[InferenceEngine]) -> float:
+    """How far back the namespace's longest stabilization window looks."""
+    return max((max(p.scale_up_seconds, p.scale_down_seconds) for e in engines
+                if (p := e.spec.autoscaling) is not None), default=0.0)  # fmt: skip
+
+
+def current(engine: InferenceEngine, previous: EngineStatus | None, deployed: int) -> int:
+    """What the autoscaler answered last (kept on status, so a restart goes on from it)."""
+    if previous is not None and previous.scaling is not None:
+        return previous.scaling.wanted_replicas
+    return deployed or engine.spec.replicas
+
+
+@dataclass(frozen=True)
+class ScalingEvent:
+    reason: str  # ScaledUp or ScaledDown
+    message: str
+
+
+def scaling_status(scale: Scale, desired: int, note: str, previous: EngineStatus | None,
+                   now: datetime) -> tuple[ScalingStatus, ScalingEvent | None]:  # fmt: skip
+    """status.scaling (what the load asks for, what the plan gave, why) and the event for a change of a
+    running engine's replicas (starts and stops from and to zero have the on-demand events)."""
+    before = previous.desired_replicas if previous is not None else None
+    old = previous.scaling if previous is not None else None
+    reason = scale.reason if desired >= scale.replicas or not note else f"{scale.reason}; {note}"
+    changed = before is not None and before != desired
+    status = ScalingStatus(
+        wanted_replicas=scale.replicas, desired_replicas=desired, load=scale.load, reason=reason,
+        last_scale_time=now if changed or old is None else old.last_scale_time,
+    )  # fmt: skip
+    if not changed or not before or not desired:
+        return status, None
+    word = "ScaledUp" if desired > before else "ScaledDown"
+    return status, ScalingEvent(word, f"{before}→{desired}: {reason}")
