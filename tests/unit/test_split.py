@@ -73,7 +73,7 @@ def test_parse_ab() -> None:
 
 def engine(name: str, weight: int = 100, served: str = "m", **kw: object) -> Engine:
     return Engine(name, Family.VLLM, frozenset([served]), (f"http://{name}",), served, weight=weight,
-                  **kw)  # type: ignore[arg-type]  # fmt: skip
+                  weighted=True, **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
 CATALOG = Catalog((engine("a", 80), engine("b", 20), engine("s", served="s", shadow_of="m",
@@ -101,6 +101,13 @@ def test_route_puts_the_users_arm_first_and_says_so() -> None:
 def test_without_a_user_routing_is_by_load_as_before() -> None:
     d = route(Features("m"), CATALOG, lambda ep: True, lambda ep: 5.0 if "a" in ep else 0.0)
     assert d.candidates[0].engine.name == "b" and "split" not in d.reason
+
+
+def test_engines_that_set_no_weight_are_a_pool_shared_by_load() -> None:
+    pool = Catalog(tuple(Engine(n, Family.VLLM, frozenset(["m"]), (f"http://{n}",), "m") for n in "ab"), ModeState())
+    for busy in ("a", "b"):
+        d = route(Features("m", user="u1"), pool, lambda ep: True, lambda ep, b=busy: 5.0 if b in ep else 0.0)
+        assert d.candidates[0].engine.name != busy and "split" not in d.reason
 
 
 def test_ab_asks_for_the_other_arms_to_be_compared() -> None:

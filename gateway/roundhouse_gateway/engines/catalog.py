@@ -43,6 +43,7 @@ class Engine:
     governed: bool = True
     priority: int = 0
     weight: int = 100
+    weighted: bool = False  # routing.weight was set: its arms split users by weight (routing/split.py)
     max_concurrency: int | None = None
     capabilities: frozenset[str] = frozenset()
     context_length: int | None = None
@@ -157,6 +158,7 @@ def engine_from_resource(
         governed=governed,
         priority=routing.priority if routing else 0,
         weight=routing.weight if routing else 100,
+        weighted=routing is not None and "weight" in routing.model_fields_set,
         max_concurrency=routing.max_concurrency if routing else None,
         capabilities=frozenset(c.value for c in (routing.capabilities if routing else [])),
         context_length=context,

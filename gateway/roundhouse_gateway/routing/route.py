@@ -161,9 +161,11 @@ def _others(chosen: Engine, serving: list[Engine], catalog: Catalog) -> tuple[st
 
 def _split(user: str, candidates: list[Candidate], tiers: list[Tier], reasons: list[str]) -> list[Candidate]:
     """The user's arm first among the best-ranked engines (those equal to the first before load: cap,
-    task, priority, context), the rest kept in order for failover."""
-    arms = {c.engine.name: c.engine.weight for c, tier in zip(candidates, tiers, strict=True) if tier == tiers[0]}
-    if len(arms) < 2:
+    task, priority, context), the rest kept in order for failover. Only where an arm sets its weight:
+    engines that set none are a pool, shared by load."""
+    tier = [c.engine for c, rank in zip(candidates, tiers, strict=True) if rank == tiers[0]]
+    arms = {e.name: e.weight for e in tier}
+    if len(arms) < 2 or not any(e.weighted for e in tier):
         return candidates
     chosen = split.arm(user, arms.items())
     if chosen is None:
