@@ -4,6 +4,9 @@ Each proxy is pinned to core 0 with taskset; the simulator and wrk share core 1.
 interleaved, `--reps` times each; the report gives the median and spread of requests/s at 64
 connections and the proxy's CPU seconds per 1,000 requests (utime+stime of its process tree).
 Usage: .venv/bin/python bench/gateway_overhead.py [--reps 3] [--seconds 10] [--litellm] [--routing] [--keys] [--state]
+       [--adapters]
+Each Roundhouse contender's CPU per request is also printed per repetition as a multiple of nginx's in
+the same repetition (the machine's load moves both).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tests.support.redis_server import RedisServer  # noqa: E402
 CLK = os.sysconf("SC_CLK_TCK")
 # One key every contender accepts (LiteLLM will not start without a strong master key).
 BENCH_KEY = "sk-bench-7f3a9c2e5b8d4f1a6c0e9b2d7a5f3c8e1b4d6a9c2f5e8b1d"
+ADAPTER = "sql"  # --adapters: the LoRA adapter asked for by "rh-adapter"
 LUA = """wrk.method = "POST"
 wrk.body = '{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":8}'
 wrk.headers["Content-Type"] = "application/json"
@@ -177,20 +181,23 @@ def routing_contenders(upstream: str, tmp: Path, logs: Path) -> dict[str, tuple[
 
 
 def start_contenders(upstream: str, tmp: Path, logs: Path, litellm: bool = False, routing: bool = False,
-                     keys: bool = False, redis_url: str | None = None
+                     keys: bool = False, redis_url: str | None = None, adapters: bool = False
                      ) -> tuple[dict[str, tuple[str, Process | None]], list[Process]]:  # fmt: skip
-    """Each proxy in front of `upstream`, pinned to core 0. Returns name -> (base URL, process)."""
+    """Each proxy in front of `upstream`, pinned to core 0. Returns name -> (base URL, process). With
+    `adapters` the engine has a LoRA adapter, and "rh-adapter" asks the same gateway for it."""
     nport = free_port()
     (tmp / "nginx.conf").write_text(NGINX.format(tmp=tmp, upstream=upstream.rsplit(":", 1)[1], port=nport))
     nginx = Process("nginx", ["taskset", "-c", "0", "nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
                     dict(os.environ), logs, None).start()  # fmt: skip
-    spec = {"engine": "vllm", "model": {"source": "m", "servedName": "m"}, "endpoints": [upstream]}
+    spec: dict[str, object] = {"engine": "vllm", "model": {"source": "m", "servedName": "m"}, "endpoints": [upstream]}
     doc = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine", "metadata": {"name": "sim"},
            "spec": spec}  # fmt: skip
-    gurl, gw = roundhouse("roundhouse", [doc], tmp, logs)
+    # The adapter is loaded on the simulator (vLLM's run-time adapters): the gateway reads its /v1/models.
+    with_adapter = {**doc, "spec": {**spec, "adapters": [{"name": ADAPTER, "source": "org/sql-lora"}]}}
+    gurl, gw = roundhouse("roundhouse", [with_adapter if adapters else doc], tmp, logs)
     contenders: dict[str, tuple[str, Process | None]] = {
         "direct": (upstream, None), "nginx": (f"http://127.0.0.1:{nport}", nginx),
-        "roundhouse": (gurl, gw),
+        "roundhouse": (gurl, gw), **({"rh-adapter": (gurl, gw)} if adapters else {}),
     }  # fmt: skip
     procs = [nginx, gw]
     extra = {**(routing_contenders(upstream, tmp, logs) if routing else {}),
@@ -225,6 +232,8 @@ def main() -> None:
     )
     ap.add_argument("--keys", action="store_true",
                     help="add gateways without keys and with 50 named keys and limits, side by side")  # fmt: skip
+    ap.add_argument("--adapters", action="store_true",
+                    help="give the engine a LoRA adapter and ask the same gateway for it and for the base")  # fmt: skip
     ap.add_argument("--state", action="store_true",
                     help="add gateways whose keys are counted in memory, in SQLite and in redis-server")  # fmt: skip
     args = ap.parse_args()
@@ -234,27 +243,32 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rh-bench-"))
     logs = tmp / "logs"
     # On every loopback address, so that --routing can give one simulator four replica addresses.
+    lora = {"runtime_lora": True, "lora_module": f"{ADAPTER}=/lora/{ADAPTER}"} if args.adapters else {}
     sim = enginesim("vllm", "sim", ["m"], logs, host="0.0.0.0", ttft_ms=20, tokens=8,
-                    prefix=("taskset", "-c", "1")).start()  # fmt: skip
+                    prefix=("taskset", "-c", "1"), **lora).start()  # fmt: skip
     upstream = sim.url.replace("0.0.0.0", "127.0.0.1")  # type: ignore[attr-defined]
     redis = None
     if args.state:  # beside the simulator and wrk on core 1: its CPU is not the gateway's
         redis = RedisServer(tmp / "redis")
         redis.start(prefix=("taskset", "-c", "1"))
     contenders, procs = start_contenders(upstream, tmp, logs, litellm=args.litellm, routing=args.routing,
-                                         keys=args.keys, redis_url=redis.url if redis else None)  # fmt: skip
+                                         keys=args.keys, redis_url=redis.url if redis else None,
+                                         adapters=args.adapters)  # fmt: skip
     trips: dict[str, list[float]] = {}
     script = tmp / "post.lua"
     script.write_text(LUA.replace("{key}", BENCH_KEY))
+    adapter_script = tmp / "adapter.lua"
+    adapter_script.write_text(LUA.replace("{key}", BENCH_KEY).replace('"model":"m"', f'"model":"{ADAPTER}"'))
+    scripts = {"rh-adapter": adapter_script}
     results: dict[str, list[tuple[float, float, float, float | None]]] = {k: [] for k in contenders}
     try:
-        for url, _ in contenders.values():  # warm-up
-            wrk(url + "/v1/chat/completions", 2, script)
+        for name, (url, _) in contenders.items():  # warm-up
+            wrk(url + "/v1/chat/completions", 2, scripts.get(name, script))
         for rep in range(args.reps):
             for name, (url, proc) in contenders.items():
                 counted = scraped(url) if name.startswith("rh-state-") else None  # before the CPU count starts
                 before = cpu_seconds(proc.proc.pid) if proc and proc.proc else 0.0
-                rps, p50, p99 = wrk(url + "/v1/chat/completions", args.seconds, script)
+                rps, p50, p99 = wrk(url + "/v1/chat/completions", args.seconds, scripts.get(name, script))
                 cpu = cpu_seconds(proc.proc.pid) - before if proc and proc.proc else None
                 if counted is not None:
                     after = scraped(url)
@@ -276,6 +290,17 @@ def main() -> None:
         print(f"| {name} | {statistics.median(rps):.0f} ({min(rps):.0f}-{max(rps):.0f}) | "
               f"{statistics.median(r[1] for r in rows):.2f} | {statistics.median(r[2] for r in rows):.2f} | "
               f"{f'{statistics.median(cpu):.3f}' if cpu else '-'} |")  # fmt: skip
+    for name, rows in results.items():
+        if name.startswith(("roundhouse", "rh-")):
+            ratios = [r[3] / n[3] for r, n in zip(rows, results["nginx"], strict=True) if r[3] and n[3]]
+            print(f"{name} CPU per request vs nginx's, per rep: {', '.join(f'x{x:.2f}' for x in ratios)}"
+                  f" (median x{statistics.median(ratios):.2f})")  # fmt: skip
+    if args.adapters:
+        pairs = [
+            b[3] / a[3] for a, b in zip(results["roundhouse"], results["rh-adapter"], strict=True) if a[3] and b[3]
+        ]
+        print(f"rh-adapter vs roundhouse (the base model), CPU per request: x{statistics.median(pairs):.3f} (median of"
+              f" {len(pairs)} paired reps, {min(pairs):.3f}-{max(pairs):.3f})")  # fmt: skip
     if args.keys:
         # Paired per rep: each rep ran the gateways back to back, under the same machine load.
         for name in ("rh-keys-limits", "rh-keys-headers"):

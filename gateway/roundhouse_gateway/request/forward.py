@@ -10,6 +10,8 @@ import logging
 import time
 from typing import Any
 
+import orjson
+
 from roundhouse_api.families import FAMILIES
 from roundhouse_gateway import metrics
 from roundhouse_gateway.engines.catalog import Engine
@@ -36,10 +38,19 @@ def payload(body: dict[str, Any], raw: bytes | None, f: Features, engine: Engine
         body = FAMILIES[engine.family].request_body(f.path, body)
         raw = None
     if (adapter := engine.adapter.get(f.model)) is not None:  # a LoRA adapter: the engine's name and fields for it
-        return json.dumps(adapter.rewrite(body)).encode()
+        return _dumps(adapter.rewrite(body))
     if raw is not None and engine.upstream_model == f.model:
         return raw
-    return json.dumps({**body, "model": engine.upstream_model}).encode()
+    return _dumps({**body, "model": engine.upstream_model})
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """JSON bytes: orjson's, or json's for what orjson cannot write (integers past 64 bits, which the
+    request shapes let through in fields they do not name)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode()
 
 
 def _counted(o: Outcome, data: bytes) -> Outcome:
