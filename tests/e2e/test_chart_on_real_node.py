@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from roundhouse_operator import timeline
-from tests.support import chart
+from tests.support import chart, tinylora
 from tests.support.cluster import REPO, Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -137,6 +137,42 @@ def test_the_gateway_pod_routes_real_tokens_through_its_service(engines_up: Clus
     chunks = [json.loads(line[6:]) for line in lines[:-1]]
     streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert streamed == whole["choices"][0]["message"]["content"] != ""
+
+
+def test_a_llama_server_pod_with_two_adapters_answers_each_by_name_through_the_service(
+    engines_up: Cluster, models: Path
+) -> None:
+    """spec.adapters on a real llama-server pod: both LoRA files (the tiny model's, written into the models
+    volume) loaded at scale 0, each adapter a model of its own through the gateway's Service, answered by
+    the one replica with the adapter applied (greedy: each answer differs from the base's)."""
+    c = engines_up
+    (models / "loras").mkdir(exist_ok=True)
+    for name, seed in (("sql", 1), ("half", 2)):
+        tinylora.write(models / "loras" / f"{name}.gguf", seed=seed)
+    subprocess.run(["chmod", "-R", "a+rX", str(models / "loras")], check=True)
+    engine = ie("tiny-lora", "llamacpp", "/models/tiny.gguf", llamacpp={"contextSize": 512},
+                adapters=[{"name": "tiny-sql", "source": "loras/sql.gguf"},
+                          {"name": "tiny-half", "source": "loras/half.gguf", "scale": 0.5}])  # fmt: skip
+    engine["spec"]["model"]["servedName"] = "tiny-base"
+    c.apply([engine], NS)
+    try:
+        wait_until(lambda: phase(c, "tiny-lora") == "Ready", 120, "tiny-lora Ready")
+        url = gateway_url(c)
+        models_seen = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+        parents = {m["id"]: m.get("parent") for m in models_seen}
+        assert parents.get("tiny-sql") == parents.get("tiny-half") == "tiny-base", parents
+        greedy = {"temperature": 0, "max_tokens": 8}
+        answers = {}
+        for model in ("tiny-base", "tiny-sql", "tiny-half"):
+            r = wait_until(lambda m=model: (x := chat(url, model=m, **greedy)).status_code == 200 and x, 30,
+                           f"{model} answered through the Service")  # fmt: skip
+            assert r.headers["x-roundhouse-engine"] == "tiny-lora"
+            answers[model] = r.json()["choices"][0]["message"]["content"]
+        assert answers["tiny-sql"] != answers["tiny-base"] and answers["tiny-half"] != answers["tiny-base"], answers
+        assert len(processes("--lora-scaled")) == 1  # one llama-server process serves the base and both adapters
+    finally:
+        c.kubectl("delete", "ie", "tiny-lora", namespace=NS, check=False)
+        wait_until(lambda: not holding_pods(c, "tiny-lora"), 60, "tiny-lora's pod gone")
 
 
 def test_a_rolling_restart_of_the_gateway_under_load_fails_no_request(engines_up: Cluster) -> None:
