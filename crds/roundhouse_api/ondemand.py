@@ -112,7 +112,8 @@ def plan_on_demand(engines: list[DemandView], budget: Budget, now: float) -> Dem
             del running[e.name]
             _start_drain(e, now, why, out)
     free = budget.gpus - out.gpus_held  # may be negative while over budget
-    freeing = sum(holds(e) for e in engines if e.name not in running)  # drains and stopping pods
+    # Drains and stopping pods, and the replicas of running engines being stopped.
+    freeing = sum(holds(e) for e in engines if e.name not in running) + sum(map(_stopping, running.values()))
     trimmed: dict[str, int] = {}  # autoscaled engines giving extra replicas back: replicas they keep
     for e in sorted((e for e in engines if e.demanded_at is not None and e.name not in running
                      and e.name not in out.engines), key=lambda e: (e.demanded_at, e.name)):  # fmt: skip
@@ -148,12 +149,13 @@ def plan_on_demand(engines: list[DemandView], budget: Budget, now: float) -> Dem
                 continue
             for v in victims:
                 del running[v.name]
-                freeing += holds(v) - _trimmed_gpus(v, trimmed)
+                freeing += holds(v) - _stopping(v) - _trimmed_gpus(v, trimmed)
                 _start_drain(v, now, f"making room for {e.name}", out)
         # The GPUs being freed are this engine's: it starts once the outgoing pods are gone.
         from_freeing = e.gpus - max(free, 0)
         free, freeing = min(free, 0), freeing - from_freeing
-        others = sorted(x.name for x in engines if x.name not in running and holds(x) and x.name != e.name)
+        others = sorted(x.name for x in engines if ((x.name not in running and holds(x)) or _stopping(x))
+                        and x.name != e.name)  # fmt: skip
         what = ", ".join(others) if others else "its own old pods"
         out.engines[e.name] = Decision(0, "waiting", f"waiting for {what} to stop (GPUs to free up)")
     _over_budget(running, budget, now, out, trimmed)
@@ -239,7 +241,7 @@ def _over_budget(running: dict[str, DemandView], budget: Budget, now: float, out
                  trimmed: dict[str, int]) -> None:  # fmt: skip
     """Engines already running beyond the budget (it was lowered, or the mode just became onDemand):
     extra replicas go first, then whole engines."""
-    total = sum(holds(e) - _trimmed_gpus(e, trimmed) for e in running.values())
+    total = sum(holds(e) - _stopping(e) - _trimmed_gpus(e, trimmed) for e in running.values())
     if total <= budget.gpus:
         return
     total -= _trim(list(running.values()), total - budget.gpus, trimmed, None, out)
@@ -253,13 +255,14 @@ def _over_budget(running: dict[str, DemandView], budget: Budget, now: float, out
         _start_drain(v, now, f"over the GPU budget of {budget.gpus}", out)
 
 
-def _replicas_held(e: DemandView) -> int:
-    return max(e.deployed, e.pods)
+def _stopping(e: DemandView) -> int:
+    """GPUs of an autoscaled engine's pods beyond its replicas: being stopped, soon free."""
+    return max(0, e.pods - e.deployed) * e.unit
 
 
 def _trimmed_gpus(e: DemandView, trimmed: dict[str, int]) -> int:
-    """GPUs an autoscaled engine already gives back this pass (they count as freeing, not held)."""
-    return (_replicas_held(e) - trimmed[e.name]) * e.unit if e.name in trimmed else 0
+    """GPUs an autoscaled engine gives back this pass (they count as freeing, not held)."""
+    return (e.deployed - trimmed[e.name]) * e.unit if e.name in trimmed else 0
 
 
 def _trim(running: list[DemandView], shortfall: int, trimmed: dict[str, int], for_whom: str | None,
@@ -267,7 +270,7 @@ def _trim(running: list[DemandView], shortfall: int, trimmed: dict[str, int], fo
     """Take extra replicas back (never an engine's first ones), shortest queue per replica first, until
     `shortfall` GPUs are freed or none is left; the GPUs freed. Nothing when they would not be enough
     (a whole engine must go then, and taking replicas from others too would only cost them)."""
-    keep = {e.name: trimmed.get(e.name, _replicas_held(e)) for e in running if e.unit}
+    keep = {e.name: trimmed.get(e.name, e.deployed) for e in running if e.unit}
     spare = sum((keep[e.name] - e.spec_replicas) * e.unit for e in running if e.unit and keep[e.name] > e.spec_replicas)
     if spare < shortfall:
         return 0
@@ -293,7 +296,7 @@ def _share(engines: list[DemandView], running: dict[str, DemandView], budget: Bu
     scaled = [e for e in running.values() if e.unit]
     if not scaled:
         return {}
-    alloc = {e.name: trimmed.get(e.name, max(e.spec_replicas, min(e.want, _replicas_held(e)))) for e in scaled}
+    alloc = {e.name: trimmed.get(e.name, max(e.spec_replicas, min(e.want, e.deployed))) for e in scaled}
     committed = 0
     for e in engines:
         d = out.engines.get(e.name)

@@ -45,6 +45,12 @@ CASES: dict[str, tuple[list[DemandView], Budget, dict[str, tuple[int, str]], lis
     "two models contending for a budget of 2: each gets its first replica": (
         [scaled("a", replicas=2, want=2, load=10), standby("b", demanded=T - 1)], B2,
         {"a": (1, "active"), "b": (0, "waiting")}, [("a", "ScalingDown")]),
+    "the extra replica given back is stopping: nothing more is taken, no new event": (
+        [scaled("a", replicas=1, pods=2, want=2, load=10), standby("b", demanded=T - 1)], B2,
+        {"a": (1, "active"), "b": (0, "waiting")}, []),
+    "the waiting model starts once that pod is gone": (
+        [scaled("a", replicas=1, want=2, load=10), standby("b", demanded=T - 1)], B2,
+        {"a": (1, "active"), "b": (1, "starting")}, [("b", "Activating")]),
     "no extra replica while a model waits for its first": (
         [scaled("a", replicas=1, want=3, load=20, activated=T - 5), standby("b", demanded=T - 1, unit=2)], B2,
         {"a": (1, "active"), "b": (0, "waiting")}, []),
