@@ -13,7 +13,7 @@ import pytest
 from roundhouse_gateway.http.wire import ClientError
 from roundhouse_gateway.keys.keys import Identity
 from roundhouse_gateway.state.keeper import Keeper
-from roundhouse_gateway.state.open import open_state
+from roundhouse_gateway.state.open import StateError, open_state
 from tests.support.redis_server import RedisServer
 
 RPM = Identity("team-a", requests_per_minute=5)
@@ -165,6 +165,15 @@ def test_sqlite_counts_a_batch_sent_twice_once(tmp_path: Path) -> None:
     asyncio.run(run())
     rows = asyncio.run(open_state(url).report(time.time(), None, None))["rows"]
     assert [r["requests"] for r in rows] == [1]
+
+
+def test_one_sqlite_file_is_one_gateway_s(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'state.sqlite'}"
+    first = open_state(url)
+    with pytest.raises(StateError, match="another gateway keeps its state in"):
+        open_state(url)
+    asyncio.run(first.close())
+    asyncio.run(open_state(url).close())  # free again once the first has gone
 
 
 def test_memory_keeps_nothing_and_calls_nothing() -> None:

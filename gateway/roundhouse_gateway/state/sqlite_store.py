@@ -5,6 +5,7 @@ tokens, the usage rows and the last hour's series back."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -30,6 +31,14 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.url = f"sqlite://{path}"
+        # One gateway a file: each decides from what it loaded, so two would each count the other's
+        # requests again at their next start. Released when the process ends, however it ends.
+        self.lock = open(path.with_name(path.name + ".lock"), "w")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.lock.close()
+            raise OSError(f"another gateway keeps its state in {path}: give this one its own --state") from None
         # WAL with synchronous=NORMAL: a commit survives the process dying at once; only losing power
         # can take the last commits, which are a second of counts at most.
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -92,3 +101,4 @@ class SqliteStore:
 
     async def close(self) -> None:
         self.db.close()
+        self.lock.close()
