@@ -48,8 +48,7 @@ from .ondemand_status import Seen, budget_of, views
 from .plan import EnginePlan, EngineView, ModePlan, plan, wanted
 from .probes import Probing
 from .render import HASH_ANNOTATION, render, runs_workload
-from .scaling import History, horizon, scaling_status
-from .scaling import current as scaled_current
+from .scaling import Autoscaling, History, scaling_status
 from .status import Observed, engine_status
 from .status_writes import StatusWriting
 from .store import Store
@@ -124,7 +123,7 @@ def gpu_memory_mib(nodes: list[dict[str, Any]], engine: InferenceEngine) -> int 
     return min(sizes) if sizes else None
 
 
-class Controller(Probing, StatusWriting):
+class Controller(Probing, StatusWriting, Autoscaling):
     def __init__(self, store: Store, kube: Kube, helper_image: str | None = None) -> None:
         self.store = store
         self.kube = kube
@@ -377,31 +376,6 @@ class Controller(Probing, StatusWriting):
             self.mark_later(namespace, dplan.wake_in + 0.05)
         return result, (dplan, budget, dviews)
 
-    def _autoscale(
-        self, namespace: str, modes: list[EngineMode],
-        parsed: dict[str, tuple[dict[str, Any], InferenceEngine | None, str | None]], now: datetime,
-    ) -> None:  # fmt: skip
-        """The autoscaler's answer for every engine with spec.autoscaling, from the gateways' reports on the
-        namespace's EngineModes; a pass is due again when its windows move on."""
-        scaled = [e for (_r, e, err) in parsed.values() if e is not None and err is None and e.spec.autoscaling
-                  and runs_workload(e)]  # fmt: skip
-        for key in [k for k in self._scales if k[0] == namespace and k[1] not in {e.metadata.name for e in scaled}]:
-            del self._scales[key]
-        if not scaled:
-            self.history.forget(namespace)
-            return
-        t = now.timestamp()
-        self.history.see(namespace, [m.metadata.annotations for m in modes], t, horizon(scaled))
-        for e in scaled:
-            name = e.metadata.name
-            deployment = self.store.get("Deployment", namespace, name)
-            deployed = int(((deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
-            last = self._scales.get((namespace, name))
-            was = last.replicas if last else scaled_current(e, self._previous_status(parsed[name][0]), deployed)
-            scale = self._scales[(namespace, name)] = self.history.decide(namespace, e, was, t)
-            if scale.wake_in is not None:
-                self.mark_later(namespace, scale.wake_in + 0.05)
-
     def _view(self, namespace: str, raw: dict[str, Any], engine: InferenceEngine | None, governed: bool) -> EngineView:
         name = raw["metadata"]["name"]
         deployment = self.store.get("Deployment", namespace, name)
@@ -546,6 +520,7 @@ class Controller(Probing, StatusWriting):
         self._plans.pop((namespace, name), None)
         self._statuses.pop((namespace, name), None)
         self._settle.pop((namespace, name), None)
+        self._scales.pop((namespace, name), None)
         for key in [k for k in self._parsed if k[0] == uid]:
             del self._parsed[key]
         for rkey in [k for k in self._rendered if k[0] == uid]:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from roundhouse_api import EngineStatus, InferenceEngine, ScalingStatus
+from roundhouse_api import EngineMode, EngineStatus, InferenceEngine, ScalingStatus
 from roundhouse_api.autoscaler import Scale, autoscale, readings
 from roundhouse_api.demand import REPORT_PREFIX, REPORT_TTL, GatewayReport
+
+from .render import runs_workload
+from .store import Store
 
 
 class History:
@@ -89,3 +93,42 @@ def scaling_status(scale: Scale, desired: int, note: str, previous: EngineStatus
         return status, None
     word = "ScaledUp" if desired > before else "ScaledDown"
     return status, ScalingEvent(word, f"{before}→{desired}: {reason}")
+
+
+class Autoscaling:
+    """The Controller's autoscaling half: the answers it keeps are the Controller's."""
+
+    store: Store
+    history: History
+    _scales: dict[tuple[str, str], Scale]
+
+    if TYPE_CHECKING:
+
+        def mark_later(self, namespace: str, seconds: float) -> None: ...
+
+        def _previous_status(self, raw: dict[str, Any]) -> EngineStatus | None: ...
+
+    def _autoscale(
+        self, namespace: str, modes: list[EngineMode],
+        parsed: dict[str, tuple[dict[str, Any], InferenceEngine | None, str | None]], now: datetime,
+    ) -> None:  # fmt: skip
+        """The autoscaler's answer for every engine with spec.autoscaling, from the gateways' reports on the
+        namespace's EngineModes; a pass is due again when its windows move on."""
+        scaled = [e for (_r, e, err) in parsed.values() if e is not None and err is None and e.spec.autoscaling
+                  and runs_workload(e)]  # fmt: skip
+        for key in [k for k in self._scales if k[0] == namespace and k[1] not in {e.metadata.name for e in scaled}]:
+            del self._scales[key]
+        if not scaled:
+            self.history.forget(namespace)
+            return
+        t = now.timestamp()
+        self.history.see(namespace, [m.metadata.annotations for m in modes], t, horizon(scaled))
+        for e in scaled:
+            name = e.metadata.name
+            deployment = self.store.get("Deployment", namespace, name)
+            deployed = int(((deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
+            last = self._scales.get((namespace, name))
+            was = last.replicas if last else current(e, self._previous_status(parsed[name][0]), deployed)
+            scale = self._scales[(namespace, name)] = self.history.decide(namespace, e, was, t)
+            if scale.wake_in is not None:
+                self.mark_later(namespace, scale.wake_in + 0.05)
