@@ -116,7 +116,7 @@ def test_engines_run_as_real_pods_ready_through_their_probes(engines_up: Cluster
         assert p["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/health"
     assert len(processes("/app/llama-server")) == 2  # two real llama-server processes on this machine
     line = c.kubectl("get", "ie", "tiny-llama", namespace=NS).stdout.splitlines()[1].split()
-    assert line[1:5] == ["llamacpp", "tiny", "2/2", "Ready"]
+    assert line[1:6] == ["llamacpp", "tiny", "2/2", "2", "Ready"]  # engine, model, ready, desired, phase
     assert (c.get("ie", "tiny-llama", NS)["status"]).get("contextPerRequest") == 2048
 
 
@@ -169,7 +169,8 @@ def test_a_llama_server_pod_with_two_adapters_answers_each_by_name_through_the_s
             assert r.headers["x-roundhouse-engine"] == "tiny-lora"
             answers[model] = r.json()["choices"][0]["message"]["content"]
         assert answers["tiny-sql"] != answers["tiny-base"] and answers["tiny-half"] != answers["tiny-base"], answers
-        assert len(processes("--lora-scaled")) == 1  # one llama-server process serves the base and both adapters
+        # One llama-server process serves the base and both adapters.
+        assert len(processes("/app/llama-server .*--lora-scaled")) == 1
     finally:
         c.kubectl("delete", "ie", "tiny-lora", namespace=NS, check=False)
         wait_until(lambda: not holding_pods(c, "tiny-lora"), 60, "tiny-lora's pod gone")
