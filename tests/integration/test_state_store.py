@@ -72,6 +72,18 @@ def test_a_budget_spent_through_one_keeper_is_refused_by_the_other(redis: RedisS
     asyncio.run(run())
 
 
+def test_a_replica_s_unwritten_tokens_count_against_the_budget(redis: RedisServer) -> None:
+    async def run() -> None:
+        k = open_state(redis.url)
+        assert (await k.admit(BUDGET, False)).refusal is None
+        k.charge(BUDGET, "m", "e", 200, 70, 30)  # not written yet: the next batch has it
+        v = await k.admit(BUDGET, False)
+        assert v.refusal is not None and v.refusal.code == "insufficient_quota" and "used 100 of" in v.refusal.message
+        await k.close()
+
+    asyncio.run(run())
+
+
 def test_an_outage_is_counted_locally_and_written_back(redis: RedisServer) -> None:
     async def run() -> None:
         k = open_state(redis.url, timeout=0.2)

@@ -83,15 +83,17 @@ class Keeper:
         if self.shared and not self.degraded:
             assert self.store is not None
             month = month_of(wall)
+            # Tokens this replica counted and has not written yet: the budget is judged with them too.
+            unwritten = self._unwritten_tokens(month, who.name) if who.monthly_token_budget is not None else 0
             try:
                 async with asyncio.timeout(self.timeout):  # not wait_for: that is a task more a request
-                    counts = await self.store.admit(who, month, headers)
+                    counts = await self.store.admit(who, month, headers, unwritten)
             except (StoreError, TimeoutError) as err:
                 self._failed("admit", err)
                 return await self.admit(who, headers)  # decided locally, or refused when closed
             metrics.child(metrics.STATE_CALLS, "admit", "ok").inc()
-            # What this replica counts on from if the store goes away.
-            self.limiter.seen(who.name, counts.month_tokens + self._unwritten_tokens(month, who.name), wall)
+            counts.month_tokens += unwritten
+            self.limiter.seen(who.name, counts.month_tokens, wall)  # what it counts on from if the store goes
             return verdict(who, counts, wall, headers)
         return self.limiter.admit(who, time.monotonic(), wall, headers)
 

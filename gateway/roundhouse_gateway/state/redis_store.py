@@ -116,7 +116,7 @@ class RedisStore:
                                               health_check_interval=0)  # fmt: skip
         self.timeout = timeout
         self._admit = self.client.register_script(ADMIT)
-        self._queued: list[tuple[Identity, str, bool, asyncio.Future[Any]]] = []
+        self._queued: list[tuple[Identity, str, bool, int, asyncio.Future[Any]]] = []
         self._busy = False  # a call of the admission script is on its way
         self._conn: Any = None  # the admissions' own connection (redis.asyncio.Connection)
         self._sending: set[asyncio.Task[None]] = set()
@@ -125,12 +125,12 @@ class RedisStore:
     def load(self) -> Loaded:
         return Loaded()  # read on demand: other replicas write too
 
-    async def admit(self, who: Identity, month: str, details: bool) -> Counts:
+    async def admit(self, who: Identity, month: str, details: bool, unwritten: int = 0) -> Counts:
         """One admission. One call of the script at a time, on a connection of its own; what arrives
         meanwhile goes in the next call: a call through the client's pool costs ~90 us of CPU, and an
         admission in a batch a few (docs/benchmarks.md)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((who, month, details, future))
+        self._queued.append((who, month, details, unwritten, future))
         if not self._busy:
             self._busy = True
             asyncio.get_running_loop().call_soon(self._start)  # next turn: with the rest of this one's
@@ -150,14 +150,15 @@ class RedisStore:
         finally:
             self._busy = False
 
-    async def _send(self, batch: list[tuple[Identity, str, bool, asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[tuple[Identity, str, bool, int, asyncio.Future[Any]]]) -> None:
         keys: list[str] = []
         args: list[str] = []
-        for who, month, details, _ in batch:
-            name = who.name
+        for who, month, details, unwritten, _ in batch:
+            name, budget = who.name, who.monthly_token_budget
             keys += (f"{PREFIX}win:{name}:r", f"{PREFIX}win:{name}:t", f"{PREFIX}month:{month}")
+            # What is left of the budget once this replica's unwritten tokens are counted.
             args += (name, _arg(who.requests_per_minute), _arg(who.tokens_per_minute),
-                     _arg(who.monthly_token_budget), "1" if details else "0")  # fmt: skip
+                     _arg(None if budget is None else budget - unwritten), "1" if details else "0")  # fmt: skip
         try:
             answers = await self._call("EVALSHA", self._admit.sha, len(keys), *keys, *args)
         except StoreError as err:

@@ -58,7 +58,7 @@ class SqliteStore:
         out.minutes = {(m, k): t for m, k, t in self.db.execute("SELECT minute, key, tokens FROM minutes")}
         return out
 
-    async def admit(self, who: Identity, month: str, details: bool) -> Counts:
+    async def admit(self, who: Identity, month: str, details: bool, unwritten: int = 0) -> Counts:
         raise NotImplementedError("an embedded store is not shared: the gateway decides in memory")
 
     async def write(self, batch: Batch) -> None:
