@@ -134,8 +134,12 @@ class RedisStore:
         if not self._busy:
             self._busy = True
             asyncio.get_running_loop().call_soon(self._start)  # next turn: with the rest of this one's
-        ok, sec, used, rb, tb = await future
-        return Counts(bool(ok), float(sec), int(used), rb, tb)
+        answer = await future
+        try:
+            ok, sec, used, rb, tb = answer
+            return Counts(bool(ok), float(sec), int(used), [int(x) for x in rb], [int(x) for x in tb])
+        except (TypeError, ValueError):  # not the script's answer (another script under our name?)
+            raise StoreError(f"unexpected answer to the admission script: {answer!r:.200}") from None
 
     def _start(self) -> None:
         task = asyncio.get_running_loop().create_task(self._lane())
@@ -227,7 +231,10 @@ class RedisStore:
         out = Loaded()
         for day, fields in zip(days, answers, strict=False):
             for field, value in fields.items():
-                key, model, engine, what = field.decode().split(SEP)
+                parts = field.decode(errors="replace").split(SEP)
+                if len(parts) != 4 or parts[3] not in FIELDS:
+                    continue  # not a field of ours
+                key, model, engine, what = parts
                 row = out.rows.get((key, model, engine, day))
                 if row is None:
                     row = out.rows[(key, model, engine, day)] = Row()
