@@ -6,7 +6,8 @@ polls its health endpoint every 0.25 s, bounded by maxWaitSeconds; a stop drains
 (no new requests, those running finish, up to drainSeconds), then sends SIGTERM and SIGKILL after
 STOP_TIMEOUT. Starts and stops are serialized by one lock. An engine that exits on its own is
 reported (phase Failed, its exit code and last log line) and not started again before
-CRASH_BACKOFF has passed and a request asks for it: never a restart loop.
+CRASH_BACKOFF has passed and a request asks for it: never a restart loop. An engine with
+spec.autoscaling runs more processes when its load asks and the budget allows (local_scale.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from roundhouse_api.ondemand import Budget, DemandView, plan_on_demand
 from roundhouse_gateway.engines.catalog import Catalog, ModeState
 from roundhouse_gateway.routing.demand import Demand
 from roundhouse_gateway.sources.budget import SWAPS_KEPT, BudgetState, History, Holder, Swap
+from roundhouse_gateway.sources.local_scale import Extra, Loads, start_extra, stop_extra
 from roundhouse_gateway.sources.localcmd import LOOPBACK, CommandError, local_command
 
 log = logging.getLogger("roundhouse.gateway.local")
@@ -57,6 +59,7 @@ class Local:
     message: str = "on demand: starts when a request needs it"
     starts: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    extras: list[Extra] = field(default_factory=list)  # spec.autoscaling: its other processes
 
     @property
     def name(self) -> str:
@@ -87,12 +90,13 @@ class LocalEngines:
         self.cache_dir = cache_dir
         self.lock = asyncio.Lock()
         self.http = httpx.AsyncClient(timeout=2.0)
-        self.published: tuple[tuple[str, str, int | None], ...] = ()
+        self.published: tuple[tuple[object, ...], ...] = ()
         self.swaps: deque[Swap] = deque(maxlen=SWAPS_KEPT)
         self.swap_count = 0
         # The mode in force: the config's, until the admin page switches the gateway's own mode.
         self.current_mode: Callable[[], ModeState] = lambda: self.base.mode
         self.history = History()
+        self.loads = Loads()
 
     # --- the loop ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -112,9 +116,16 @@ class LocalEngines:
             waits = self.demand.waiting.get(loc.name) or []
             running = loc.state in ("starting", "ready", "draining")
             in_flight = self.demand.in_flight.get(loc.name, 0)
+            unit, want, load = 0, 0, 0
+            if (policy := loc.ie.spec.autoscaling) is not None:
+                self.loads.sample(loc.name, in_flight, len(waits), now,
+                                  max(policy.scale_up_seconds, policy.scale_down_seconds))  # fmt: skip
+                (want, load), unit = self.loads.want(loc.ie, now), gpu_count(loc.ie.spec)
+            live = sum(1 for x in loc.extras if not x.stopping)
             out.append(DemandView(
-                name=loc.name, gpus=gpu_count(loc.ie.spec), spec_replicas=1, deployed=1 if running else 0,
-                pods=1 if loc.alive() else 0, ready=loc.state in ("ready", "draining"),
+                name=loc.name, gpus=gpu_count(loc.ie.spec), spec_replicas=1, deployed=1 + live if running else 0,
+                pods=(1 if loc.alive() else 0) + sum(1 for x in loc.extras if x.alive()),
+                ready=loc.state in ("ready", "draining"), unit=unit, want=want, load=load,
                 priority=loc.ie.spec.routing.priority if loc.ie.spec.routing else 0,
                 # Only while it drains: once its stop is under way the plan must not stop it again.
                 activated_at=loc.activated_at, draining_since=loc.draining_since if loc.state == "draining" else None,
@@ -145,6 +156,43 @@ class LocalEngines:
                 self._spawn(loc, self.stop(loc, d.note))
             elif loc.state == "standby" and d.state == "waiting":
                 loc.message = d.note
+            if loc.ie.spec.autoscaling is not None and loc.state == "ready" and d.state == "active":
+                self.resize(loc, d.replicas)
+        self.publish()
+
+    def resize(self, loc: Local, replicas: int) -> None:
+        """Start or stop one extra process at a time, towards `replicas` processes in all."""
+        live = [x for x in loc.extras if not x.stopping]
+        if any(not x.ready for x in live):
+            return  # one is starting: the next step looks again
+        if replicas > 1 + len(live):
+            extra = Extra(port=free_port())
+            loc.extras.append(extra)
+            self._spawn(loc, self._run_extra(loc, extra))
+        elif replicas < 1 + len(live):
+            extra = live[-1]
+            extra.stopping, extra.ready = True, False  # out of the catalog before it stops
+            self._spawn(loc, self._stop_extra(loc, extra))
+
+    async def _run_extra(self, loc: Local, extra: Extra) -> None:
+        if await start_extra(loc.ie, extra, str(self.cache_dir), loc.log_path, self.http, self.max_wait):
+            self.publish()
+            code = await extra.process.wait() if extra.process else None
+            if not extra.stopping:
+                log.warning("extra process exited", extra={"engine": loc.name, "port": extra.port, "exit": code})
+        else:
+            await stop_extra(extra, 0, lambda: False, STOP_TIMEOUT)
+        with contextlib.suppress(ValueError):
+            if not extra.stopping:
+                loc.extras.remove(extra)
+        self.publish()
+
+    async def _stop_extra(self, loc: Local, extra: Extra) -> None:
+        self.publish()
+        await stop_extra(extra, self.budget.drain, lambda: bool(self.demand.in_flight.get(loc.name)), STOP_TIMEOUT)
+        with contextlib.suppress(ValueError):
+            loc.extras.remove(extra)
+        log.info("extra process stopped", extra={"engine": loc.name, "port": extra.port})
         self.publish()
 
     def manual(self, mode: Mode | None, now: float) -> None:
@@ -228,8 +276,12 @@ class LocalEngines:
 
     async def stop(self, loc: Local, why: str) -> None:
         loc.state, loc.message = "stopping", why
+        for extra in loc.extras:
+            extra.stopping, extra.ready = True, False
         self.publish()
         async with self.lock:
+            await asyncio.gather(*(stop_extra(x, 0, lambda: False, STOP_TIMEOUT) for x in loc.extras))
+            loc.extras.clear()
             await self._terminate(loc)
             loc.state, loc.draining_since = "standby", None
             loc.message = "on demand: starts when a request needs it"
@@ -264,13 +316,15 @@ class LocalEngines:
         for loc in self.engines.values():
             if loc.state != "failed":  # stopping them is not a crash (watch() would report one)
                 loc.state, loc.message = "stopping", "the gateway is shutting down"
+            await asyncio.gather(*(stop_extra(x, 0, lambda: False, STOP_TIMEOUT) for x in loc.extras))
             await self._terminate(loc)
         await self.http.aclose()
 
     # --- the catalog the router reads -------------------------------------------------------------
     def publish(self) -> None:
         """The base catalog with each local engine's endpoint and phase (only when something changed)."""
-        now = tuple((loc.name, loc.state, loc.port) for loc in self.engines.values())
+        now = tuple((loc.name, loc.state, loc.port, *(x.port for x in loc.extras if x.ready))
+                    for loc in self.engines.values())  # fmt: skip
         if now == self.published:
             return
         self.published = now
@@ -284,8 +338,9 @@ class LocalEngines:
                 engines.append(e)
                 continue
             serving = loc.state in ("ready", "draining") and loc.port is not None
+            ports = [loc.port, *(x.port for x in loc.extras if x.ready)] if serving else []
             engines.append(dataclasses.replace(
-                e, endpoints=(f"http://{LOOPBACK}:{loc.port}",) if serving else (), ready=loc.state == "ready",
+                e, endpoints=tuple(f"http://{LOOPBACK}:{p}" for p in ports), ready=loc.state == "ready",
                 phase=phases[loc.state], message=loc.message,
             ))  # fmt: skip
         self.update(dataclasses.replace(self.base, engines=tuple(engines), mode=self.current_mode()))
@@ -302,7 +357,8 @@ class LocalEngines:
             since = {"starting": loc.activated_at, "running": loc.activated_at, "draining": loc.draining_since,
                      "failed": loc.failed_at}.get(state)  # fmt: skip
             out.append(Holder(
-                name=loc.name, family=loc.ie.spec.engine.value, gpus=gpu_count(loc.ie.spec), state=state,
+                name=loc.name, family=loc.ie.spec.engine.value, state=state,
+                gpus=gpu_count(loc.ie.spec) * (1 + sum(1 for x in loc.extras if x.alive())),
                 in_flight=self.demand.in_flight.get(loc.name, 0), waiting=len(waits),
                 oldest_wait_at=min(waits) if waits else None, since=since, message=loc.message,
             ))  # fmt: skip
