@@ -40,14 +40,15 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))] * 1000
 
 
-async def fixed_rate(url: str, rate: int, seconds: float) -> list[float]:
+async def fixed_rate(url: str, rate: int, seconds: float, model: str = "m") -> list[float]:
     """Open loop: request i starts at i/rate whatever happened to the others."""
     latencies: list[float] = []
+    body = BODY if model == "m" else BODY.replace(b'"model":"m"', f'"model":"{model}"'.encode())
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
 
         async def one() -> None:
             start = time.perf_counter()
-            async with s.post(url, data=BODY, headers=HEADERS) as r:
+            async with s.post(url, data=body, headers=HEADERS) as r:
                 await r.read()
                 if r.status != 200:
                     raise RuntimeError(f"{url}: HTTP {r.status}")

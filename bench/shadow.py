@@ -3,7 +3,8 @@ the same simulated primary (20 ms), one of them also copying 50% of the model's 
 engine (another simulator, 40 ms). Open-loop load at a fixed rate, interleaved `--reps` times; the
 report gives each gateway's p50 and p99 and, paired per repetition, what the shadow added to the
 primary's p99 (target: at most +1 ms at 100 requests/s). Gateways on core 0; the simulators and this
-load generator on core 1.
+load generator on core 1 (in the run without a shadow, the shadow's simulator gets the same share of
+requests straight from the load generator, so core 1 does the same work either way).
 Usage: .venv/bin/python bench/shadow.py [--reps 5] [--seconds 10] [--rate 100] [--percent 50]
 """
 
@@ -37,6 +38,15 @@ def engine(name: str, url: str, served: str, routing: dict[str, object] | None =
             "spec": spec}  # fmt: skip
 
 
+async def alongside(url: str, rate: int, other: str, other_rate: int, seconds: float) -> list[float]:
+    """The latencies at `url` at `rate`, while `other` gets `other_rate` requests a second (unmeasured)."""
+    measured = fixed_rate(url, rate, seconds)
+    if not other_rate:
+        return await measured
+    lat, _ = await asyncio.gather(measured, fixed_rate(other, other_rate, seconds, model="s"))
+    return lat
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
@@ -60,7 +70,11 @@ def main() -> None:
             asyncio.run(fixed_rate(url + "/v1/chat/completions", args.rate, 2))
         for rep in range(args.reps):
             for name, (url, _) in gateways.items():
-                lat = asyncio.run(fixed_rate(url + "/v1/chat/completions", args.rate, args.seconds))
+                # The shadow's simulator shares core 1 with the primary's and this load generator: without a
+                # shadow, the same copies go to it straight from here, so core 1 does the same work in both.
+                extra = 0 if name != "no-shadow" else round(args.rate * args.percent / 100)
+                lat = asyncio.run(alongside(url + "/v1/chat/completions", args.rate, s_url + "/v1/chat/completions",
+                                            extra, args.seconds))  # fmt: skip
                 rows[name].append((pct(lat, 0.5), pct(lat, 0.99)))
                 print(f"rep {rep + 1} {name:12} p50 {pct(lat, 0.5):6.2f} ms  p99 {pct(lat, 0.99):6.2f} ms", flush=True)
         url = gateways[f"shadow-{args.percent:g}%"][0]
