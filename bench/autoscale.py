@@ -1,0 +1,290 @@
+"""Elastic engines vs fixed fleets, side by side in one run, on a bursty trace over three models.
+
+A discrete-event model of the fleet (0.25 s ticks), driven by the real decision code: the autoscaler
+(roundhouse_api.autoscaler) and the on-demand plan sharing the GPU budget (roundhouse_api.ondemand),
+fed what the gateways would report (requests in flight and waiting per engine, every 10 s while busy,
+at once when a request starts waiting for a standby engine). The engines are modelled, not run:
+slots per replica, prefill and decode times, and start times like the real families' (vLLM tens of
+seconds, llama.cpp seconds); a replica's GPUs are held from its start until its pod is gone. No
+gateway or operator process runs here; `tests/integration/test_autoscaling.py` and
+`test_standalone_autoscaling.py` run the real ones.
+
+Fleets:
+- peak: fixed replicas sized for each model's peak (always running);
+- mean: fixed replicas sized for each model's mean load;
+- elastic: mode onDemand with spec.autoscaling, within a GPU budget smaller than the peak fleet.
+Printed: p50/p95/p99 time to first token and wait, GPU-seconds held, swaps (starts from zero) and
+failed requests (waited past maxWaitSeconds, or cut by a drain deadline). Targets: elastic p95 TTFT
+within 1.5x of the peak fleet's with <= 60% of its GPU-seconds and 0 failed; on an alternating-demand
+trace (two models, a budget for one) at most one swap per minActiveSeconds per engine.
+Usage: .venv/bin/python bench/autoscale.py [--seed 7] [--minutes 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "crds"))
+
+from roundhouse_api import Autoscaling  # noqa: E402
+from roundhouse_api.autoscaler import Reading, autoscale  # noqa: E402
+from roundhouse_api.ondemand import Budget, DemandView, plan_on_demand  # noqa: E402
+
+DT = 0.25
+REPORT_EVERY = 10.0
+STOP_SECONDS = 1.0  # a pod's stop, once its requests are done
+MAX_WAIT = 300.0
+EPOCH = 1.7e9  # the decision code reads epoch seconds (0.0 would read as "unset")
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    family: str
+    gpus: int
+    start: float  # scale-up to ready
+    slots: int  # requests one replica serves at once
+    prefill: float
+    decode: float
+
+
+MODELS = [
+    Model("chat-7b", "vllm", 1, 25.0, 8, 0.15, 4.0),
+    Model("code-14b", "vllm", 2, 40.0, 8, 0.25, 6.0),
+    Model("small-gguf", "llamacpp", 1, 6.0, 4, 0.10, 3.0),
+]
+
+
+@dataclass
+class Request:
+    model: str
+    arrived: float
+    started: float | None = None
+    done_at: float | None = None
+    failed: bool = False
+
+
+@dataclass
+class Replica:
+    ready_at: float
+    running: list[Request] = field(default_factory=list)
+    stopping: bool = False
+    gone_at: float | None = None  # once stopping and empty: when its GPUs are free
+
+
+@dataclass
+class Fleet:
+    replicas: dict[str, list[Replica]]
+    queues: dict[str, deque[Request]] = field(default_factory=dict)
+    gpu_seconds: float = 0.0
+    swaps: dict[str, int] = field(default_factory=dict)
+    draining: set[str] = field(default_factory=set)  # engines that take no new requests
+
+
+def trace(minutes: float, seed: int) -> list[Request]:
+    """Poisson arrivals per model: a base rate with bursts that do not all coincide."""
+    rng = random.Random(seed)
+    base = {"chat-7b": 0.4, "code-14b": 0.15, "small-gguf": 0.3}
+    bursts = {"chat-7b": [(300, 90, 3.5), (1100, 90, 3.5)], "code-14b": [(650, 120, 2.0), (1450, 90, 2.0)],
+              "small-gguf": [(450, 60, 2.5), (1300, 60, 2.5)]}  # fmt: skip
+    out = []
+    end = minutes * 60
+    for m in MODELS:
+        t = 0.0
+        while True:
+            rate = base[m.name] + sum(r for s, d, r in bursts[m.name] if s <= t < s + d)
+            t += rng.expovariate(rate)
+            if t >= end:
+                break
+            out.append(Request(m.name, t))
+    return sorted(out, key=lambda r: r.arrived)
+
+
+def alternating(minutes: float) -> list[Request]:
+    """Two llama.cpp models asked in turn, a request every 2 s, the model changing every 10 s."""
+    return [Request("small-gguf" if int(t // 10) % 2 else "alt-gguf", t) for t in range(0, int(minutes * 60), 2)]
+
+
+def fixed_sizes(reqs: list[Request], minutes: float, peak: bool) -> dict[str, int]:
+    """Replicas per model for its peak (the busiest 30 s) or its mean in-flight load."""
+    out = {}
+    for m in MODELS:
+        times = [r.arrived for r in reqs if r.model == m.name]
+        if peak:
+            window = max((sum(1 for t in times if s <= t < s + 30) for s in range(0, int(minutes * 60), 10)), default=0)
+            load = window / 30 * (m.decode + m.prefill)
+        else:
+            load = len(times) / (minutes * 60) * (m.decode + m.prefill)
+        out[m.name] = max(1, math.ceil(load / m.slots))
+    return out
+
+
+def serve(fleet: Fleet, now: float, models: dict[str, Model]) -> None:
+    """Finish what is done, then give free slots on ready replicas to the queues (oldest first)."""
+    for name, reps in fleet.replicas.items():
+        m = models[name]
+        for rep in reps:
+            rep.running = [r for r in rep.running if r.done_at is None or r.done_at > now]
+            if rep.stopping and not rep.running and rep.gone_at is None:
+                rep.gone_at = now + STOP_SECONDS
+        fleet.replicas[name] = [r for r in reps if r.gone_at is None or r.gone_at > now]
+        queue = fleet.queues.setdefault(name, deque())
+        while queue and now - queue[0].arrived > MAX_WAIT:
+            queue.popleft().failed = True
+        for rep in fleet.replicas[name] if name not in fleet.draining else []:
+            while queue and not rep.stopping and rep.ready_at <= now and len(rep.running) < m.slots:
+                req = queue.popleft()
+                req.started, req.done_at = now, now + m.prefill + m.decode
+                rep.running.append(req)
+
+
+def run(reqs: list[Request], minutes: float, models: dict[str, Model], sizes: dict[str, int] | None,
+        budget: int, policy: dict[str, Autoscaling]) -> Fleet:  # fmt: skip
+    """One fleet over the trace: fixed `sizes`, or elastic (sizes None) under the plan and autoscaler."""
+    fleet = Fleet({n: [Replica(0.0) for _ in range((sizes or {}).get(n, 0))] for n in models})
+    pending = deque(reqs)
+    elastic = _Elastic(models, budget, policy) if sizes is None else None
+    t = 0.0
+    while t < minutes * 60 or any(fleet.queues.values()) or any(r.running for v in fleet.replicas.values() for r in v):
+        while pending and pending[0].arrived <= t:
+            req = pending.popleft()
+            fleet.queues.setdefault(req.model, deque()).append(req)
+        if elastic is not None:
+            elastic.step(fleet, t)
+        serve(fleet, t, models)
+        fleet.gpu_seconds += DT * sum(models[n].gpus * len(v) for n, v in fleet.replicas.items())
+        t += DT
+        if t > minutes * 60 + 2 * MAX_WAIT:
+            break
+    return fleet
+
+
+class _Elastic:
+    """What the gateways report and the operator decides, every tick."""
+
+    def __init__(self, models: dict[str, Model], budget: int, policy: dict[str, Autoscaling]) -> None:
+        self.models, self.budget, self.policy = models, Budget(budget, min_active=60, idle=120, drain=30), policy
+        self.series: dict[str, list[Reading]] = {n: [] for n in models}
+        self.answer = {n: 1 for n in models}
+        self.reported: dict[str, float] = {}
+        self.activated: dict[str, float] = {}
+        self.draining: dict[str, float] = {}
+        self.last_request: dict[str, float] = {}
+
+    def step(self, fleet: Fleet, t: float) -> None:
+        now = EPOCH + t
+        views = []
+        for name, m in self.models.items():
+            reps = fleet.replicas[name]
+            queue = fleet.queues.get(name) or deque()
+            running = sum(len(r.running) for r in reps)
+            live = [r for r in reps if not r.stopping]
+            standby = not live
+            if queue:
+                self.last_request[name] = EPOCH + queue[-1].arrived
+            # A gateway holds requests for a standby engine (waiting); for a running one they queue in
+            # the engine (in flight). It writes at once for a new wait, and every 10 s while busy.
+            in_flight, waiting = (running, len(queue)) if standby else (running + len(queue), 0)
+            due = now - self.reported.get(name, -1e9) >= REPORT_EVERY and (in_flight or waiting)
+            first_wait = waiting and not (self.series[name] and self.series[name][-1].waiting)
+            if due or first_wait or (not in_flight and not waiting and self.series[name]
+                                     and self.series[name][-1].load):  # fmt: skip
+                self.series[name].append(Reading("gw", now, in_flight, waiting))
+                self.reported[name] = now
+            s = autoscale(self.policy[name], self.answer[name], self.series[name], now, EPOCH)
+            self.answer[name] = s.replicas
+            views.append(DemandView(
+                name=name, gpus=m.gpus, spec_replicas=1, deployed=len(live), pods=len(reps),
+                ready=any(r.ready_at <= t for r in live), activated_at=self.activated.get(name),
+                draining_since=self.draining.get(name),
+                demanded_at=EPOCH + queue[0].arrived if standby and queue else None,
+                last_request_at=self.last_request.get(name), in_flight=running, drained=running == 0,
+                unit=m.gpus, want=s.replicas, load=s.load,
+            ))  # fmt: skip
+        plan = plan_on_demand(views, self.budget, now)
+        for e in plan.events:
+            if e.reason == "Activating":
+                fleet.swaps[e.engine] = fleet.swaps.get(e.engine, 0) + 1
+        for name, d in plan.engines.items():
+            live = [r for r in fleet.replicas[name] if not r.stopping]
+            if d.activated_at is not None:
+                self.activated[name] = d.activated_at
+            if d.draining_since is not None:
+                self.draining[name] = d.draining_since
+                fleet.draining.add(name)  # no new requests: they wait for the next start
+            elif name in self.draining and d.state != "draining":
+                del self.draining[name]
+                fleet.draining.discard(name)
+            if d.replicas == 0 and d.state != "draining":
+                for r in live:
+                    for req in r.running:  # cut by the drain deadline
+                        req.failed, req.done_at = True, t
+                    r.stopping = True
+                continue
+            for _ in range(d.replicas - len(live)):
+                fleet.replicas[name].append(Replica(t + self.models[name].start))
+            for r in sorted(live, key=lambda r: (len(r.running), -r.ready_at))[: max(0, len(live) - d.replicas)]:
+                r.stopping = True
+
+
+def summary(label: str, reqs: list[Request], fleet: Fleet, models: dict[str, Model]) -> dict[str, float]:
+    served = [r for r in reqs if not r.failed and r.started is not None]
+    ttft = sorted(r.started - r.arrived + models[r.model].prefill for r in served)  # type: ignore[operator]
+    wait = sorted(r.started - r.arrived for r in served)  # type: ignore[operator]
+
+    def q(xs: list[float], p: float) -> float:
+        return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+
+    row = {"p50": q(ttft, 0.5), "p95": q(ttft, 0.95), "p99": q(ttft, 0.99), "w50": q(wait, 0.5), "w95": q(wait, 0.95),
+           "w99": q(wait, 0.99), "gpus": fleet.gpu_seconds, "swaps": sum(fleet.swaps.values()),
+           "failed": sum(1 for r in reqs if r.failed or r.started is None)}  # fmt: skip
+    print(f"{label:<8} {row['p50']:7.2f} {row['p95']:7.2f} {row['p99']:7.2f}   {row['w50']:7.2f} {row['w95']:7.2f}"
+          f" {row['w99']:7.2f}   {row['gpus']:9.0f}  {row['swaps']:5.0f}  {row['failed']:6.0f}")  # fmt: skip
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--minutes", type=float, default=30)
+    args = p.parse_args()
+    models = {m.name: m for m in MODELS}
+    reqs = trace(args.minutes, args.seed)
+    peak, mean = fixed_sizes(reqs, args.minutes, True), fixed_sizes(reqs, args.minutes, False)
+    peak_gpus = sum(models[n].gpus * k for n, k in peak.items())
+    budget = max(max(m.gpus for m in MODELS), math.ceil(peak_gpus * 0.75))
+    policy = {m.name: Autoscaling(minReplicas=0, maxReplicas=peak[m.name] + 1, targetRequestsPerReplica=m.slots,
+                                  scaleUpSeconds=0, scaleDownSeconds=90) for m in MODELS}  # fmt: skip
+    print(f"trace: {len(reqs)} requests over {args.minutes:g} min, 3 models (vllm x2, llamacpp); seed {args.seed}")
+    print(f"peak fleet {peak} ({peak_gpus} GPUs), mean fleet {mean}, elastic budget {budget} GPUs")
+    print(f"{'fleet':<8} {'TTFT p50':>7} {'p95':>7} {'p99':>7}   {'wait p50':>7} {'p95':>7} {'p99':>7}"
+          f"   {'GPU-s':>9}  {'swaps':>5}  {'failed':>6}")  # fmt: skip
+    rows = {}
+    for label, sizes in (("peak", peak), ("mean", mean), ("elastic", None)):
+        fresh = [Request(r.model, r.arrived) for r in reqs]
+        fleet = run(fresh, args.minutes, models, sizes, budget, policy)
+        rows[label] = summary(label, fresh, fleet, models)
+    e, k = rows["elastic"], rows["peak"]
+    print(f"elastic/peak: p95 TTFT {e['p95'] / k['p95']:.2f}x (target <= 1.5x), GPU-seconds"
+          f" {e['gpus'] / k['gpus']:.0%} (target <= 60%), failed {e['failed']:.0f} (target 0)")  # fmt: skip
+
+    alt_models = {"small-gguf": models["small-gguf"], "alt-gguf": Model("alt-gguf", "llamacpp", 1, 6.0, 4, 0.1, 3.0)}
+    alt = alternating(args.minutes / 3)
+    alt_policy = {n: Autoscaling(minReplicas=0, maxReplicas=1, targetRequestsPerReplica=4) for n in alt_models}
+    fleet = run(alt, args.minutes / 3, alt_models, None, 1, alt_policy)
+    bound = args.minutes * 60 / 3 / 60 + 1  # minActiveSeconds 60
+    print(f"alternating trace ({len(alt)} requests, budget 1): swaps per engine {fleet.swaps}, at most {bound:.0f}"
+          f" allowed (one per minActiveSeconds); failed {sum(1 for r in alt if r.failed or r.started is None)};"
+          f" wait p95 {statistics.quantiles([r.started - r.arrived for r in alt if r.started], n=20)[-1]:.1f}s")  # type: ignore[operator]  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
