@@ -86,8 +86,9 @@ class Keeper:
             # Tokens this replica counted and has not written yet: the budget is judged with them too.
             unwritten = self._unwritten_tokens(month, who.name) if who.monthly_token_budget is not None else 0
             try:
-                async with asyncio.timeout(self.timeout):  # not wait_for: that is a task more a request
-                    counts = await self.store.admit(who, month, headers, unwritten)
+                # The store bounds each of its calls by the timeout (a request waits for the call on
+                # its way, then its own: twice the timeout at most); no timer of its own a request.
+                counts = await self.store.admit(who, month, headers, unwritten)
             except (StoreError, TimeoutError) as err:
                 self._failed("admit", err)
                 return await self.admit(who, headers)  # decided locally, or refused when closed

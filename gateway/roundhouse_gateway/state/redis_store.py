@@ -118,6 +118,7 @@ class RedisStore:
         self._admit = self.client.register_script(ADMIT)
         self._queued: list[tuple[Identity, str, bool, int, asyncio.Future[Any]]] = []
         self._busy = False  # a call of the admission script is on its way
+        self._encoded: dict[tuple[Identity, str], tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}
         self._conn: Any = None  # the admissions' own connection (redis.asyncio.Connection)
         self._sending: set[asyncio.Task[None]] = set()
         self._write = self.client.register_script(WRITE)
@@ -155,14 +156,19 @@ class RedisStore:
             self._busy = False
 
     async def _send(self, batch: list[tuple[Identity, str, bool, int, asyncio.Future[Any]]]) -> None:
-        keys: list[str] = []
-        args: list[str] = []
+        keys: list[bytes] = []
+        args: list[bytes] = []
         for who, month, details, unwritten, _ in batch:
-            name, budget = who.name, who.monthly_token_budget
-            keys += (f"{PREFIX}win:{name}:r", f"{PREFIX}win:{name}:t", f"{PREFIX}month:{month}")
-            # What is left of the budget once this replica's unwritten tokens are counted.
-            args += (name, _arg(who.requests_per_minute), _arg(who.tokens_per_minute),
-                     _arg(None if budget is None else budget - unwritten), "1" if details else "0")  # fmt: skip
+            found = self._encoded.get((who, month))
+            if found is None:  # a key's names and limits, encoded once (the client's encoder is per argument)
+                if len(self._encoded) > 20000:  # identities of key files reloaded since: start again
+                    self._encoded.clear()
+                found = self._encoded[(who, month)] = _encode(who, month)
+            keys += found[0]
+            name, rpm, tpm, budget = found[1]
+            if unwritten and who.monthly_token_budget is not None:  # what is left once they are counted
+                budget = b"%d" % (who.monthly_token_budget - unwritten)
+            args += (name, rpm, tpm, budget, b"1" if details else b"0")
         try:
             answers = await self._call("EVALSHA", self._admit.sha, len(keys), *keys, *args)
         except StoreError as err:
@@ -261,5 +267,9 @@ class RedisStore:
 FIELDS = {"r": "requests", "p": "prompt_tokens", "c": "completion_tokens", "e": "errors"}
 
 
-def _arg(limit: int | None) -> str:
-    return "" if limit is None else str(limit)
+def _encode(who: Identity, month: str) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """The admission script's keys and arguments for `who` this month (an empty limit: none)."""
+    name = who.name
+    keys = (f"{PREFIX}win:{name}:r", f"{PREFIX}win:{name}:t", f"{PREFIX}month:{month}")
+    limits = (who.requests_per_minute, who.tokens_per_minute, who.monthly_token_budget)
+    return tuple(k.encode() for k in keys), (name.encode(), *(b"" if n is None else b"%d" % n for n in limits))

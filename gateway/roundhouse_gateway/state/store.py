@@ -85,7 +85,8 @@ class Store(Protocol):
 
     async def admit(self, who: Identity, month: str, details: bool, unwritten: int = 0) -> Counts:
         """Admit one request of `who` or refuse it, atomically; `unwritten`: tokens of this month not yet
-        written, counted against the budget too."""
+        written, counted against the budget too. StoreError when a store call fails or takes longer than
+        the timeout."""
         ...
 
     async def write(self, batch: Batch) -> None: ...
