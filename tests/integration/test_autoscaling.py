@@ -4,7 +4,7 @@ The gateways' side is played by the test: it writes their reports on the EngineM
 routing/demand.py writes, refreshed as a busy gateway refreshes it), so the load is exact and the
 scenario's clock is the test's. A burst scales 1→3 within the budget and back after the window, to
 zero after idleSeconds; two models contending for a budget of 2 both get a replica; an engine whose
-replicas an HPA drives (the scale subresource) is left alone, whatever the load.
+replicas a real HorizontalPodAutoscaler drives (the scale subresource) is left alone, whatever the load.
 """
 
 from __future__ import annotations
@@ -151,13 +151,22 @@ def test_an_engine_whose_replicas_an_hpa_drives_is_left_alone(
     wait_until(lambda: phase(c, "fixed", namespace) == "Ready", 60, "fixed ready")
     gateway.thread.start()
     gateway.load(in_flight={"fixed": 40})  # heavy load: without spec.autoscaling it changes nothing
-    # What an HPA or KEDA writes: the scale subresource (spec.replicas).
-    c.kubectl("scale", "inferenceengine", "fixed", "--replicas=2", namespace=namespace)
+    # A real HorizontalPodAutoscaler on the InferenceEngine's scale subresource: below its minReplicas the
+    # controller-manager scales it up without needing any metric.
+    cpu = {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}
+    target = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine", "name": "fixed"}
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "fixed"},
+        "spec": {"scaleTargetRef": target, "minReplicas": 2, "maxReplicas": 3, "metrics": [cpu]},
+    }
+    c.apply(hpa, namespace)
     wait_until(lambda: deployed(c, "fixed", namespace) == 2 and status(c, "fixed", namespace).get("desiredReplicas")
-               == 2, 30, "the Deployment follows the scale subresource")  # fmt: skip
-    scale = c.kubectl("get", "--raw", f"/apis/roundhouse.dev/v1alpha1/namespaces/{namespace}/inferenceengines/"
-                      "fixed/scale")  # fmt: skip
-    assert '"replicas":2' in scale.stdout.replace(" ", "")
+               == 2, 60, "the HPA scales the engine through its scale subresource")  # fmt: skip
+    able = next(x for x in c.get("hpa", "fixed", namespace)["status"]["conditions"] if x["type"] == "AbleToScale")
+    assert able["status"] == "True", able  # it read and wrote the scale subresource
+    assert "DESIRED" in c.kubectl("get", "ie", "fixed", namespace=namespace).stdout
     time.sleep(3)  # passes go on (the reports keep coming); nothing is changed back
     assert deployed(c, "fixed", namespace) == 2 and c.get("ie", "fixed", namespace)["spec"]["replicas"] == 2
     assert "scaling" not in status(c, "fixed", namespace)
