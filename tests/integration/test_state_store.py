@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +104,25 @@ def test_an_outage_is_counted_locally_and_written_back(redis: RedisServer) -> No
         report = await k.report(time.time(), None, None)
         assert report["limitsScope"] == "store"
         assert totals(report, "team-a") == {"requests": 4, "promptTokens": 4, "completionTokens": 8, "errors": 0}
+        await k.close()
+
+    asyncio.run(run())
+
+
+def test_a_store_that_hangs_costs_a_request_the_timeout_at_most(redis: RedisServer) -> None:
+    async def run() -> None:
+        k = open_state(redis.url, timeout=0.2)
+        assert (await k.admit(RPM, False)).refusal is None
+        assert redis.proc is not None
+        os.kill(redis.proc.pid, signal.SIGSTOP)  # up, connected, and answering nothing
+        try:
+            started = time.monotonic()
+            verdicts = await asyncio.gather(*(k.admit(RPM, False) for _ in range(3)))
+            assert time.monotonic() - started < 0.5 and k.degraded  # twice the timeout at most
+            assert all(v.refusal is None for v in verdicts)
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        assert await k.flush() and not k.degraded
         await k.close()
 
     asyncio.run(run())
