@@ -51,14 +51,15 @@ def test_get_ie_shows_printer_columns(crds: Cluster, unmanaged: str) -> None:
     # The test writes the status itself: in a namespace the session's operator (if running) leaves alone.
     namespace = unmanaged
     crds.kubectl("apply", "--server-side", "-f", str(EXAMPLES / "vllm-qwen2.5-7b.yaml"), namespace=namespace)
-    status = {"status": {"phase": "Ready", "ready": "2/2", "active": True, "replicas": 2, "readyReplicas": 2}}
+    status = {"status": {"phase": "Ready", "ready": "2/2", "active": True, "replicas": 2, "readyReplicas": 2,
+                         "desiredReplicas": 2}}  # fmt: skip
     crds.kubectl(
         "patch", "ie", "qwen2-5-7b", "--subresource=status", "--type=merge", "-p", json.dumps(status),
         namespace=namespace,
     )  # fmt: skip
     lines = crds.kubectl("get", "ie", namespace=namespace).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "ENGINE", "MODEL", "READY", "PHASE", "ACTIVE", "AGE"]
-    assert lines[1].split()[:6] == ["qwen2-5-7b", "vllm", "qwen2.5-7b-instruct", "2/2", "Ready", "true"]
+    assert lines[0].split() == ["NAME", "ENGINE", "MODEL", "READY", "DESIRED", "PHASE", "ACTIVE", "AGE"]
+    assert lines[1].split()[:7] == ["qwen2-5-7b", "vllm", "qwen2.5-7b-instruct", "2/2", "2", "Ready", "true"]
     wide = crds.kubectl("get", "ie", "-o", "wide", namespace=namespace).stdout.splitlines()[0].split()
     assert "ENDPOINT" in wide
     crds.kubectl("apply", "--server-side", "-f", str(EXAMPLES / "enginemode.yaml"), namespace=namespace)
