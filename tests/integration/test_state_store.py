@@ -184,6 +184,25 @@ def test_sqlite_keeps_usage_and_the_month_across_a_restart(tmp_path: Path) -> No
     asyncio.run(second(asyncio.run(first())))
 
 
+def test_sqlite_keeps_the_per_minute_windows_across_a_stop(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'state.sqlite'}"
+
+    async def first() -> None:
+        k = open_state(url)
+        for _ in range(5):
+            assert (await k.admit(RPM, False)).refusal is None
+        await k.close()
+
+    async def second() -> None:
+        k = open_state(url)
+        v = await k.admit(RPM, False)
+        assert v.refusal is not None and "Limit 5, Used 5" in v.refusal.message
+        await k.close()
+
+    asyncio.run(first())
+    asyncio.run(second())
+
+
 def test_sqlite_counts_a_batch_sent_twice_once(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'state.sqlite'}"
 

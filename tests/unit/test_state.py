@@ -75,3 +75,24 @@ def test_an_unusable_url_is_refused_saying_what_is_wanted(url: str) -> None:
 def test_memory_is_no_store() -> None:
     k = open_state("memory:")
     assert k.store is None and k.scope()["state"]["store"] == "memory"
+
+
+def test_windows_put_back_after_a_restart_refuse_as_before() -> None:
+    before = Limiter()
+    for i in range(3):
+        assert before.admit(WHO, 500.0 + i, WALL + i).refusal is None
+    before.spend(WHO, 60, 502.5, WALL + 2.5)
+    counts = before.windows(503.0, WALL - 500.0)  # epoch time = monotonic + (WALL - 500)
+    assert sorted(counts) == [("team-a", "requests", int(WALL) + i, 1) for i in range(3)] + [
+        ("team-a", "tokens", int(WALL) + 2, 60)]  # fmt: skip
+    after = Limiter()  # another process: its monotonic clock is elsewhere
+    after.restore(counts, WALL - 9000.0)
+    v = after.admit(WHO, 9003.0, WALL + 3)
+    assert v.refusal is not None and "Used 3, Requested 1" in v.refusal.message
+    assert after.admit(WHO, 9061.0, WALL + 61).refusal is None  # the first has left the window
+
+
+def test_counts_that_left_the_window_are_not_put_back() -> None:
+    after = Limiter()
+    after.restore([("team-a", "requests", int(WALL) - 120, 3)], WALL - 9000.0)
+    assert after.admit(WHO, 9000.0, WALL).refusal is None

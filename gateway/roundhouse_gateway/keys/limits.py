@@ -107,6 +107,13 @@ class _State:
     month_tokens: int = 0
 
 
+def _older(w: Window, second: int, n: int) -> None:
+    """Count `n` in an earlier second of the window than its newest."""
+    w.buckets[second % len(w.buckets)] += n
+    w.total += n
+    w.last = max(w.last, second)
+
+
 def duration(seconds: float) -> str:
     """OpenAI's reset format: 1s, 6m0s, 1h2m3s (milliseconds under a second: 250ms)."""
     if seconds < 1:
@@ -225,6 +232,30 @@ class Limiter:
         counts on from."""
         st = self.state.get(name) or self.state.setdefault(name, _State())
         st.month, st.month_tokens = month_of(wall), month_tokens
+
+    def windows(self, now: float, offset: float) -> list[tuple[str, str, int, int]]:
+        """Every count in the per-minute windows as (key, "requests" or "tokens", epoch second, count):
+        what a restart puts back. `offset`: epoch time minus the monotonic clock `now` is on."""
+        out = []
+        for name, st in self.state.items():
+            for kind, w in (("requests", st.requests), ("tokens", st.tokens)):
+                w.advance(now)
+                for second in range(w.newest - len(w.buckets) + 1, w.newest + 1):
+                    if n := w.buckets[second % len(w.buckets)]:
+                        out.append((name, kind, round(second + offset), n))
+        return out
+
+    def restore(self, counts: list[tuple[str, str, int, int]], offset: float) -> None:
+        """Put back what `windows` gave before a restart (`offset` is this process's); what has left
+        the window since is dropped by the next look."""
+        for name, kind, second, n in sorted(counts, key=lambda c: c[2]):
+            st = self.state.get(name) or self.state.setdefault(name, _State())
+            w = st.requests if kind == "requests" else st.tokens
+            mono = round(second - offset)
+            if mono >= w.newest:
+                w.add(mono, n)
+            elif mono > w.newest - len(w.buckets):  # older than the window's newest, not yet gone
+                _older(w, mono, n)
 
     def month_used(self, name: str, wall: float) -> int:
         st = self.state.get(name)

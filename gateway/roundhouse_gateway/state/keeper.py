@@ -22,6 +22,7 @@ from roundhouse_gateway.http.wire import ClientError
 from roundhouse_gateway.keys.keys import Identity
 from roundhouse_gateway.keys.limits import Limiter, Refusal, Verdict, Window, headers_of, month_of, refusal_of
 from roundhouse_gateway.keys.usage import DAYS_KEPT, MINUTES_KEPT, Row, Usage, day_of
+from roundhouse_gateway.state.sqlite_store import SqliteStore
 from roundhouse_gateway.state.store import Batch, Counts, Loaded, Store, StoreError
 
 log = logging.getLogger("roundhouse.gateway.state")
@@ -65,6 +66,7 @@ class Keeper:
         for (month, key), n in loaded.month.items():
             if month == month_of(wall):
                 self.limiter.seen(key, n, wall)
+        self.limiter.restore(loaded.windows, wall - time.monotonic())
 
     @property
     def degraded(self) -> bool:
@@ -170,6 +172,9 @@ class Keeper:
         if not await self.flush():
             log.error("state store unreachable at shutdown: counts not written",
                       extra={"batches": len(self.unwritten)})  # fmt: skip
+        if isinstance(self.store, SqliteStore):  # a rollout keeps the per-minute windows too
+            now = time.monotonic()
+            self.store.save_windows(self.limiter.windows(now, time.time() - now))
         await self.store.close()
 
     # --- what the admin API reads --------------------------------------------------------------

@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS usage (key TEXT, model TEXT, engine TEXT, day TEXT, r
 CREATE TABLE IF NOT EXISTS month (month TEXT, key TEXT, tokens INTEGER, PRIMARY KEY (month, key));
 CREATE TABLE IF NOT EXISTS minutes (minute INTEGER, key TEXT, tokens INTEGER, PRIMARY KEY (minute, key));
 CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, written REAL);
+CREATE TABLE IF NOT EXISTS windows (key TEXT, kind TEXT, second INTEGER, count INTEGER);
 """
 
 
@@ -56,7 +57,17 @@ class SqliteStore:
             out.rows[(key, model, engine, day)] = Row(*n)
         out.month = {(m, k): t for m, k, t in self.db.execute("SELECT month, key, tokens FROM month")}
         out.minutes = {(m, k): t for m, k, t in self.db.execute("SELECT minute, key, tokens FROM minutes")}
+        out.windows = list(self.db.execute("SELECT key, kind, second, count FROM windows WHERE second > ?",
+                                           (int(wall) - 60,)))  # fmt: skip
         return out
+
+    def save_windows(self, counts: list[tuple[str, str, int, int]]) -> None:
+        """The per-minute windows as they are at a stop, for the next start (a crash loses them: a
+        minute of limits at most)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM windows")
+            self.db.executemany("INSERT INTO windows VALUES (?, ?, ?, ?)", counts)
 
     async def admit(self, who: Identity, month: str, details: bool, unwritten: int = 0) -> Counts:
         raise NotImplementedError("an embedded store is not shared: the gateway decides in memory")

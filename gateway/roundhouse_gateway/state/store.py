@@ -71,6 +71,7 @@ class Loaded:
     rows: dict[RowKey, Row] = field(default_factory=dict)
     month: dict[tuple[str, str], int] = field(default_factory=dict)
     minutes: dict[tuple[int, str], int] = field(default_factory=dict)
+    windows: list[tuple[str, str, int, int]] = field(default_factory=list)  # (key, kind, epoch second, count)
 
 
 class Store(Protocol):
