@@ -29,6 +29,7 @@ class History:
     def __init__(self) -> None:
         self.reports: dict[str, dict[tuple[str, float], GatewayReport]] = {}
         self.since: dict[str, float] = {}
+        self.ordered: dict[str, list[tuple[str, GatewayReport]]] = {}  # by time, once per pass
 
     def see(self, namespace: str, annotations: list[dict[str, str]], now: float, horizon: float) -> None:
         kept = self.reports.setdefault(namespace, {})
@@ -45,17 +46,18 @@ class History:
         oldest = now - horizon - REPORT_TTL
         for k in [k for k, r in kept.items() if r.at < oldest]:
             del kept[k]
+        self.ordered[namespace] = sorted(((k[0], r) for k, r in kept.items()), key=lambda kr: kr[1].at)
 
     def decide(self, namespace: str, engine: InferenceEngine, current: int, now: float) -> Scale:
         policy = engine.spec.autoscaling
         assert policy is not None
-        series = readings(sorted(((k[0], r) for k, r in self.reports.get(namespace, {}).items()),
-                                 key=lambda kr: kr[1].at), engine.metadata.name)  # fmt: skip
+        series = readings(self.ordered.get(namespace, []), engine.metadata.name)
         return autoscale(policy, current, series, now, self.since.get(namespace, now))
 
     def forget(self, namespace: str) -> None:
         self.reports.pop(namespace, None)
         self.since.pop(namespace, None)
+        self.ordered.pop(namespace, None)
 
 
 def horizon(engines: list[InferenceEngine]) -> float:

@@ -8,10 +8,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from roundhouse_api import EngineStatus, ScalingStatus
+from roundhouse_api import EngineStatus, InferenceEngine, ScalingStatus
 from roundhouse_api.autoscaler import Scale
 from roundhouse_api.demand import GatewayReport, report_key
-from roundhouse_operator.scaling import scaling_status
+from roundhouse_operator.scaling import History, current, scaling_status
 from tests.unit.test_controller_passes import NS, FakeKube, controller, em, ie
 
 
@@ -105,3 +105,15 @@ def test_scaling_status_events_only_for_a_running_engine_changing_size() -> None
     assert status.last_scale_time == now
     assert scaling_status(scale, 3, "", EngineStatus(desiredReplicas=0), now)[1] is None  # a start: on-demand's event
     assert scaling_status(scale, 3, "", EngineStatus(desiredReplicas=3), now)[1] is None
+
+
+def test_history_keeps_each_report_version_for_the_longest_window_and_a_restart_goes_on_from_status() -> None:
+    h = History()
+    for at in (0.0, 10.0, 200.0):
+        h.see(NS, [{report_key("g"): GatewayReport(at=at, inFlight={"a": 4}).wire(), "other": "x"}], at, horizon=120)
+    h.see(NS, [{report_key("g"): GatewayReport(at=200.0, inFlight={"a": 4}).wire()}], 201, horizon=120)
+    assert [r.at for _, r in h.ordered[NS]] == [200.0]  # 0 and 10 are older than 120 s + REPORT_TTL
+    engine = InferenceEngine.model_validate(scaled_ie("a"))
+    before = EngineStatus(scaling=ScalingStatus(wantedReplicas=3, desiredReplicas=2))
+    assert current(engine, before, deployed=2) == 3  # the autoscaler's answer, not what the budget gave
+    assert current(engine, None, deployed=2) == 2
