@@ -31,7 +31,9 @@ class RedisServer:
         log = open(self.work / "redis.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [*prefix, binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.work), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no"],
+             "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
+             # No background rewrite of the file: its child would outlive a SIGKILLed server.
+             "--auto-aof-rewrite-percentage", "0"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 10
