@@ -79,7 +79,7 @@ def test_engine_gets_deployment_service_pods_on_gpus_and_ready(
     assert [p["spec"]["nodeName"].startswith("gpu-node-") for p in pods] == [True]
     assert cluster.get("pvc", "llama-3-1-70b-models", namespace)["status"]["phase"] == "Bound"
     lines = cluster.kubectl("get", "ie", namespace=namespace).stdout.splitlines()
-    assert lines[1].split()[:6] == ["llama-3-1-70b", "vllm", "llama-3.1-70b-instruct", "1/1", "Ready", "true"]
+    assert lines[1].split()[:7] == ["llama-3-1-70b", "vllm", "llama-3.1-70b-instruct", "1/1", "1", "Ready", "true"]
 
 
 def test_spec_change_rolls_and_reconcile_is_idempotent(operator: Process, cluster: Cluster, namespace: str) -> None:
