@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         gateway = standalone_gateway(settings, auth, config.catalog)
         if config.local and config.mode is not None:
             run_locally(gateway, config, args.engine_log_dir, args.engine_cache_dir)
+    gateway.on_shutdown.append(state.close)  # the last second's counts, and an embedded store's windows
     serve(gateway, args.host, args.port, gateway.drain, args.drain_delay, args.drain_deadline)
 
 

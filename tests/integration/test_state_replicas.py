@@ -53,11 +53,12 @@ class Pair:
         self.config = yaml.safe_dump(engine)
         self.gateways: list[Process] = []
 
-    def gateway(self, name: str, *extra: str) -> Process:
+    def gateway(self, name: str, *extra: str, state: str | None = None) -> Process:
         config = self.tmp / f"{name}.yaml"
         config.write_text(self.config)
         gw = processes.gateway(config, ARTIFACTS, [], [ADMIN], key_file=json.dumps(KEYS),
-                               extra=("--state", self.redis.url, "--state-timeout", "0.25", *extra))  # fmt: skip
+                               extra=("--state", state or self.redis.url, "--state-timeout", "0.25",
+                                      *extra))  # fmt: skip
         self.gateways.append(gw.start())
         return gw
 
@@ -218,3 +219,17 @@ def test_closed_answers_503_while_the_store_is_away_and_counts_them(pair: Pair) 
         "completionTokens": 4 * (len(answers) + 1 - refused),
         "errors": refused,
     }
+
+
+def test_a_stopped_gateway_writes_its_last_counts_to_sqlite(pair: Pair) -> None:
+    """The embedded store: counts written every second, and the rest at a stop (SIGTERM), windows too."""
+    state = f"sqlite://{pair.tmp / 'one.sqlite'}"
+    gw = pair.gateway("one", state=state)
+    answers = asyncio.run(hammer([gw], "sk-rpm", 80))
+    served = sum(r.status_code == 200 for r in answers)
+    assert served == 60
+    gw.stop()  # at once: the last batch is younger than a second
+    gw.start()
+    totals = usage(gw)[1]["rpm"]
+    assert totals["requests"] == 80 and totals["errors"] == 20, totals
+    assert chat(gw, "sk-rpm").status_code == 429  # the minute's window came back with it
