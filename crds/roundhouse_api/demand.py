@@ -70,19 +70,23 @@ def forgotten(annotations: dict[str, str], now: float, keep: str) -> list[str]:
     return sorted(out)
 
 
-def fold(annotations: dict[str, str], now: float) -> tuple[dict[str, EngineDemand], list[GatewayReport]]:
-    """Per engine: the oldest waiting request, the latest request and the requests in flight, from the
-    reports written within REPORT_TTL; and those reports (unreadable ones are skipped)."""
-    reports = []
+def readable(annotations: dict[str, str]) -> list[tuple[str, GatewayReport]]:
+    """The gateways' reports among an EngineMode's annotations, by annotation key (unreadable ones skipped)."""
+    out = []
     for key, value in annotations.items():
         if not key.startswith(REPORT_PREFIX):
             continue
         try:
-            report = GatewayReport.model_validate_json(value)
+            out.append((key, GatewayReport.model_validate_json(value)))
         except ValidationError:
             continue
-        if now - report.at <= REPORT_TTL:
-            reports.append(report)
+    return out
+
+
+def fold(annotations: dict[str, str], now: float) -> tuple[dict[str, EngineDemand], list[GatewayReport]]:
+    """Per engine: the oldest waiting request, the latest request and the requests in flight, from the
+    reports written within REPORT_TTL; and those reports (unreadable ones are skipped)."""
+    reports = [report for _, report in readable(annotations) if now - report.at <= REPORT_TTL]
     names = {n for r in reports for n in (*r.waiting, *r.in_flight, *r.last_request)}
     out = {}
     for n in names:

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from roundhouse_api import EngineMode, EngineStatus, InferenceEngine, ScalingStatus
 from roundhouse_api.autoscaler import Scale, autoscale, readings
-from roundhouse_api.demand import REPORT_PREFIX, REPORT_TTL, GatewayReport
+from roundhouse_api.demand import REPORT_TTL, GatewayReport, readable
 
 from .render import runs_workload
 from .store import Store
@@ -35,13 +33,7 @@ class History:
         kept = self.reports.setdefault(namespace, {})
         self.since.setdefault(namespace, now)
         for notes in annotations:
-            for key, value in notes.items():
-                if not key.startswith(REPORT_PREFIX):
-                    continue
-                try:
-                    report = GatewayReport.model_validate_json(value)
-                except ValidationError:
-                    continue
+            for key, report in readable(notes):
                 kept.setdefault((key, report.at), report)
         oldest = now - horizon - REPORT_TTL
         for k in [k for k, r in kept.items() if r.at < oldest]:
