@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
 import socket
 import time
@@ -35,7 +34,7 @@ from roundhouse_gateway.engines.catalog import Catalog, ModeState
 from roundhouse_gateway.routing.demand import Demand
 from roundhouse_gateway.sources.budget import SWAPS_KEPT, BudgetState, History, Holder, Swap
 from roundhouse_gateway.sources.local_scale import Extra, Loads, start_extra, stop_extra
-from roundhouse_gateway.sources.localcmd import LOOPBACK, CommandError, local_command
+from roundhouse_gateway.sources.localcmd import LOOPBACK, CommandError, local_command, spawn
 
 log = logging.getLogger("roundhouse.gateway.local")
 HEALTH_POLL = 0.25
@@ -243,17 +242,11 @@ class LocalEngines:
                 self._failed(loc, str(err))
                 return
             loc.starts += 1
-            with loc.log_path.open("ab") as out:
-                out.write(f"--- roundhouse: start {loc.starts}: {cmd.argv}\n".encode())
-                out.flush()
-                try:
-                    loc.process = await asyncio.create_subprocess_exec(
-                        *cmd.argv, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                        env={**os.environ, **cmd.env}, start_new_session=True,
-                    )  # fmt: skip
-                except OSError as err:
-                    self._failed(loc, f"could not run {cmd.argv[0]}: {err}")
-                    return
+            try:
+                loc.process = await spawn(cmd, loc.log_path, f"start {loc.starts}")
+            except OSError as err:
+                self._failed(loc, f"could not run {cmd.argv[0]}: {err}")
+                return
             started = time.monotonic()
             log.info("engine process started", extra={"engine": loc.name, "pid": loc.process.pid, "port": loc.port})
             self._spawn(loc, self.watch(loc, loc.process))

@@ -17,13 +17,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
 from roundhouse_api import InferenceEngine
 from roundhouse_api.autoscaler import Reading, autoscale
 from roundhouse_api.demand import REPORT_TTL
-from roundhouse_gateway.sources.localcmd import LOOPBACK, CommandError, local_command
+from roundhouse_gateway.sources.localcmd import LOOPBACK, CommandError, local_command, spawn
 
 log = logging.getLogger("roundhouse.gateway.local")
 SAMPLE_REFRESH = 5.0  # well within REPORT_TTL: an unchanged load keeps counting
@@ -81,17 +82,11 @@ async def start_extra(ie: InferenceEngine, extra: Extra, cache_dir: str, log_pat
     except CommandError as err:
         log.error("extra process not started", extra={"engine": ie.metadata.name, "error": str(err)})
         return False
-    with open(log_path, "ab") as out:
-        out.write(f"--- roundhouse: extra process on port {extra.port}: {cmd.argv}\n".encode())
-        out.flush()
-        try:
-            extra.process = await asyncio.create_subprocess_exec(
-                *cmd.argv, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, **cmd.env}, start_new_session=True,
-            )  # fmt: skip
-        except OSError as err:
-            log.error("extra process not started", extra={"engine": ie.metadata.name, "error": repr(err)})
-            return False
+    try:
+        extra.process = await spawn(cmd, Path(log_path), f"extra process on port {extra.port}")
+    except OSError as err:
+        log.error("extra process not started", extra={"engine": ie.metadata.name, "error": repr(err)})
+        return False
     url = f"http://{LOOPBACK}:{extra.port}{cmd.health_path}"
     started = time.monotonic()
     while extra.alive() and not extra.stopping and time.monotonic() - started < max_wait:

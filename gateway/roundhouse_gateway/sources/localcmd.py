@@ -3,12 +3,14 @@ pod, adapted to this machine (the binary from PATH, loopback, the port chosen he
 
 from __future__ import annotations
 
+import asyncio
 import os
 import posixpath
 import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from roundhouse_api import Family, InferenceEngine
 from roundhouse_api.families import FAMILIES
@@ -82,3 +84,15 @@ def local_command(ie: InferenceEngine, port: int, cache_dir: str,
     if "OLLAMA_HOST" in env:
         env["OLLAMA_HOST"] = f"{LOOPBACK}:{port}"
     return LocalCommand([str(found), *command[1:], *args], env, health)
+
+
+async def spawn(cmd: LocalCommand, log_path: Path, banner: str) -> asyncio.subprocess.Process:
+    """Run `cmd` in a session of its own, its output appended to `log_path` after a `banner` line;
+    OSError when it cannot be run."""
+    with log_path.open("ab") as out:
+        out.write(f"--- roundhouse: {banner}: {cmd.argv}\n".encode())
+        out.flush()
+        return await asyncio.create_subprocess_exec(
+            *cmd.argv, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **cmd.env}, start_new_session=True,
+        )  # fmt: skip
