@@ -124,6 +124,28 @@ function setupKeys() {
   showKeys();
 }
 
+// A view that shows one admin path: it needs the admin key, and keeps its last data, marked stale,
+// while the gateway does not answer. `holder` keeps {report, at}; `stale` is the element to mark.
+async function refreshAdminView(view, path, holder, render, stale, what) {
+  if (!sessionStorage.getItem(KEY_ADMIN)) {
+    banner(`${view}-banner`, "This view needs the admin key: enter it above.", "info");
+    return;
+  }
+  const r = await call(path);
+  if (r.ok) {
+    holder.report = r.data;
+    holder.at = Date.now();
+    banner(`${view}-banner`, "");
+    render();
+  } else if (r.unreachable) {
+    banner(`${view}-banner`, `Gateway unreachable: ${r.message}.` +
+      (holder.at ? ` Showing ${what} from ${clock(holder.at)}.` : ""));
+    $(stale).classList.add("stale");
+  } else {
+    banner(`${view}-banner`, `The gateway answered HTTP ${r.status}: ${r.message}`);
+  }
+}
+
 // --- tabs ---------------------------------------------------------------------------------------
 function selectTab(tab, focus = false) {
   for (const t of document.querySelectorAll('[role="tab"]')) {

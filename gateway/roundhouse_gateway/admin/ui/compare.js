@@ -6,23 +6,7 @@
 const compareState = { report: null, at: 0 };
 
 async function refreshCompare() {
-  if (!sessionStorage.getItem("roundhouse.adminKey")) {
-    banner("compare-banner", "This view needs the admin key: enter it above.", "info");
-    return;
-  }
-  const r = await call("admin/compare");
-  if (r.ok) {
-    compareState.report = r.data;
-    compareState.at = Date.now();
-    banner("compare-banner", "");
-    renderCompare();
-  } else if (r.unreachable) {
-    banner("compare-banner", `Gateway unreachable: ${r.message}.` +
-      (compareState.at ? ` Showing the comparison from ${clock(compareState.at)}.` : ""));
-    document.getElementById("compare-models").classList.add("stale");
-  } else {
-    banner("compare-banner", `The gateway answered HTTP ${r.status}: ${r.message}`);
-  }
+  await refreshAdminView("compare", "admin/compare", compareState, renderCompare, "compare-models", "the comparison");
 }
 
 const pct = (x) => (x === null || x === undefined ? "—" : `${Math.round(x * 100)}%`);

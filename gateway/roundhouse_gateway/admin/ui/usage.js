@@ -13,23 +13,7 @@ function svgEl(tag, attrs = {}) {
 }
 
 async function refreshUsage() {
-  if (!sessionStorage.getItem("roundhouse.adminKey")) {
-    banner("usage-banner", "This view needs the admin key: enter it above.", "info");
-    return;
-  }
-  const r = await call("admin/usage");
-  if (r.ok) {
-    usageState.report = r.data;
-    usageState.at = Date.now();
-    banner("usage-banner", "");
-    renderUsage();
-  } else if (r.unreachable) {
-    banner("usage-banner", `Gateway unreachable: ${r.message}.` +
-      (usageState.at ? ` Showing usage from ${clock(usageState.at)}.` : ""));
-    document.getElementById("usage-table").classList.add("stale");
-  } else {
-    banner("usage-banner", `The gateway answered HTTP ${r.status}: ${r.message}`);
-  }
+  await refreshAdminView("usage", "admin/usage", usageState, renderUsage, "usage-table", "usage");
 }
 
 function renderUsage() {
