@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import signal
 import socket
 import time
 from collections import deque
@@ -34,7 +33,7 @@ from roundhouse_gateway.engines.catalog import Catalog, ModeState
 from roundhouse_gateway.routing.demand import Demand
 from roundhouse_gateway.sources.budget import SWAPS_KEPT, BudgetState, History, Holder, Swap
 from roundhouse_gateway.sources.local_scale import Extra, Loads, start_extra, stop_extra
-from roundhouse_gateway.sources.localcmd import LOOPBACK, CommandError, local_command, spawn
+from roundhouse_gateway.sources.localcmd import LOOPBACK, CommandError, local_command, spawn, stop_process
 
 log = logging.getLogger("roundhouse.gateway.local")
 HEALTH_POLL = 0.25
@@ -284,14 +283,7 @@ class LocalEngines:
         proc = loc.process
         if proc is None or proc.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await stop_process(proc, STOP_TIMEOUT)
         log.info("engine process stopped", extra={"engine": loc.name, "exit": proc.returncode})
 
     async def watch(self, loc: Local, proc: asyncio.subprocess.Process) -> None:

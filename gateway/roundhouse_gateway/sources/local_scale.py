@@ -24,7 +24,7 @@ import httpx
 from roundhouse_api import InferenceEngine
 from roundhouse_api.autoscaler import Reading, autoscale
 from roundhouse_api.demand import REPORT_TTL
-from roundhouse_gateway.sources.localcmd import LOOPBACK, CommandError, local_command, spawn
+from roundhouse_gateway.sources.localcmd import LOOPBACK, CommandError, local_command, spawn, stop_process
 
 log = logging.getLogger("roundhouse.gateway.local")
 SAMPLE_REFRESH = 5.0  # well within REPORT_TTL: an unchanged load keeps counting
@@ -108,13 +108,6 @@ async def stop_extra(extra: Extra, drain: float, busy: Callable[[], bool], timeo
     while busy() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     proc = extra.process
-    if proc is None or proc.returncode is not None:
+    if proc is None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+    await stop_process(proc, timeout)

@@ -4,6 +4,7 @@ pod, adapted to this machine (the binary from PATH, loopback, the port chosen he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import posixpath
 import re
@@ -96,3 +97,17 @@ async def spawn(cmd: LocalCommand, log_path: Path, banner: str) -> asyncio.subpr
             *cmd.argv, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
             env={**os.environ, **cmd.env}, start_new_session=True,
         )  # fmt: skip
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; until it has exited."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
