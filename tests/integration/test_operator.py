@@ -44,9 +44,17 @@ def status(cluster: Cluster, kind: str, name: str, ns: str) -> dict[str, Any]:
 
 
 def wait_phase(cluster: Cluster, kind: str, name: str, ns: str, phase: str, timeout: float = 60) -> dict[str, Any]:
-    return wait_until(  # type: ignore[no-any-return]
-        lambda: (s := status(cluster, kind, name, ns)).get("phase") == phase and s, timeout, f"{kind} {name} {phase}"
-    )
+    """Wait for `kind/name` to reach `phase`; on timeout the error shows its last status and the
+    namespace's pods, so that a failure in CI says where the operator (or the cluster) stopped."""
+    try:
+        return wait_until(  # type: ignore[no-any-return]
+            lambda: (s := status(cluster, kind, name, ns)).get("phase") == phase and s, timeout,
+            f"{kind} {name} {phase}",
+        )  # fmt: skip
+    except AssertionError as err:
+        last = status(cluster, kind, name, ns)
+        pods = cluster.kubectl("get", "pods", "-o", "wide", namespace=ns, check=False).stdout
+        raise AssertionError(f"{err}\nlast status: {last}\npods:\n{pods}") from None
 
 
 def condition(st: dict[str, Any], kind: str) -> dict[str, Any]:
