@@ -236,11 +236,14 @@ class Controller(Probing, StatusWriting, Autoscaling):
 
     def _failed(self, namespace: str, err: Exception, api_error: str | None = None) -> None:
         """Count the failure and retry the namespace later, backing off exponentially. An API server's
-        answer is one line with its message; anything else is a bug of ours and keeps its traceback."""
+        answer, or its absence, is one line with its message; anything else is a bug of ours and keeps
+        its traceback."""
         metrics.RECONCILES.labels(result="error").inc()
         failures = self.failures[namespace] = self.failures.get(namespace, 0) + 1
         cap = UNREACHABLE_BACKOFF_MAX if unreachable(err) else BACKOFF_MAX
         delay = min(cap, BACKOFF_BASE * 2 ** (failures - 1))
+        if api_error is None and unreachable(err):  # connection refused or timed out: not our bug
+            api_error = str(err)
         if api_error is not None:
             status = getattr(err, "status", None)
             log.error("reconcile failed", extra={"namespace": namespace, "status": status, "error": api_error,
