@@ -1,6 +1,6 @@
 """Every rendered Ollama pod, run by the real Ollama of the pinned version (built from the Go module
 proxy): `ollama serve` with exactly the rendered environment (listen address and model directory
-mapped here), the rendered model sidecar, the rendered exec readiness probe, and chat completions
+mapped here), the rendered model sidecar, the rendered readiness probe, and chat completions
 for the model name the gateway sends."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -65,6 +66,33 @@ def run_sidecar(case: Case, url: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*argv, "--exit"], capture_output=True, text=True, timeout=60)
 
 
+def probe_passes(probe: dict[str, Any], server: Process) -> bool:
+    """Run a rendered probe against `server` as the kubelet would: an HTTP GET passes on 200-399, an
+    exec probe on exit status 0."""
+    if "httpGet" in probe:
+        return 200 <= httpx.get(server.url + probe["httpGet"]["path"], timeout=10).status_code < 400  # type: ignore[attr-defined]
+    command = probe["exec"]["command"]
+    assert command[0] == "ollama", command
+    return engines.ollama_cli(server, *command[1:]).returncode == 0
+
+
+def test_the_rendered_readiness_probe_passes_only_once_the_model_is_there(tiny_gguf: Path, tmp_path: Path,
+                                                                          serve: list[Process]) -> None:  # fmt: skip
+    """The startup and readiness probes are Ollama's own GET /v1/models/<tag> (no exec): 404 while the
+    server runs without the model, 200 once it is on the volume."""
+    case = CASES[0]
+    probe = case.container["readinessProbe"]
+    assert probe["httpGet"]["path"] == f"/v1/models/{case.engine.spec.model.source}"
+    proc = engines.ollama(case.container, tmp_path / "empty", ARTIFACTS / "logs", name="ollama-probe")
+    serve.append(proc)
+    proc.start(timeout=60)
+    url = proc.url  # type: ignore[attr-defined]
+    assert httpx.get(url + probe["httpGet"]["path"], timeout=10).status_code == 404
+    assert not probe_passes(case.container["startupProbe"], proc)
+    engines.ollama_create(proc, case.engine.spec.model.source, tiny_gguf)
+    assert probe_passes(probe, proc) and probe_passes(case.container["startupProbe"], proc)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_rendered_pod_serves(case: Case, models_dir: Path, tmp_path: Path, serve: list[Process],
                              record: Record) -> None:  # fmt: skip
@@ -78,10 +106,8 @@ def test_rendered_pod_serves(case: Case, models_dir: Path, tmp_path: Path, serve
     sidecar = run_sidecar(case, url)
     assert sidecar.returncode == 0, sidecar.stderr
     assert '"event": "present"' in sidecar.stderr and '"pulling"' not in sidecar.stderr
-    probe = case.container["readinessProbe"]["exec"]["command"]
-    assert probe[0] == "ollama"
-    ready = engines.ollama_cli(proc, *probe[1:])
-    assert ready.returncode == 0, ready.stderr
+    assert probe_passes(case.container["readinessProbe"], proc)
+    assert case.container["startupProbe"]["httpGet"] == case.container["readinessProbe"]["httpGet"]
     listed = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]]
     entry |= {"accepted": True, "listed": listed}
     assert FAMILY.listed_models(case.engine.spec)[0] in listed
@@ -127,5 +153,5 @@ def test_sidecar_pulls_a_missing_model_and_reports_the_registry_error(tmp_path: 
     assert '"event": "pulling"' in sidecar.stderr
     assert sidecar.returncode != 0 and "pull of" in sidecar.stderr and "failed" in sidecar.stderr
     assert proc.alive()
-    probe = case.container["readinessProbe"]["exec"]["command"]
-    assert engines.ollama_cli(proc, *probe[1:]).returncode != 0
+    assert "exec" in case.container["readinessProbe"]  # a namespaced tag: /v1/models/:model cannot name it
+    assert not probe_passes(case.container["readinessProbe"], proc)

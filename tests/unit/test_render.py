@@ -165,11 +165,24 @@ def test_ollama_serves_as_pid_1_and_a_sidecar_pulls_before_ready() -> None:
     assert puller["command"] == ["roundhouse-ollama-pull", "--url", "http://127.0.0.1:11434", "--model", "llama3.1:8b"]
     assert puller["image"] == DEFAULT_HELPER_IMAGE
     assert puller["volumeMounts"] == c["volumeMounts"]
-    assert c["readinessProbe"]["exec"]["command"] == ["ollama", "show", "llama3.1:8b"]
+    # Ready (and started) only once the model is there: Ollama's own GET /v1/models/<tag>, no exec.
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v1/models/llama3.1:8b", "port": "http"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/v1/models/llama3.1:8b", "port": "http"}
+    assert "exec" not in c["readinessProbe"]
     # Ollama drops running requests at SIGTERM: the pod keeps serving 15 s after endpoints drop it.
     assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 15}}}
     assert pod["terminationGracePeriodSeconds"] == 45
     assert c["livenessProbe"]["httpGet"]["path"] == "/api/version"
+
+
+def test_an_ollama_tag_with_a_namespace_is_checked_by_ollama_show() -> None:
+    # Ollama's /v1/models/:model route takes one path segment; "user/model:tag" would never match it.
+    engine = example("llama3-1-8b-ollama")
+    engine.spec.model.source = "someone/llama3.1:8b"
+    deployment = next(o for o in render(engine, 1) if o["kind"] == "Deployment")
+    c = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["exec"]["command"] == ["ollama", "show", "someone/llama3.1:8b"]
+    assert c["startupProbe"]["exec"]["command"] == ["ollama", "show", "someone/llama3.1:8b"]
 
 
 def test_external_and_endpoint_engines_render_nothing() -> None:

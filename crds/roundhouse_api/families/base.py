@@ -30,6 +30,9 @@ class ContainerPlan:
     health_path: str | None
     init_containers: list[dict[str, Any]] = field(default_factory=list)
     readiness_exec: list[str] | None = None
+    # An HTTP path that answers 200 only when the engine can serve (the startup and readiness probes'
+    # check when set; an exec probe costs the kubelet a process in the container, ~0.5 s here).
+    readiness_path: str | None = None
     sidecars: list[dict[str, Any]] = field(default_factory=list)  # more containers, sharing the cache volume
     extra_volumes: list[dict[str, Any]] = field(default_factory=list)
 

@@ -9,12 +9,15 @@ shell ever sees the model tag.
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import ClassVar
 
 from ..engine import Family, InferenceEngineSpec
 from .base import OPENAI_COMMON, ContainerPlan, EngineFamily, env, gguf_bits, json_names
 
 VERSION = "0.17.4"
+# A model tag that fits in one URL path segment as it is (no "/", nothing to escape).
+SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 
 
 def has_model(tags_body: bytes, model: str) -> bool:
@@ -66,7 +69,13 @@ class Ollama(EngineFamily):
             "image": helper_image,
             "command": ["roundhouse-ollama-pull", "--url", f"http://127.0.0.1:{port}", "--model", model],
         }
-        # Ready means the model is on disk, not merely that the server answers.
+        # Ready means the model is on disk, not merely that the server answers: GET /v1/models/<tag>
+        # answers 200 only then (server/routes.go, RetrieveMiddleware into ShowHandler, 404 otherwise),
+        # without the exec probe's process in the container. Its route takes one path segment, so a
+        # namespaced tag ("user/model:tag") keeps `ollama show`.
+        if SEGMENT.fullmatch(model):
+            return ContainerPlan(container, port, self.health_path, readiness_path=f"/v1/models/{model}",
+                                 sidecars=[puller])  # fmt: skip
         return ContainerPlan(
             container, port, self.health_path, readiness_exec=["ollama", "show", model], sidecars=[puller]
         )
