@@ -439,3 +439,70 @@ def test_on_demand_swaps_real_engine_pods_within_the_budget(engines_up: Cluster)
     b = wait_until(budget, 30, "the Budget view to show the swap")
     assert {e["name"]: e["state"] for e in b["engines"]}[new] == "running" and b["gpusHeld"] <= 2, b
     assert any(s["reason"] == "Draining" and s["engine"] == old for s in b["swaps"]), b["swaps"]
+
+
+def test_autoscaling_follows_a_burst_on_real_llama_server_pods_with_no_failed_request(engines_up: Cluster) -> None:
+    """spec.autoscaling on real pods, through the gateway pod's own reports: a burst of concurrent
+    requests scales tiny-llama 1→2 within the budget, and once it is over the extra pod is stopped;
+    every request of the burst and of the light load during the scale-down is answered."""
+    c = engines_up
+    for name in ("bad-image", "bad-flag", "gated", "tiny-ollama"):  # only tiny-llama counts against the budget
+        c.kubectl("delete", "ie", name, "--ignore-not-found", "--wait=true", namespace=NS)
+    patch = {"spec": {"mode": "onDemand", "onDemand": {"gpuBudget": 2, "minActiveSeconds": 0, "drainSeconds": 2,
+                                                       "idleSeconds": 600, "maxWaitSeconds": 150}}}  # fmt: skip
+    c.kubectl("patch", "enginemode", "default", "--type", "merge", "-p", json.dumps(patch), namespace=NS)
+    policy = {"minReplicas": 1, "maxReplicas": 2, "targetRequestsPerReplica": 2, "scaleUpSeconds": 0,
+              "scaleDownSeconds": 10}  # fmt: skip
+    c.kubectl("patch", "ie", "tiny-llama", "--type", "merge", "-p", json.dumps({"spec": {"autoscaling": policy}}),
+              namespace=NS)  # fmt: skip
+    url = gateway_url(c)
+    wait_until(lambda: chat(url, timeout=30).status_code == 200, 150, "tiny-llama serving in onDemand")
+
+    def deployed() -> int:
+        return int(c.get("deployment", "tiny-llama", NS)["spec"]["replicas"])
+
+    wait_until(lambda: deployed() == 1 and len(holding_pods(c, "tiny-llama")) == 1, 90, "tiny-llama at 1 replica")
+    results: list[int] = []
+    active = [0]  # clients 0..active-1 send requests back to back; the others idle
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        while not stop.is_set():
+            if i >= active[0]:
+                time.sleep(0.05)
+                continue
+            try:
+                results.append(chat(url, timeout=60, max_tokens=48).status_code)
+            except httpx.HTTPError as err:
+                results.append(-1)
+                print(f"request failed: {err!r}")
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        active[0] = 8  # the burst: 8 concurrent requests for a target of 2 per replica
+        wait_until(lambda: deployed() == 2, 60, "the burst scaling tiny-llama to 2 replicas")
+        wait_until(lambda: phase(c, "tiny-llama") == "Ready" and (c.get("ie", "tiny-llama", NS).get("status") or {})
+                   .get("ready") == "2/2", 90, "2 ready tiny-llama pods")  # fmt: skip
+        up = [e["message"] for e in c.list("events", NS) if e["reason"] == "ScaledUp"
+              and e["involvedObject"]["name"] == "tiny-llama"]  # fmt: skip
+        assert up and up[-1].startswith("1→2: "), up
+        during_burst = len(results)
+        time.sleep(5)  # both pods serve part of the burst
+        assert len(results) > during_burst
+        active[0] = 1  # calm: one client goes on through the scale-down
+        wait_until(lambda: deployed() == 1, 90, "tiny-llama back to 1 replica after the burst")
+        wait_until(lambda: len(holding_pods(c, "tiny-llama")) == 1, 60, "the extra tiny-llama pod stopped")
+        down = [e["message"] for e in c.list("events", NS) if e["reason"] == "ScaledDown"
+                and e["involvedObject"]["name"] == "tiny-llama"]  # fmt: skip
+        assert down and down[-1].startswith("2→1: "), down
+        time.sleep(3)  # requests keep flowing to the pod that stays
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(70)
+    failed = [s for s in results if s != 200]
+    assert not failed and len(results) > 50, (len(results), failed)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "autoscaling.txt").write_text(f"requests {len(results)} failed {len(failed)}\n")
