@@ -456,7 +456,14 @@ def test_autoscaling_follows_a_burst_on_real_llama_server_pods_with_no_failed_re
     c.kubectl("patch", "ie", "tiny-llama", "--type", "merge", "-p", json.dumps({"spec": {"autoscaling": policy}}),
               namespace=NS)  # fmt: skip
     url = gateway_url(c)
-    wait_until(lambda: chat(url, timeout=30).status_code == 200, 150, "tiny-llama serving in onDemand")
+
+    def answered() -> bool:
+        try:
+            return chat(url, timeout=30).status_code == 200
+        except httpx.HTTPError:  # waited past the client's timeout for the engine to start: ask again
+            return False
+
+    wait_until(answered, 150, "tiny-llama serving in onDemand")
 
     def deployed() -> int:
         return int(c.get("deployment", "tiny-llama", NS)["spec"]["replicas"])
