@@ -57,10 +57,12 @@ def test_compare_tab_shows_both_real_engines_side_by_side(gateway: Process, page
     def pairs() -> dict[str, Any]:
         models = httpx.get(url + "/admin/compare", headers={"Authorization": f"Bearer {ADMIN}"}).json()["models"]
         rows = [r for m in models for r in m["arms"] if r["role"] == "shadow" and r.get("agreement")]
-        return {r["engine"]: r for r in rows} if {r["engine"] for r in rows} == set(SAMPLING) else {}
+        # The copies are sent after the client's answer: wait until every one of them is counted.
+        done = {r["engine"] for r in rows if r["requests"] >= 3}
+        return {r["engine"]: r for r in rows} if done == set(SAMPLING) else {}
 
-    copies = wait_until(pairs, 30, "each engine's copies compared with the other's answers")
-    assert all(c["requests"] == 3 and c["errors"] == 0 for c in copies.values())
+    copies = wait_until(pairs, 30, "each engine's 3 copies compared with the other's answers")
+    assert all(c["requests"] == 3 and c["errors"] == 0 for c in copies.values()), copies
     open_ui(page, url)
     page.get_by_role("tab", name="Compare").click()
     table = page.locator('table.compare[data-model="tiny"]')
