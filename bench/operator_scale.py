@@ -171,30 +171,12 @@ def run_size(c: lc.Cluster, n: int) -> dict[str, Any]:
         gone(c, ns)
 
 
-def run_floor(c: lc.Cluster, n: int) -> dict[str, Any]:
-    """The same Deployments and Services applied directly, no operator: what the control plane alone needs."""
-    ns = c.create_namespace(f"floor{n}")
-    try:
-        docs = [engine(f"e{i:04d}", "vllm") for i in range(n)]
-        objects = _rendered(ns, docs, {"vllm": 1})
-        k8s_config.load_kube_config(str(c.kubeconfig))
-        kube = Kube()
-        apps = k8s_client.AppsV1Api(k8s_config.new_client_from_config(str(c.kubeconfig)))
-        start = time.monotonic()
-        apply_all(kube, objects)
-        applied = time.monotonic() - start
-        _until_available(apps, ns, {d["metadata"]["name"] for d in docs})
-        return {"engines": n, "apply_s": round(applied, 2), "all_available_s": round(time.monotonic() - start, 2)}
-    finally:
-        gone(c, ns)
-
-
-def run_floor_with_engines(c: lc.Cluster, n: int) -> dict[str, Any]:
-    """The floor with the user's own step in it: the InferenceEngines applied by the same `kubectl apply`
-    as the operator run, while the Deployments and Services are applied from 16 threads, no operator.
-    Until the engines are all created and every Deployment is available: what the control plane alone
-    needs for the same writes, less the operator's status writes, watches and CPU."""
-    ns = c.create_namespace(f"floorie{n}")
+def run_floor(c: lc.Cluster, n: int, with_engines: bool = False) -> dict[str, Any]:
+    """The same Deployments and Services applied directly, no operator: what the control plane alone needs.
+    `with_engines`: the user's own step in it too, the InferenceEngines applied by the same `kubectl apply`
+    as the operator run beside the 16 threads, until they are all created and every Deployment is
+    available: the same writes, less the operator's status writes, watches and CPU."""
+    ns = c.create_namespace(f"floorie{n}" if with_engines else f"floor{n}")
     try:
         docs = [engine(f"e{i:04d}", "vllm") for i in range(n)]
         objects = _rendered(ns, docs, {"vllm": 1})
@@ -203,11 +185,13 @@ def run_floor_with_engines(c: lc.Cluster, n: int) -> dict[str, Any]:
         apps = k8s_client.AppsV1Api(k8s_config.new_client_from_config(str(c.kubeconfig)))
         start = time.monotonic()
         with ThreadPoolExecutor(1) as user:
-            engines_applied = user.submit(c.apply, docs, ns)
+            engines_applied = user.submit(c.apply, docs, ns) if with_engines else None
             apply_all(kube, objects)
+            applied = time.monotonic() - start
             _until_available(apps, ns, {d["metadata"]["name"] for d in docs})
-            engines_applied.result()
-        return {"engines": n, "all_available_s": round(time.monotonic() - start, 2)}
+            if engines_applied is not None:
+                engines_applied.result()
+        return {"engines": n, "apply_s": round(applied, 2), "all_available_s": round(time.monotonic() - start, 2)}
     finally:
         gone(c, ns)
 
@@ -324,7 +308,7 @@ def main() -> None:
                 ratio = round(row["all_ready_s"] / floor["all_available_s"], 2)
                 ratios.setdefault(f"{n} engines", []).append(ratio)
                 print(json.dumps({"floor": floor, "operator_over_floor": ratio}), flush=True)
-                with_engines = run_floor_with_engines(c, n)
+                with_engines = run_floor(c, n, with_engines=True)
                 results["floor_with_engines"].append(with_engines)
                 ratio = round(row["all_ready_s"] / with_engines["all_available_s"], 2)
                 ratios.setdefault(f"{n} engines (floor with the engines' apply)", []).append(ratio)
