@@ -240,9 +240,9 @@ class Controller(Probing, StatusWriting, Autoscaling):
         its traceback."""
         metrics.RECONCILES.labels(result="error").inc()
         failures = self.failures[namespace] = self.failures.get(namespace, 0) + 1
-        cap = UNREACHABLE_BACKOFF_MAX if unreachable(err) else BACKOFF_MAX
-        delay = min(cap, BACKOFF_BASE * 2 ** (failures - 1))
-        if api_error is None and unreachable(err):  # connection refused or timed out: not our bug
+        away = unreachable(err)
+        delay = min(UNREACHABLE_BACKOFF_MAX if away else BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
+        if api_error is None and away:  # connection refused or timed out: not our bug
             api_error = str(err)
         if api_error is not None:
             status = getattr(err, "status", None)

@@ -133,11 +133,11 @@ def _probes(engine: InferenceEngine, plan: ContainerPlan) -> dict[str, Any]:
     # Fast while starting (never slower than the period after startup), over the same total window.
     startup_period = min(period, FAMILIES[engine.spec.engine].startup_probe_period_seconds)
     http = {"httpGet": {"path": plan.health_path, "port": "http"}}
-    ready_check: dict[str, Any] = http
-    if plan.readiness_path:
-        ready_check = {"httpGet": {"path": plan.readiness_path, "port": "http"}}
-    elif plan.readiness_exec:
-        ready_check = {"exec": {"command": plan.readiness_exec}}
+    ready_check: dict[str, Any] = (
+        {"exec": {"command": plan.readiness_exec}} if plan.readiness_exec
+        else {"httpGet": {"path": plan.readiness_path, "port": "http"}} if plan.readiness_path
+        else http
+    )  # fmt: skip
     return {
         # Large models take many minutes to load; liveness must not kill them meanwhile.
         "startupProbe": {

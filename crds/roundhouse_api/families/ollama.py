@@ -73,12 +73,10 @@ class Ollama(EngineFamily):
         # answers 200 only then (server/routes.go, RetrieveMiddleware into ShowHandler, 404 otherwise),
         # without the exec probe's process in the container. Its route takes one path segment, so a
         # namespaced tag ("user/model:tag") keeps `ollama show`.
-        if SEGMENT.fullmatch(model):
-            return ContainerPlan(container, port, self.health_path, readiness_path=f"/v1/models/{model}",
-                                 sidecars=[puller])  # fmt: skip
-        return ContainerPlan(
-            container, port, self.health_path, readiness_exec=["ollama", "show", model], sidecars=[puller]
-        )
+        one_segment = SEGMENT.fullmatch(model) is not None
+        return ContainerPlan(container, port, self.health_path, sidecars=[puller],
+                             readiness_path=f"/v1/models/{model}" if one_segment else None,
+                             readiness_exec=None if one_segment else ["ollama", "show", model])  # fmt: skip
 
     def upstream_model(self, spec: InferenceEngineSpec) -> str:
         # Ollama knows a model by its tag.
