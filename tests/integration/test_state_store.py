@@ -16,6 +16,7 @@ from roundhouse_gateway.http.wire import ClientError
 from roundhouse_gateway.keys.keys import Identity
 from roundhouse_gateway.state.keeper import Keeper
 from roundhouse_gateway.state.open import StateError, open_state
+from roundhouse_gateway.state.redis_store import ADMIT
 from tests.support.redis_server import RedisServer
 
 RPM = Identity("team-a", requests_per_minute=5)
@@ -126,6 +127,68 @@ def test_a_store_that_hangs_costs_a_request_the_timeout_at_most(redis: RedisServ
         await k.close()
 
     asyncio.run(run())
+
+
+def test_a_restarted_store_is_used_again_at_once(redis: RedisServer) -> None:
+    """After a restart the connection is dead and the store has forgotten the admission script: the next
+    admission reconnects and gives the script again, decided in the store, not counted locally."""
+
+    async def run() -> None:
+        k = open_state(redis.url, timeout=0.5)
+        assert (await k.admit(RPM, False)).refusal is None
+        redis.stop()
+        redis.start()
+        assert (await k.admit(RPM, False)).refusal is None
+        assert not k.degraded
+        await k.close()
+
+    asyncio.run(run())
+
+
+def test_a_store_that_refuses_the_script_is_counted_locally_not_a_hang(redis: RedisServer) -> None:
+    """A user that may run the admission script but not load it (an ACL): the store answers NOSCRIPT,
+    then refuses SCRIPT LOAD. The request is decided locally at once; it must never wait forever."""
+    assert redis.command("ACL", "SETUSER", "gw", "on", ">pw", "~*", "&*", "+@all", "-script|load") == b"+OK\r\n"
+
+    async def run() -> None:
+        k = open_state(f"redis://gw:pw@127.0.0.1:{redis.port}/0", timeout=0.2)
+        started = time.monotonic()
+        verdict = await asyncio.wait_for(k.admit(RPM, False), 5)
+        assert verdict.refusal is None and k.degraded and time.monotonic() - started < 1
+        assert redis.command("SCRIPT", "LOAD", ADMIT).startswith(b"$40")  # loaded by a user who may
+        assert await k.flush() and not k.degraded
+        assert (await k.admit(RPM, False)).refusal is None and not k.degraded
+        await k.close()
+
+    asyncio.run(run())
+
+
+def test_a_password_store_takes_the_password_from_the_url_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requirepass, as the chart runs it: a wrong password is a store that fails (counted locally); the
+    right one, in the URL or in ROUNDHOUSE_STATE_PASSWORD (the chart's Secret), shares the limit."""
+    server = RedisServer(tmp_path / "redis", password="s3cret").start()
+    host = f"127.0.0.1:{server.port}"
+
+    async def run() -> None:
+        wrong = open_state(f"redis://:wrong@{host}/0", timeout=0.2)
+        assert (await wrong.admit(RPM, False)).refusal is None and wrong.degraded
+        await wrong.close()
+        in_url = open_state(f"redis://:s3cret@{host}/0")
+        monkeypatch.setenv("ROUNDHOUSE_STATE_PASSWORD", "s3cret")
+        from_env = open_state(server.url)
+        verdicts = [await (in_url if i % 2 else from_env).admit(RPM, False) for i in range(8)]
+        # Counted together in the store: 5 in all (each replica alone would have admitted 5).
+        assert [v.refusal is None for v in verdicts].count(True) == 5
+        assert not in_url.degraded and not from_env.degraded
+        await in_url.close()
+        await from_env.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.kill()
 
 
 def test_closed_answers_503_while_the_store_is_away(redis: RedisServer) -> None:

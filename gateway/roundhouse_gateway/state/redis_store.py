@@ -173,6 +173,8 @@ class RedisStore:
             answers = await self._call("EVALSHA", self._admit.sha, len(keys), *keys, *args)
         except StoreError as err:
             answers = [err] * len(batch)
+        except Exception as err:  # whatever it is, the requests waiting on this call get an answer
+            answers = [StoreError(f"{type(err).__name__}: {err}")] * len(batch)
         for (*_, future), answer in zip(batch, answers, strict=True):
             if future.done():  # its caller gave up (the keeper's timeout)
                 continue
@@ -184,8 +186,10 @@ class RedisStore:
     async def _call(self, *command: Any) -> Any:
         """One command on the admissions' own connection, within the timeout. A connection that was
         used before and fails is tried once more new (a restarted store closed it); a store that forgot
-        the script is given it again."""
-        for attempt in range(2):
+        the script (restarted, or SCRIPT FLUSH) is given it again on that connection, once. Every
+        failure is a StoreError: the admissions waiting on this call are answered, never left hanging."""
+        retried = loaded = False
+        while True:
             conn, fresh = self._conn, self._conn is None
             if conn is None:
                 conn = self._conn = self.client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
@@ -193,19 +197,27 @@ class RedisStore:
                 async with asyncio.timeout(self.timeout):
                     if fresh:
                         await conn.connect()
-                    await conn.send_packed_command(conn.pack_command(*command), check_health=False)
-                    answer = await conn.read_response()
-                metrics.STATE_ROUND_TRIPS.inc()
+                    answer = await _exchange(conn, command)
                 return answer
             except NoScriptError:
-                metrics.STATE_ROUND_TRIPS.inc()
-                await self.client.script_load(ADMIT)
-            except (RedisError, OSError, TimeoutError) as err:
-                self._conn = None
-                await conn.disconnect()  # a late answer must never be read as the next call's
-                if fresh or attempt or isinstance(err, TimeoutError):
+                if loaded:
+                    raise StoreError("the store refused the admission script") from None
+                loaded = True
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await _exchange(conn, ("SCRIPT", "LOAD", ADMIT))
+                except (RedisError, OSError, TimeoutError) as err:
+                    await self._drop(conn)
                     raise StoreError(f"{type(err).__name__}: {err}") from None
-        raise StoreError("the store refused the admission script")
+            except (RedisError, OSError, TimeoutError) as err:
+                await self._drop(conn)
+                if fresh or retried or isinstance(err, TimeoutError):
+                    raise StoreError(f"{type(err).__name__}: {err}") from None
+                retried = True
+
+    async def _drop(self, conn: Any) -> None:
+        self._conn = None
+        await conn.disconnect()  # a late answer must never be read as the next call's
 
     async def write(self, batch: Batch) -> None:
         doc = {
@@ -262,6 +274,15 @@ class RedisStore:
         if self._conn is not None:
             await self._conn.disconnect()
         await self.client.aclose()
+
+
+async def _exchange(conn: Any, command: tuple[Any, ...]) -> Any:
+    """Send one command and read its answer; a round trip, counted (an error answer is one too)."""
+    await conn.send_packed_command(conn.pack_command(*command), check_health=False)
+    try:
+        return await conn.read_response()
+    finally:
+        metrics.STATE_ROUND_TRIPS.inc()
 
 
 FIELDS = {"r": "requests", "p": "prompt_tokens", "c": "completion_tokens", "e": "errors"}
