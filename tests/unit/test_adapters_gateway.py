@@ -62,7 +62,11 @@ def test_each_engine_gets_the_body_its_family_takes_for_an_adapter() -> None:
     vllm = json.loads(payload(body, raw, Features("chat"), engine("vllm")))
     assert vllm["model"] == "chat" and vllm["messages"] == body["messages"]
     base = {"model": "m", "messages": body["messages"]}
-    assert payload(base, json.dumps(base).encode(), Features("m"), engine("llamacpp")) != b""
+    base_raw = json.dumps(base).encode()
+    # The base goes to llama-server as the client sent it: no "lora" field, so the command line's
+    # scale 0 applies every adapter at 0 (a "lora" here would apply adapters to the base's answers).
+    assert payload(base, base_raw, Features("m"), engine("llamacpp")) == base_raw
+    assert payload(base, base_raw, Features("m"), engine("vllm")) == base_raw
 
 
 def test_models_list_adapters_with_their_parent() -> None:
