@@ -32,8 +32,11 @@ def sim_log(stack: Stack, name: str) -> list[dict[str, Any]]:
     return httpx.get(f"{stack.sims[name].url}/_sim/log").json()  # type: ignore[attr-defined,no-any-return]
 
 
-def chat(stack: Stack, user: str, stream: bool = False, engine: str | None = None) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {KEY}", **({"X-Roundhouse-Engine": engine} if engine else {})}
+def chat(
+    stack: Stack, user: str, stream: bool = False, engine: str | None = None, rid: str | None = None
+) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {KEY}", **({"X-Roundhouse-Engine": engine} if engine else {}),
+               **({"X-Request-Id": rid} if rid else {})}  # fmt: skip
     body = {"model": "m", "messages": MSG, "user": user, "max_tokens": 6, "stream": stream}
     return httpx.post(stack.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
 
@@ -49,8 +52,10 @@ def test_split_and_shadow_figures_match_the_engines_own_logs(stack: Stack) -> No
                  {"name": "s", "engine": "vllm", "served": "s", "sims": ["s"],
                   "routing": {"shadow": {"of": "m", "percent": 50, "maxInFlight": 64}}}])  # fmt: skip
     users = [f"user-{i}" for i in range(60)]
+    streamed = {u for u in users if u.endswith(("1", "3"))}
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda u: chat(stack, u, stream=u.endswith(("1", "3"))), users))
+        # Request ids of our own: which requests the shadow samples (a hash of the id) is then the same every run.
+        answers = list(pool.map(lambda u: chat(stack, u, stream=u in streamed, rid=f"first-{u}"), users))
     assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
     arm_of = {u: r.headers["x-roundhouse-engine"] for u, r in zip(users, answers, strict=True)}
     assert set(arm_of.values()) == {"a", "b"}
@@ -81,8 +86,11 @@ def test_split_and_shadow_figures_match_the_engines_own_logs(stack: Stack) -> No
     assert arms["a"]["answerTokens"] == 6 and arms["s"]["answerTokens"] == 6
     page = stack.admin("GET", "/admin/compare").json()["models"][0]
     assert page["baseline"] == "a" and any(v.startswith("shadow s:") and "agreement" in v for v in page["verdicts"])
-    # A streamed request is copied as a non-streamed one.
-    assert all(e["id"] for e in shadow)
+    # A streamed request is copied as a non-streamed one; the client's own request to its arm still streams.
+    primary = {e["id"]: e for n in "ab" for e in logs[n]}
+    assert all(primary[f"first-{u}"]["stream"] == (u in streamed) for u in users)
+    assert not any(e["stream"] for e in shadow)
+    assert any(e["id"] in {f"first-{u}" for u in streamed} for e in shadow)  # some copies were of streamed requests
     metrics = httpx.get(stack.url + "/metrics").text
     assert f'roundhouse_gateway_shadow_requests_total{{engine="s",model="m",outcome="ok"}} {len(shadow)}.0' in metrics
 

@@ -69,7 +69,7 @@ class State:
     cache: PrefixCache | None = None
     adapters: Adapters | None = None  # vLLM flavour: LoRA adapters (--lora-module, run-time loading)
     runtime_lora: bool = False  # vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING: the load/unload routes exist
-    log: list[dict[str, Any]] = field(default_factory=list)  # every completion: request id, status, text (/_sim/log)
+    log: list[dict[str, Any]] = field(default_factory=list)  # every completion: id, status, stream, text (/_sim/log)
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:
@@ -197,6 +197,7 @@ class Sim:
             "id": request.headers.get("X-Request-Id"),
             "status": k.fail_status or 200,
             "shadow": "X-Roundhouse-Shadow" in request.headers,
+            "stream": body.get("stream") is True,  # how it was asked: a gateway's copies must not stream
             "tokens": 0,
             "text": "",
         }
