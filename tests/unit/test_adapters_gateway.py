@@ -10,20 +10,20 @@ from roundhouse_api import InferenceEngine
 from roundhouse_gateway.engines.catalog import Catalog, Engine, ModeState, engine_from_resource
 from roundhouse_gateway.engines.models import model_list
 from roundhouse_gateway.request.forward import payload
-from roundhouse_gateway.routing.affinity import keyed
+from roundhouse_gateway.routing.affinity import keyed, prefix_key
 from roundhouse_gateway.routing.route import Features, route
 
 ADAPTERS = [{"name": "sql", "source": "org/sql-lora"}, {"name": "chat", "source": "org/chat-lora"}]
 URLS = ["http://r1", "http://r2"]
 
 
-def engine(family: str, **spec: Any) -> Engine:
+def engine(family: str, endpoints: list[str] | None = None, **spec: Any) -> Engine:
     source = {"vllm": "org/base", "llamacpp": "/m/base.gguf"}[family]
     adapters = ADAPTERS if family == "vllm" else [{"name": "sql", "source": "/l/sql.gguf"},
                                                   {"name": "chat", "source": "/l/chat.gguf", "scale": 0.5}]  # fmt: skip
     doc = {"metadata": {"name": "base"}, "spec": {"engine": family, "model": {"source": source, "servedName": "m"},
                                                   "adapters": adapters, **spec}}  # fmt: skip
-    return engine_from_resource(InferenceEngine.model_validate(doc), endpoints=URLS)
+    return engine_from_resource(InferenceEngine.model_validate(doc), endpoints=endpoints or URLS)
 
 
 def test_adapters_are_served_names_with_their_routes() -> None:
@@ -78,3 +78,32 @@ def test_models_list_adapters_with_their_parent() -> None:
 def test_an_adapters_prefix_key_is_its_own() -> None:
     assert keyed(12345, "sql") != 12345 and keyed(12345, "sql") != keyed(12345, "chat")
     assert keyed(12345, "sql") == keyed(12345, "sql")
+
+
+def test_the_same_prompt_for_each_adapter_keeps_to_a_replica_of_its_own() -> None:
+    # Four replicas that all hold both adapters and carry no load: prefix affinity alone picks the replica.
+    replicas = [f"http://r{i}" for i in range(1, 5)]
+    cat = Catalog((engine("vllm", endpoints=replicas),), ModeState())
+
+    def first(model: str, prompt: str, turn: int) -> str:
+        body = {"model": model, "messages": [{"role": "system", "content": prompt}, {"role": "user", "content": "hi"}]}
+        f = Features(model, prefix=prefix_key(body, "chat"))
+        d = route(f, cat, lambda ep: True, lambda ep: 0.0, turn, lambda e, ep, m: True)
+        assert d.reason.endswith("prefix-affinity"), d.reason
+        return d.candidates[0].endpoint
+
+    prompts = [f"You are assistant number {i}; answer in one line." for i in range(32)]
+    where: dict[tuple[str, str], str] = {}
+    for prompt in prompts:
+        for model in ("m", "sql", "chat"):
+            seen = {first(model, prompt, turn) for turn in range(4)}
+            assert len(seen) == 1, (model, prompt, seen)  # each model's requests stick to one replica
+            where[prompt, model] = seen.pop()
+    # The same prompt under an adapter is another KV cache: keyed on the prefix alone, the base and
+    # both adapters would pile onto one replica for every prompt; keyed on the adapter too, they go
+    # where their own key lands (another replica for about three prompts in four, with four replicas).
+    for a, b in (("m", "sql"), ("m", "chat"), ("sql", "chat")):
+        apart = sum(where[p, a] != where[p, b] for p in prompts)
+        assert apart >= len(prompts) // 2, (a, b, apart)
+    for model in ("sql", "chat"):  # an adapter's prompts still spread over every replica
+        assert {where[p, model] for p in prompts} == set(replicas), model
