@@ -284,10 +284,17 @@ INVALID: list[Invalid] = [
         ),
         "spec.adapters",
     ),
+    # Named like the model's alias `qwen` (not its servedName) and like its servedName: each refused by
+    # the rule on names (the field with "[].name": not another spec.adapters rule).
     Invalid(
         "adapter-named-like-an-alias",
         _with(_vllm, lambda d: d["spec"].update(adapters=[{"name": "qwen", "source": "o/a"}])),
-        "spec.adapters",
+        "spec.adapters[].name",
+    ),
+    Invalid(
+        "adapter-named-like-the-served-name",
+        _with(_vllm, lambda d: d["spec"].update(adapters=[{"name": "qwen2.5-7b-instruct", "source": "o/a"}])),
+        "spec.adapters[].name",
     ),
     Invalid(
         "adapter-on-ollama",
