@@ -4,6 +4,7 @@ hangs changes nothing for clients."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from roundhouse_gateway.compare.agreement import agreement
 from tests.support.cluster import wait_until
 from tests.support.gateway_stack import KEY, Stack
 
@@ -83,7 +85,15 @@ def test_split_and_shadow_figures_match_the_engines_own_logs(stack: Stack) -> No
     exact = sum(e["text"].split() == text[e["id"]][1].split() for e in shadow)
     assert arms["s"]["agreement"]["exactRate"] == round(exact / len(shadow), 4)
     assert 0 < exact < len(shadow)  # some differ: the measure sees it
+    # The similarity, by the gateway's measure over the texts the simulators logged: an answer that differs
+    # shares half its words with the usual one (0.5), so the figure is not the exact rate again.
+    similarities = [agreement(text[e["id"]][1], e["text"])[1] for e in shadow]
+    assert set(similarities) == {0.5, 1.0}
+    assert arms["s"]["agreement"]["similarity"] == pytest.approx(statistics.fmean(similarities), abs=1e-4)
     assert arms["a"]["answerTokens"] == 6 and arms["s"]["answerTokens"] == 6
+    for name, entries in (("a", logs["a"]), ("b", logs["b"]), ("s", shadow)):  # answer lengths: those logged
+        assert arms[name]["answerTokens"] == round(statistics.fmean(e["tokens"] for e in entries), 2), name
+    assert arms["b"]["errors"] == 0 and arms["a"]["errors"] == 0
     page = stack.admin("GET", "/admin/compare").json()["models"][0]
     assert page["baseline"] == "a" and any(v.startswith("shadow s:") and "agreement" in v for v in page["verdicts"])
     # A streamed request is copied as a non-streamed one; the client's own request to its arm still streams.

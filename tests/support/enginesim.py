@@ -48,7 +48,7 @@ class Knobs:
     prefill_us_per_token: float = 0.0  # uncached prompt tokens cost this, one prompt at a time (0: free)
     cache_tokens: int = 0  # prompt-prefix cache size in tokens (tests/support/prefixcache.py; 0: none)
     vocab: str = ""  # answers are "<vocab>-0 <vocab>-1 ..." (default: the simulator's name): equal vocabs agree
-    differ_every: int = 0  # every Nth answer says other words (A/B agreement tests; 0: never)
+    differ_every: int = 0  # every Nth answer says every other word differently (A/B agreement tests; 0: never)
 
 
 @dataclass
@@ -253,7 +253,8 @@ class Sim:
     def words(self, n: int) -> list[str]:
         k = self.s.knobs
         differ = k.differ_every > 0 and len(self.s.log) % k.differ_every == 0  # the log holds this request already
-        return [f"{k.vocab or self.s.name}-{'x' if differ else ''}{i} " for i in range(n)]
+        # Every other word, not all: such an answer is like the usual one in part (similarity 0.5, not 0).
+        return [f"{k.vocab or self.s.name}-{'x' if differ and i % 2 else ''}{i} " for i in range(n)]
 
     async def sim_log(self, _: web.Request) -> web.Response:
         return web.json_response(self.s.log)
