@@ -96,6 +96,9 @@ def test_split_and_shadow_figures_match_the_engines_own_logs(stack: Stack) -> No
     assert arms["b"]["errors"] == 0 and arms["a"]["errors"] == 0
     page = stack.admin("GET", "/admin/compare").json()["models"][0]
     assert page["baseline"] == "a" and any(v.startswith("shadow s:") and "agreement" in v for v in page["verdicts"])
+    # A copy is not streamed: no TTFT of its own, and its verdict compares total latency only.
+    assert arms["s"]["ttftP50"] is None and arms["s"]["ttftP95"] is None and arms["s"]["latencyP95"] is not None
+    assert [v for v in page["verdicts"] if v.startswith("shadow s: p95 latency ") and "TTFT" not in v]
     # A streamed request is copied as a non-streamed one; the client's own request to its arm still streams.
     primary = {e["id"]: e for n in "ab" for e in logs[n]}
     assert all(primary[f"first-{u}"]["stream"] == (u in streamed) for u in users)

@@ -8,7 +8,7 @@ import pytest
 
 from roundhouse_api import Family
 from roundhouse_gateway.compare.agreement import agreement, answer_text
-from roundhouse_gateway.compare.window import Answer, Comparison
+from roundhouse_gateway.compare.window import Answer, Comparison, verdict
 from roundhouse_gateway.engines.catalog import Catalog, Engine, ModeState
 from roundhouse_gateway.routing import split
 from roundhouse_gateway.routing.route import Features, route
@@ -149,22 +149,33 @@ def test_the_comparison_reads_at_a_glance() -> None:
     c = Comparison(window=60)
     for i in range(20):
         c.answered("m", "a", "arm", Answer(100.0 + i, 200, 0.10, 0.5, 10))
-        c.answered("m", "s", "shadow", Answer(100.0 + i, 200 if i else 500, 0.08, 0.4, 10))
+        c.answered("m", "s", "shadow", Answer(100.0 + i, 200 if i else 500, None, 0.4, 10))  # a copy: no TTFT
         if i:
             c.paired("m", "s", 100.0 + i, i % 4 != 0, 1.0 if i % 4 else 0.5)
     c.answered("m", "a", "arm", Answer(0.0, 200, 9.0, 9.0, 1))  # outside the window
     c.answered("m", "b", "arm", Answer(110.0, 200, 0.2, 0.6, 10))
-    c.answered("m", "b", "shadow", Answer(110.0, 200, 0.2, 0.6, 10))
+    c.answered("m", "b", "shadow", Answer(110.0, 200, None, 0.6, 10))
     report = c.report(125.0, {("m", "s"): {"shadowOf": "m", "percent": 50.0}})
     model = report["models"][0]
     arms = {r["engine"]: r for r in model["arms"]}
     assert model["baseline"] == "a" and arms["a"]["requests"] == 20 and arms["a"]["ttftP95"] == 0.1
     assert arms["s"]["errors"] == 1 and arms["s"]["percent"] == 50.0
+    assert arms["s"]["ttftP50"] is None and arms["s"]["ttftP95"] is None and arms["s"]["latencyP95"] == 0.4
     assert arms["s"]["agreement"] == {"pairs": 19, "exactRate": round(15 / 19, 4),
                                       "similarity": round((15 + 4 * 0.5) / 19, 4)}  # fmt: skip
     assert model["verdicts"] == [
         "candidate b: p95 TTFT +100%, p95 latency +20%, errors 0 of 1",
-        "copies to b: p95 TTFT +100%, p95 latency +20%, errors 0 of 1",
-        "shadow s: p95 TTFT \N{MINUS SIGN}20%, p95 latency \N{MINUS SIGN}20%, agreement 79% (similarity 0.89, 19"
-        " pairs), errors 1 of 20",
+        # Copies are not streamed: their total latency is compared with the primary's, never a TTFT.
+        "copies to b: p95 latency +20%, errors 0 of 1",
+        "shadow s: p95 latency \N{MINUS SIGN}20%, agreement 79% (similarity 0.89, 19 pairs), errors 1 of 20",
     ]
+
+
+def test_a_copys_verdict_compares_total_latency_even_if_a_ttft_was_recorded() -> None:
+    # Were a copy's first byte ever recorded, it is still its whole answer: the verdict does not read it.
+    base = {"requests": 10, "errors": 0, "ttftP95": 0.1, "latencyP95": 1.0}
+    mine = {"requests": 4, "errors": 0, "ttftP95": 0.9, "latencyP95": 0.9, "percent": 10.0}
+    assert verdict("s", "shadow", mine, base) == "shadow s: p95 latency \N{MINUS SIGN}10%, errors 0 of 4"
+    assert (
+        verdict("c", "arm", mine, base) == "candidate c: p95 TTFT +800%, p95 latency \N{MINUS SIGN}10%, errors 0 of 4"
+    )

@@ -17,8 +17,8 @@ MINUS = "\N{MINUS SIGN}"  # the typographic sign, as the verdict is read by peop
 class Answer:
     at: float  # epoch seconds
     status: int
-    ttft: float | None  # seconds to the first byte
-    latency: float  # seconds to the whole answer
+    ttft: float | None  # seconds to the first byte; None for a copy (not streamed: its first byte is its whole answer)
+    latency: float  # seconds to the whole answer, from when the gateway received the request (copies too)
     tokens: int  # completion tokens the engine reported
 
 
@@ -68,8 +68,15 @@ def verdict(engine: str, role: str, mine: dict[str, Any], base: dict[str, Any] |
     # A shadow engine has its share of the model; a copy without one went to the other arm of an A/B request.
     kind = ("shadow" if "percent" in mine else "copies to") if role == "shadow" else "candidate"
     words = [f"{kind} {engine}:"]
+    # A copy is not streamed, so it has no TTFT of its own (its first byte is its whole answer): comparing
+    # that with a streamed primary's TTFT would say "slower" of any engine. Copies compare total latency.
+    timed = (
+        [("p95 latency", "latencyP95")]
+        if role == "shadow"
+        else [("p95 TTFT", "ttftP95"), ("p95 latency", "latencyP95")]
+    )
     if base is not None:
-        for label, key in (("p95 TTFT", "ttftP95"), ("p95 latency", "latencyP95")):
+        for label, key in timed:
             if (change := _change(mine.get(key), base.get(key))) is not None:
                 words.append(f"{label} {change},")
     if (agree := mine.get("agreement")) is not None:

@@ -95,7 +95,7 @@ class Completions:
             raise refusal(decision, rid, self.retry_after)
         account.decided(decision)
         targets = self.shadower.targets(request, decision, rid)
-        shadowing = self.shadower.start(request, targets, rid) if targets else None
+        shadowing = self.shadower.start(request, targets, rid, started) if targets else None
         outcome: Outcome | None = None
         try:
             outcome = await self.forwarder.forward(prelude.send if prelude else send, rid, request, decision, started,

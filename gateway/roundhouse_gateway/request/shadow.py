@@ -61,8 +61,10 @@ class Shadower:
                 out.append((e, AB_MAX_IN_FLIGHT))
         return out
 
-    def start(self, request: Request, targets: list[tuple[Engine, int]], rid: str) -> Shadowing:
-        """Send the copies now (in the background); compare each with the primary once it has answered."""
+    def start(self, request: Request, targets: list[tuple[Engine, int]], rid: str, started: float) -> Shadowing:
+        """Send the copies now (in the background); compare each with the primary once it has answered.
+        `started` is when the gateway received the request (perf_counter): a copy's latency is timed from it,
+        as the primary's is, so the two are compared over the same span."""
         shadowing = Shadowing(request.features.model)
         body = {k: v for k, v in request.body.items() if k != "stream_options"}
         body["stream"] = False
@@ -72,11 +74,13 @@ class Shadower:
                 self.comparison.shed(shadowing.model, engine.name, time.time())
                 continue
             self.in_flight[engine.name] += 1
-            self.tasks.add(task := asyncio.create_task(self._copy(engine, body, request.features.path, rid, shadowing)))
+            copy = self._copy(engine, body, request.features.path, rid, shadowing, started)
+            self.tasks.add(task := asyncio.create_task(copy))
             task.add_done_callback(self.tasks.discard)
         return shadowing
 
-    async def _copy(self, engine: Engine, body: dict[str, Any], path: str, rid: str, shadowing: Shadowing) -> None:
+    async def _copy(self, engine: Engine, body: dict[str, Any], path: str, rid: str, shadowing: Shadowing,
+                    started: float) -> None:  # fmt: skip
         model, fleet = shadowing.model, self.fleet
         endpoints = [ep for ep in engine.endpoints if fleet.health.healthy(ep)] or list(engine.endpoints)
         if not endpoints:
@@ -88,7 +92,6 @@ class Shadower:
         if engine.api_key:
             headers.append(("Authorization", f"Bearer {engine.api_key}"))
         t = engine.timeouts
-        started = time.perf_counter()
         data, status = b"", 599
         fleet.outstanding[endpoint] += 1
         try:
@@ -105,8 +108,8 @@ class Shadower:
             self.in_flight[engine.name] -= 1
         latency = time.perf_counter() - started
         _, completion = usage_of(data) if status < 400 else (0, 0)
-        self.comparison.answered(model, engine.name, "shadow", Answer(time.time(), status, latency, latency,
-                                                                      completion))  # fmt: skip
+        # No TTFT: the copy is not streamed, so its first byte comes with its whole answer.
+        self.comparison.answered(model, engine.name, "shadow", Answer(time.time(), status, None, latency, completion))
         metrics.child(metrics.SHADOW, model, engine.name, "ok" if status < 400 else "error").inc()
         if status >= 400:
             return

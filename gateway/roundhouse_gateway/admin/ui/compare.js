@@ -11,6 +11,11 @@ async function refreshCompare() {
 
 const pct = (x) => (x === null || x === undefined ? "—" : `${Math.round(x * 100)}%`);
 const num = (x) => (x === null || x === undefined ? "—" : String(x));
+// A copy is sent without streaming: its first byte comes with its whole answer, so it has no TTFT of its
+// own, and "—" with a reason says so rather than a number that would read as a slow first token.
+const NOT_STREAMED = "A copy is not streamed: its first byte is its whole answer";
+const ttft = (key) => (a) => (a.role === "shadow"
+  ? el("span", { class: "hint", title: NOT_STREAMED }, "— not measured") : ms(a[key]));
 
 // The rows of a model's table: a label and how to read each arm's cell.
 const COMPARE_ROWS = [
@@ -19,8 +24,8 @@ const COMPARE_ROWS = [
   ["Family", (a) => label(a.family)],
   ["Requests", (a) => num(a.requests)],
   ["Errors", (a) => num(a.errors)],
-  ["TTFT p50", (a) => ms(a.ttftP50)],
-  ["TTFT p95", (a) => ms(a.ttftP95)],
+  ["TTFT p50", ttft("ttftP50")],
+  ["TTFT p95", ttft("ttftP95")],
   ["Latency p50", (a) => ms(a.latencyP50)],
   ["Latency p95", (a) => ms(a.latencyP95)],
   ["Tokens/s", (a) => num(a.tokensPerSecond)],
