@@ -184,35 +184,38 @@ class RedisStore:
                 future.set_result(answer)
 
     async def _call(self, *command: Any) -> Any:
-        """One command on the admissions' own connection, within the timeout. A connection that was
-        used before and fails is tried once more new (a restarted store closed it); a store that forgot
-        the script (restarted, or SCRIPT FLUSH) is given it again on that connection, once. Every
-        failure is a StoreError: the admissions waiting on this call are answered, never left hanging."""
+        """One command on the admissions' own connection, within the timeout (all of it: a reconnect
+        and a reload share it). A connection that was used before and fails is tried once more new (a
+        restarted store closed it); a store that forgot the script (restarted, or SCRIPT FLUSH) is given
+        it again on that connection, once. Every failure is a StoreError: the admissions waiting on
+        this call are answered, never left hanging."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._attempts(command)
+        except (RedisError, OSError, TimeoutError) as err:
+            if self._conn is not None:
+                await self._drop(self._conn)
+            raise StoreError(f"{type(err).__name__}: {err}") from None
+
+    async def _attempts(self, command: tuple[Any, ...]) -> Any:
         retried = loaded = False
         while True:
             conn, fresh = self._conn, self._conn is None
             if conn is None:
                 conn = self._conn = self.client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
             try:
-                async with asyncio.timeout(self.timeout):
-                    if fresh:
-                        await conn.connect()
-                    answer = await _exchange(conn, command)
-                return answer
+                if fresh:
+                    await conn.connect()
+                return await _exchange(conn, command)
             except NoScriptError:
                 if loaded:
                     raise StoreError("the store refused the admission script") from None
                 loaded = True
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        await _exchange(conn, ("SCRIPT", "LOAD", ADMIT))
-                except (RedisError, OSError, TimeoutError) as err:
-                    await self._drop(conn)
-                    raise StoreError(f"{type(err).__name__}: {err}") from None
-            except (RedisError, OSError, TimeoutError) as err:
+                await _exchange(conn, ("SCRIPT", "LOAD", ADMIT))
+            except (RedisError, OSError):
+                if fresh or retried:
+                    raise
                 await self._drop(conn)
-                if fresh or retried or isinstance(err, TimeoutError):
-                    raise StoreError(f"{type(err).__name__}: {err}") from None
                 retried = True
 
     async def _drop(self, conn: Any) -> None:
