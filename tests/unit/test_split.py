@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,10 +11,12 @@ from roundhouse_api import Family
 from roundhouse_gateway.compare.agreement import agreement, answer_text
 from roundhouse_gateway.compare.window import Answer, Comparison, verdict
 from roundhouse_gateway.engines.catalog import Catalog, Engine, ModeState
+from roundhouse_gateway.request.read import parse_request
 from roundhouse_gateway.routing import split
 from roundhouse_gateway.routing.route import Features, route
 
 USERS = [f"user-{i}" for i in range(2000)]
+MSG = [{"role": "user", "content": "hi"}]
 
 
 def binomial_bounds(n: int, p: float, z: float = 2.576) -> tuple[float, float]:
@@ -179,3 +182,46 @@ def test_a_copys_verdict_compares_total_latency_even_if_a_ttft_was_recorded() ->
     assert (
         verdict("c", "arm", mine, base) == "candidate c: p95 TTFT +800%, p95 latency \N{MINUS SIGN}10%, errors 0 of 4"
     )
+
+
+def read(body: dict[str, object], key: str | None = None, **headers: str) -> tuple[dict[str, object], Features]:
+    """A chat request as the gateway reads it, for the caller's key `key` (its name: who the request is for)."""
+    scope = {"path": "/v1/chat/completions",
+             "headers": [(k.lower().replace("_", "-").encode(), v.encode()) for k, v in headers.items()]}  # fmt: skip
+    parsed, features, _ = parse_request(json.dumps({"model": "m", "messages": MSG, **body}).encode(), "chat", scope,
+                                        key)  # fmt: skip
+    return parsed, features
+
+
+def arm_for(f: Features) -> str:
+    return route(f, CATALOG, lambda ep: True, lambda ep: 0.0).candidates[0].engine.name
+
+
+def test_without_a_user_field_the_keys_name_keeps_a_caller_in_one_arm() -> None:
+    _, first = read({}, key="alice")
+    assert first.user == "alice"  # no `user` field: the key's name is who the request is for
+    d = route(first, CATALOG, lambda ep: True, lambda ep: 0.0)
+    assert f"split:{d.candidates[0].engine.name}" in d.reason  # chosen by the split, not by load
+    _, again = read({"max_tokens": 5}, key="alice")  # another request of the same key, still without `user`
+    assert arm_for(again) == d.candidates[0].engine.name
+    assert read({"user": "bob"}, key="alice")[1].user == "bob"  # the body's `user` comes first
+    # Different keys spread over the arms by their weights (80 and 20), each key sticking to its own.
+    keys = [f"key-{i}" for i in range(400)]
+    arms = {k: arm_for(read({}, key=k)[1]) for k in keys}
+    assert all(arm_for(read({"stream": True}, key=k)[1]) == arms[k] for k in keys[:100])
+    low, high = binomial_bounds(len(keys), 0.8)
+    assert low <= sum(1 for a in arms.values() if a == "a") <= high
+
+
+@pytest.mark.parametrize("where", ["header", "body"])
+def test_ab_may_be_asked_in_the_body_as_in_the_header(where: str) -> None:
+    def ab(value: str) -> tuple[dict[str, object], Features]:
+        return read({"engine": value}, key="k") if where == "body" else read({}, key="k", x_roundhouse_engine=value)
+
+    body, f = ab("ab")
+    assert f.override == "ab" and "engine" not in body  # the gateway's own field never reaches an engine
+    d = route(f, CATALOG, lambda ep: True, lambda ep: 0.0)
+    assert d.reason.startswith("ab") and d.compare == tuple({"a", "b"} - {d.candidates[0].engine.name})
+    body, f = ab("ab:b")
+    named = route(f, CATALOG, lambda ep: True, lambda ep: 0.0)
+    assert named.candidates[0].engine.name == "b" and named.compare == ("a",) and "ab:b" in named.reason
