@@ -1,8 +1,9 @@
 """LoRA adapters through the real gateway: listed as models with their base as parent, allowed or
 refused per key, routed only to replicas that hold them (vLLM loads them at run time: the engine
 simulator with vLLM's adapter routes), and, on the real llama-server, turned into a request for the
-base with the per-request "lora" field: the answer differs from the base's and equals the engine's
-own with the adapter applied."""
+base with the per-request "lora" field (the operator's rendered command line, two different LoRA
+files): each adapter's answer differs from the base's and the other's and equals the engine's own
+with that adapter applied."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import engines, processes, tinygguf
+from roundhouse_api import InferenceEngine
+from roundhouse_operator.render import render
+from tests.support import engines, processes, tinygguf, tinylora
 from tests.support.cluster import wait_until
 from tests.support.processes import Process
 
@@ -95,36 +98,64 @@ def test_adapters_are_models_routed_only_to_replicas_that_hold_them(replicas: di
         gw.stop()
 
 
+def rendered_container(spec: dict[str, Any]) -> dict[str, Any]:
+    """The engine container the operator renders for `spec` (one replica)."""
+    doc = {**ie("tiny", spec), "metadata": {"name": "tiny", "namespace": "adapters", "uid": "adapters-uid"}}
+    objects = render(InferenceEngine.model_validate(doc), 1)
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    return dict(deployment["spec"]["template"]["spec"]["containers"][0])
+
+
 def test_a_llama_server_adapter_through_the_gateway_answers_as_the_engine_does(tmp_path: Path) -> None:
     gguf = tinygguf.write(tmp_path / "tiny.gguf")
-    # The engine as the operator renders it for two adapters: each --lora-scaled file at scale 0 (both
-    # are the tiny model's LoRA here), so a request without "lora" is the base.
-    container = engines.llama_container(extra=("--lora-scaled", "/loras/sql.gguf:0", "--lora-scaled",
-                                               "/loras/half.gguf:0"))  # fmt: skip
-    server = engines.llama_server(container, gguf, ARTIFACTS, name="llama-adapters").start(timeout=60)
+    # Two different LoRA files (seeds 1 and 2, as the e2e test writes them), so that an adapter
+    # answered with the other's id would show: the tiny LoRA outweighs the model, so one file answers
+    # alike at scale 0.5 and 1, and with one file for both, both adapters would answer alike.
+    (tmp_path / "loras").mkdir()
+    files = {f"/loras/{name}.gguf": tinylora.write(tmp_path / "loras" / f"{name}.gguf", seed=seed)
+             for name, seed in (("sql", 1), ("half", 2))}  # fmt: skip
     adapters = [{"name": "tiny-sql", "source": "/loras/sql.gguf"},
                 {"name": "tiny-half", "source": "/loras/half.gguf", "scale": 0.5}]  # fmt: skip
-    gw = start_gateway(tmp_path, [ie("tiny", {"engine": "llamacpp", "model": {"source": str(gguf),
-                                                                             "servedName": "tiny"},
-                                              "adapters": adapters, "endpoints": [server.url]})])  # type: ignore[attr-defined]  # fmt: skip
+    spec = {"engine": "llamacpp", "model": {"source": "/models/tiny.gguf", "servedName": "tiny"}, "adapters": adapters}
+    # The command line the operator renders for this spec (each file --lora-scaled at 0, in spec order,
+    # with --lora-init-without-apply), run here with the two files at the rendered paths.
+    container = rendered_container(spec)
+    assert container["args"][-5:] == ["--lora-scaled", "/loras/sql.gguf:0", "--lora-scaled", "/loras/half.gguf:0",
+                                      "--lora-init-without-apply"], container["args"]  # fmt: skip
+    server = engines.llama_server(container, gguf, ARTIFACTS, name="llama-adapters", loras=files).start(timeout=60)
+    gw = start_gateway(tmp_path, [ie("tiny", {**spec, "endpoints": [server.url]})])  # type: ignore[attr-defined]
     try:
         url, direct = str(gw.url), str(server.url)  # type: ignore[attr-defined]
-        greedy = {"max_tokens": 12, "temperature": 0}
-        base = chat(url, "tiny", **greedy)
-        sql = chat(url, "tiny-sql", **greedy)
-        assert base.status_code == sql.status_code == 200, (base.text, sql.text)
-        text = [r.json()["choices"][0]["message"]["content"] for r in (base, sql)]
-        assert text[0] != text[1]  # the adapter changes the answer
-        own = httpx.post(direct + "/v1/chat/completions", timeout=60,
-                         json={"model": "tiny", "messages": [{"role": "user", "content": "a lora"}], **greedy,
-                               "lora": [{"id": 0, "scale": 1.0}]}).json()  # fmt: skip
-        assert own["choices"][0]["message"]["content"] == text[1]  # the engine's own answer with the adapter
-        half = chat(url, "tiny-half", **greedy).json()["choices"][0]["message"]["content"]
-        own_half = httpx.post(direct + "/v1/chat/completions", timeout=60,
-                              json={"model": "tiny", "messages": [{"role": "user", "content": "a lora"}], **greedy,
-                                    "lora": [{"id": 1, "scale": 0.5}]}).json()  # fmt: skip
-        assert half == own_half["choices"][0]["message"]["content"]
-        assert chat(url, "tiny", **greedy).json()["choices"][0]["message"]["content"] == text[0]  # per request
+        loaded = httpx.get(direct + "/lora-adapters", timeout=10).json()
+        assert [(a["id"], a["path"], a["scale"]) for a in loaded] == [
+            (i, str(f), 0.0) for i, f in enumerate(files.values())
+        ], loaded  # both files, in spec order (the ids the gateway sends), applied to no request by default
+        greedy: dict[str, Any] = {"max_tokens": 12, "temperature": 0}
+
+        def through(model: str) -> str:
+            r = chat(url, model, **greedy)
+            assert r.status_code == 200, r.text
+            return str(r.json()["choices"][0]["message"]["content"])
+
+        def own(lora: list[dict[str, Any]] | None) -> str:
+            """The engine's own answer, asked directly, with `lora` as the per-request field (None: none)."""
+            body = {"model": "tiny", "messages": [{"role": "user", "content": "a lora"}], **greedy}
+            r = httpx.post(direct + "/v1/chat/completions", timeout=60, json=body | ({"lora": lora} if lora else {}))
+            assert r.status_code == 200, r.text
+            return str(r.json()["choices"][0]["message"]["content"])
+
+        base, sql, half = through("tiny"), through("tiny-sql"), through("tiny-half")
+        assert base == own(None)
+        # Each adapter's answer is the engine's own with that adapter applied (the other named at 0, or
+        # not named: it stays at the command line's 0 either way).
+        assert sql == own([{"id": 0, "scale": 1.0}]) == own([{"id": 0, "scale": 1.0}, {"id": 1, "scale": 0.0}])
+        assert half == own([{"id": 1, "scale": 0.5}]) == own([{"id": 0, "scale": 0.0}, {"id": 1, "scale": 0.5}])
+        # Each adapter changes the answer, each in its own way.
+        assert len({base, sql, half}) == 3, (base, sql, half)
+        # The two files answer differently at the same scale too: with the ids swapped, tiny-sql would be
+        # answered as half.gguf at 1 answers, and would not equal its own answer above.
+        assert own([{"id": 0, "scale": 1.0}]) != own([{"id": 1, "scale": 1.0}])
+        assert through("tiny") == base  # per request: asking for the base again applies no adapter
     finally:
         gw.stop()
         server.stop()

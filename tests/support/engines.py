@@ -52,15 +52,19 @@ def plain_env(env: list[dict[str, Any]]) -> dict[str, str]:
     return {e["name"]: str(e.get("value", f"<from {e['name']} secret>")) for e in env}
 
 
-def llama_server_argv(container: dict[str, Any], model: Path, port: int) -> list[str]:
+def llama_server_argv(
+    container: dict[str, Any], model: Path, port: int, loras: dict[str, Path] | None = None
+) -> list[str]:
     """The rendered llama-server command line, run here: the built binary, the tiny model (and, for
-    each LoRA adapter, the tiny model's LoRA at the rendered scale), loopback."""
+    each LoRA adapter, the file `loras` maps its rendered path to, else the tiny model's LoRA, at the
+    rendered scale), loopback."""
     assert container["command"] == ["/app/llama-server"], container["command"]
     args = replace_flag(list(container["args"]), "--model", str(model))
     args = replace_flag(args, "--host", "127.0.0.1")
     args = replace_flag(args, "--port", str(port))
     for i in [i + 1 for i, a in enumerate(args) if a == "--lora-scaled"]:
-        args[i] = f"{tiny_lora(model)}:{args[i].rsplit(':', 1)[1]}"
+        path, scale = args[i].rsplit(":", 1)
+        args[i] = f"{(loras or {}).get(path) or tiny_lora(model)}:{scale}"
     return [str(binary("llama-server")), *args]
 
 
@@ -72,12 +76,20 @@ def tiny_lora(model: Path) -> Path:
     return path
 
 
-def llama_server(container: dict[str, Any], model: Path, log_dir: Path, name: str = "llama-server") -> Process:
-    """A real llama-server started from a rendered container; ready when its readiness path says 200."""
+def llama_server(
+    container: dict[str, Any],
+    model: Path,
+    log_dir: Path,
+    name: str = "llama-server",
+    loras: dict[str, Path] | None = None,
+) -> Process:
+    """A real llama-server started from a rendered container; ready when its readiness path says 200
+    (`loras`: the local file for each rendered adapter path, as llama_server_argv takes)."""
     port = free_port()
     probe = container.get("readinessProbe", {}).get("httpGet", {}).get("path", "/health")
     env = {**os.environ, **plain_env(container.get("env", []))}
-    proc = Process(name, llama_server_argv(container, model, port), env, log_dir, f"http://127.0.0.1:{port}{probe}")
+    argv = llama_server_argv(container, model, port, loras)
+    proc = Process(name, argv, env, log_dir, f"http://127.0.0.1:{port}{probe}")
     proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     return proc
 
