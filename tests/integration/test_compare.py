@@ -106,6 +106,14 @@ def test_split_and_shadow_figures_match_the_engines_own_logs(stack: Stack) -> No
     assert any(e["id"] in {f"first-{u}" for u in streamed} for e in shadow)  # some copies were of streamed requests
     metrics = httpx.get(stack.url + "/metrics").text
     assert f'roundhouse_gateway_shadow_requests_total{{engine="s",model="m",outcome="ok"}} {len(shadow)}.0' in metrics
+    # Each pair's similarity is observed in the histogram: its count, sum and buckets are those of the logs.
+    observed = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                if line.startswith("roundhouse_gateway_shadow_similarity_") and 'engine="s"' in line}  # fmt: skip
+    series = 'roundhouse_gateway_shadow_similarity_{}{{engine="s",{}model="m"}}'
+    assert observed[series.format("count", "")] == len(shadow)
+    assert observed[series.format("sum", "")] == pytest.approx(sum(similarities))
+    assert observed[series.format("bucket", 'le="0.5",')] == similarities.count(0.5)
+    assert observed[series.format("bucket", 'le="0.25",')] == 0
 
 
 @pytest.mark.parametrize("failure", [{"fail_status": 500}, {"hang": True}])
