@@ -57,7 +57,8 @@ def test_compare_tab_shows_both_real_engines_side_by_side(gateway: Process, page
     def pairs() -> dict[str, Any]:
         models = httpx.get(url + "/admin/compare", headers={"Authorization": f"Bearer {ADMIN}"}).json()["models"]
         rows = [r for m in models for r in m["arms"] if r["role"] == "shadow" and r.get("agreement")]
-        # The copies are sent after the client's answer: wait until every one of them is counted.
+        # The copies are sent beside the primary's request and may finish after the client's answer: wait
+        # until every one of them is counted.
         done = {r["engine"] for r in rows if r["requests"] >= 3}
         return {r["engine"]: r for r in rows} if done == set(SAMPLING) else {}
 
