@@ -4,6 +4,7 @@ both arms side by side with their figures and the verdict. Screenshots go to art
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,14 @@ def test_compare_tab_shows_both_real_engines_side_by_side(gateway: Process, page
             cells = f'[data-engine="{engine}"][data-role="{role}"]'
             expect(table.locator(f'th[scope="col"]{cells}')).to_have_count(1)
             expect(table.locator(f"td{cells}").nth(2)).to_have_text("3")  # requests answered
-        expect(table.locator(f'td[data-engine="{engine}"][data-role="shadow"]').nth(10)).to_contain_text("pairs")
+        arm, copy = (table.locator(f'td[data-engine="{engine}"][data-role="{r}"]') for r in ("arm", "shadow"))
+        expect(copy.nth(10)).to_contain_text("pairs")
+        for row in (4, 5):  # TTFT p50 and p95: an arm's in ms; a copy is not streamed, so it has none to show
+            expect(arm.nth(row)).to_have_text(re.compile(r"^\d+ ms$"))
+            expect(copy.nth(row)).to_have_text("— not measured")
+    copies = page.locator('section[data-model="tiny"] li.verdict').filter(has_text="copies to")
+    expect(copies).to_have_count(2)
+    expect(copies.filter(has_text="TTFT")).to_have_count(0)  # a copy's verdict compares total latency only
     expect(page.locator('section[data-model="tiny"] li.verdict').first).to_contain_text("agreement")
     expect(page.locator("#compare-scope")).to_contain_text("this gateway replica")
     shot(page, "compare")
