@@ -148,7 +148,7 @@ stores: ## Debian's redis-server: the gateway's shared state store tests start t
 	@$(call timed,stores) hack/apt-install --no-install-recommends redis-server
 
 .PHONY: images
-images: engines ## build (cached by content) the OCI images: pause, llama-server, ollama, roundhouse, vLLM and SGLang stand-ins
+images: engines stores ## build (cached by content) the OCI images: pause, llama-server, ollama, roundhouse, vLLM and SGLang stand-ins, the chart's Redis
 	@$(call timed,images) hack/build-images.py
 
 .PHONY: cluster-up-real

@@ -50,6 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.support import tools  # noqa: E402 - the table of what each make target installs (standard library only)
+
 CACHE_ROOT = Path(os.environ.get("ROUNDHOUSE_CACHE", Path.home() / ".cache" / "roundhouse"))
 CACHE = CACHE_ROOT / "images"
 APT_INSTALL = REPO / "hack" / "apt-install"  # every apt-get of the project, under one lock
@@ -69,6 +72,8 @@ NAMES = {
     "roundhouse": [f"ghcr.io/roundhouse-dev/roundhouse:{CHART_APP_VERSION}", "roundhouse:dev"],
     "vllm": [f"vllm/vllm-openai:v{VLLM_VERSION}", "roundhouse-enginesim:dev"],
     "sglang": [f"lmsysorg/sglang:v{SGLANG_VERSION}"],
+    # The chart's gateway.state.redis.image; its content is Debian bookworm's redis-server (7.0.15).
+    "redis": ["redis:7.0.15"],
 }
 PAUSE_IMAGE = NAMES["pause"][0]
 
@@ -556,6 +561,29 @@ def ollama_build(work: Path) -> Built:
                            "ExposedPorts": {"11434/tcp": {}}})  # fmt: skip
 
 
+def redis_bin() -> Path:
+    # Debian's /usr/bin/redis-server is a link to redis-check-rdb: one binary that acts on argv[0].
+    return Path(tools.find("redis-server") or "/usr/bin/redis-server").resolve()
+
+
+def redis_key(k: Key) -> None:
+    binary = redis_bin()
+    k.file("redis-server", binary)
+    for lib in ldd(binary):
+        k.file(f"lib {lib}", lib)
+
+
+def redis_build(work: Path) -> Built:
+    """The chart's Redis (gateway.state.redis) from the redis-server the state store tests use."""
+
+    def fill(fs: Rootfs) -> None:
+        fs.binary_with_libs(redis_bin(), "/usr/bin/redis-server", "/usr/lib/redis")
+
+    layer = small_rootfs(work, fill, ["/usr/bin/redis-server", "--version"])
+    return Built([layer], {"Entrypoint": ["redis-server"], "Env": [f"PATH={PATH_ENV}"], "WorkingDir": "/data",
+                           "ExposedPorts": {"6379/tcp": {}}})  # fmt: skip
+
+
 # The Roundhouse image: base rootfs (debootstrap) + one layer with the wheels pip installed.
 
 
@@ -867,6 +895,8 @@ RECIPES = {
         Recipe("roundhouse", needs_root, roundhouse_key, roundhouse_build),
         Recipe("vllm", needs_root, vllm_key, vllm_build),
         Recipe("sglang", needs_root, sglang_key, sglang_build),
+        Recipe("redis", lambda: None if tools.find("redis-server") else tools.message("redis-server"), redis_key,
+               redis_build),
     ]
 }  # fmt: skip
 
