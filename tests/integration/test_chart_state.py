@@ -67,6 +67,21 @@ def test_the_chart_s_redis_has_persistence_and_a_password_from_a_secret() -> Non
     assert objs[("Service", "t-roundhouse-state")]["spec"]["ports"][0]["port"] == 6379
 
 
+def test_the_chart_s_redis_is_reached_at_url_where_set_and_placed_as_told() -> None:
+    """A cluster whose pods cannot resolve the Service's name (no cluster DNS) reaches the chart's Redis at
+    gateway.state.url, still with the chart's password; its pod takes tolerations like the gateway's."""
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    objs = objects("gateway.state.redis.enabled=true", "gateway.state.url=redis://10.0.0.9:6379/0",
+                   f"gateway.state.redis.tolerations[0].key={toleration['key']}",
+                   f"gateway.state.redis.tolerations[0].operator={toleration['operator']}",
+                   f"gateway.state.redis.tolerations[0].effect={toleration['effect']}")  # fmt: skip
+    _, c = gateway(objs)
+    assert "--state=redis://10.0.0.9:6379/0" in c["args"]
+    password = {"secretKeyRef": {"name": "t-roundhouse-state", "key": "password"}}
+    assert {"name": "ROUNDHOUSE_STATE_PASSWORD", "valueFrom": password} in c["env"]
+    assert objs[("StatefulSet", "t-roundhouse-state")]["spec"]["template"]["spec"]["tolerations"] == [toleration]
+
+
 def test_an_existing_store_s_password_comes_from_its_secret() -> None:
     objs = objects("gateway.state.url=rediss://valkey.db:6380/2", "gateway.state.passwordSecret.name=valkey")
     _, c = gateway(objs)
