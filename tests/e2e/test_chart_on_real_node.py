@@ -7,6 +7,7 @@ under load, and an image that cannot be had reported on the engine."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import threading
@@ -65,10 +66,10 @@ def gateway_url(c: Cluster) -> str:
     return chart.gateway_url(c, "rh", NS)
 
 
-def chat(url: str, stream: bool = False, timeout: float = 60, **extra: Any) -> httpx.Response:
+def chat(url: str, stream: bool = False, timeout: float = 60, key: str = KEY, **extra: Any) -> httpx.Response:
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6, "stream": stream,
             **extra}  # fmt: skip
-    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
                       timeout=timeout)  # fmt: skip
 
 
@@ -513,3 +514,82 @@ def test_autoscaling_follows_a_burst_on_real_llama_server_pods_with_no_failed_re
     assert not failed and len(results) > 50, (len(results), failed)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "autoscaling.txt").write_text(f"requests {len(results)} failed {len(failed)}\n")
+
+
+def test_the_chart_s_redis_holds_a_limit_across_two_gateway_pods_and_keeps_usage_through_its_restart(
+    engines_up: Cluster, tmp_path: Path
+) -> None:
+    """gateway.state.redis.enabled on the real node: the chart's StatefulSet (the Redis image built from
+    Debian's redis-server, its password from the Secret the chart made, its append-only file on a claim)
+    behind two gateway pods. A key limited to
+    30 requests a minute gets at most 30 + 2 through both pods together; the Redis pod deleted and
+    made again by its StatefulSet, both pods show the same usage as before and the minute still refuses."""
+    c = engines_up
+    name = f"{chart.fullname('rh')}-state"
+    data = tmp_path / "redis-data"  # owned by the pod's user, as a provisioner's volume is through fsGroup
+    data.mkdir()
+    os.chown(data, 10001, 10001)
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NS}-state"},
+          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "rh-e2e-state",
+                   "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(data)},
+                   "claimRef": {"namespace": NS, "name": f"data-{name}-0"}}}  # fmt: skip
+    storage_class = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "rh-e2e-state"},
+                     "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"}  # fmt: skip
+    c.apply([storage_class, pv], "")
+    keys = {"keys": [{"name": "e2e", "key": KEY}, {"name": "limited", "key": "sk-limited", "requestsPerMinute": 30}]}
+    c.kubectl("create", "secret", "generic", "rh-api-keys-state", f"--from-literal=keys={json.dumps(keys)}",
+              namespace=NS)  # fmt: skip
+    values = ["gateway.replicas=2", "gateway.state.redis.enabled=true", "gateway.state.redis.storage.storageClass="
+              "rh-e2e-state", "gateway.apiKeys.existingSecret=rh-api-keys-state"]  # fmt: skip
+    try:
+        chart.helm(c, "upgrade", "rh", str(REPO / "charts" / "roundhouse"), "-n", NS, "--reuse-values", "--skip-crds",
+                   *(a for v in values for a in ("--set", v)),
+                   "--set-json", f"gateway.state.redis.tolerations={json.dumps(chart.GPU_TOLERATION)}")  # fmt: skip
+        c.kubectl("rollout", "status", f"statefulset/{name}", "--timeout=120s", namespace=NS)
+        # This node has no cluster DNS: the gateways reach the chart's Redis at its Service's address.
+        ip = c.get("service", name, NS)["spec"]["clusterIP"]
+        chart.helm(c, "upgrade", "rh", str(REPO / "charts" / "roundhouse"), "-n", NS, "--reuse-values", "--skip-crds",
+                   "--set", f"gateway.state.url=redis://{ip}:6379/0")  # fmt: skip
+        c.kubectl("rollout", "status", f"deployment/{chart.fullname('rh')}-gateway", "--timeout=120s", namespace=NS)
+        pods = [p for p in c.list("pods", NS, selector="app.kubernetes.io/component=gateway")
+                if p["metadata"].get("deletionTimestamp") is None]  # fmt: skip
+        assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+        port = pods[0]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        urls = [f"http://{p['status']['podIP']}:{port}" for p in pods]
+
+        def admin(u: str, path: str) -> dict[str, Any]:
+            r = httpx.get(u + path, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+            r.raise_for_status()
+            return r.json()  # type: ignore[no-any-return]
+
+        def settled() -> bool:
+            views = [admin(u, "/admin/keys") for u in urls]
+            return all(v["limitsScope"] == "store" and v["state"]["unwrittenBatches"] == 0 for v in views)
+
+        wait_until(settled, 60, "both gateway pods counting in the chart's Redis")
+        statuses: list[int] = []
+
+        def send(u: str) -> None:
+            for _ in range(30):
+                statuses.append(chat(u, timeout=60, key="sk-limited").status_code)
+
+        threads = [threading.Thread(target=send, args=(u,)) for u in urls for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert len(statuses) == 120 and set(statuses) <= {200, 429}, statuses
+        assert 30 <= statuses.count(200) <= 32, statuses.count(200)  # the bound in docs/keys.md
+        wait_until(settled, 30, "both pods wrote their counts")
+        before = [admin(u, "/admin/usage")["totals"]["limited"] for u in urls]
+        assert before[0] == before[1] and before[0]["requests"] == 120, before
+
+        c.kubectl("delete", "pod", f"{name}-0", "--wait=true", namespace=NS)
+        c.kubectl("rollout", "status", f"statefulset/{name}", "--timeout=120s", namespace=NS)
+        wait_until(settled, 60, "both pods reading the restarted Redis")
+        after = [admin(u, "/admin/usage")["totals"]["limited"] for u in urls]
+        assert after == before, (before, after)
+        assert chat(urls[0], timeout=60, key="sk-limited").status_code == 429  # the minute came back with it
+    finally:
+        chart.install(c, "rh", NS, KEY, ADMIN, tmp_path / "release")  # the release as the other tests had it
+        c.kubectl("delete", "storageclass", "rh-e2e-state", "--ignore-not-found", check=False)
