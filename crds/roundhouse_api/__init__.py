@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .autoscaling import Autoscaling, ScalingStatus
+from .autoscaling import Autoscaling, ScalingStatus, StoppingReplica
 from .base import CEL_CONTEXT_KEY, CelRule, Condition, ObjectMeta, SecretKeyRef
 from .engine import (
     API_VERSION,
@@ -77,6 +77,7 @@ __all__ = [
     "ScalingStatus",
     "SecretKeyRef",
     "Shadow",
+    "StoppingReplica",
     "SwitchPolicy",
     "VLLMConfig",
     "governs",

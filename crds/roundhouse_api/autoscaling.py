@@ -49,3 +49,11 @@ class ScalingStatus(ApiModel):
     load: float = Field(default=0, ge=0, description="Requests running plus waiting, as the gateways last reported.")
     reason: str = Field(default="", max_length=1024, description="Why this many, in words.")
     last_scale_time: datetime | None = Field(default=None, description="When desiredReplicas last changed.")
+
+
+class StoppingReplica(ApiModel):
+    """A replica a scale-down stops: out of every gateway's routing, finishing the requests it runs."""
+
+    pod: str = Field(description="The replica's pod (the ReplicaSet deletes it first: pod-deletion-cost).")
+    address: str = Field(default="", description="The pod's IP: the gateways route to it no more.")
+    since: datetime = Field(description="When it was taken out of routing.")

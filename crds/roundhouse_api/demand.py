@@ -35,6 +35,8 @@ class GatewayReport(BaseModel):
     queued: dict[str, int] = Field(default_factory=dict, description="Engine -> requests waiting for it (autoscaling).")
     last_request: dict[str, float] = Field(default_factory=dict, alias="lastRequest",
                                            description="Engine -> its latest request.")  # fmt: skip
+    stopping: dict[str, int] = Field(default_factory=dict, description="Engine -> requests in flight on its replicas"
+                                     " being stopped (status.stopping): the scale-down waits for them.")  # fmt: skip
 
     def wire(self) -> str:
         return json.dumps(self.model_dump(by_alias=True), separators=(",", ":"), sort_keys=True)
@@ -116,3 +118,10 @@ def switch_drained(reports: list[GatewayReport], engines: list[str], since: floa
         and all(r.at >= since for r in reports)
         and not any(r.in_flight.get(e, 0) for r in reports for e in engines)
     )
+
+
+def stopping_drained(reports: list[GatewayReport], engine: str, since: float) -> bool:
+    """Whether the replicas of `engine` a scale-down took out of routing at `since` may stop: every gateway
+    with a fresh report has written since (so each has seen it and routes there no more) and none has a
+    request in flight on them. No report: no (the deadline decides)."""
+    return bool(reports) and all(r.at >= since for r in reports) and not any(r.stopping.get(engine) for r in reports)

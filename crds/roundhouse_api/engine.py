@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from pydantic.config import JsonDict
 
 from . import managed_flags
-from .autoscaling import Autoscaling, ScalingStatus
+from .autoscaling import Autoscaling, ScalingStatus, StoppingReplica
 from .base import ApiModel, CelRule, Condition, ObjectMeta, SecretKeyRef
 
 GROUP = "roundhouse.dev"
@@ -724,6 +724,11 @@ class EngineStatus(ApiModel):
     )
     scaling: ScalingStatus | None = Field(
         default=None, description="spec.autoscaling: what the load asks for, what the budget gave, and why."
+    )
+    stopping: list[StoppingReplica] = Field(
+        default_factory=list,
+        description="Replicas a scale-down stops: no gateway routes to them, and their pods are deleted once every"
+        " gateway reports nothing in flight there (or at the drain deadline).",
     )
     endpoint: str | None = Field(default=None, description="In-cluster URL of the engine's OpenAI API.")
     active: bool | None = Field(default=None, description="Whether the engine mode lets this engine run.")

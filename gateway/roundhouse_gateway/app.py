@@ -69,7 +69,7 @@ class Gateway:
         self.fleet = Fleet(catalog)
         self.upstream = Upstream()
         self.prober = Prober(self.fleet, self.upstream, settings.probe_interval, standalone)
-        self.demand = Demand()  # mode onDemand: cluster mode gives it a writer
+        self.demand = Demand(outstanding=self.fleet.outstanding)  # cluster mode gives it a writer
         self.fleet.on_update.append(self.demand.catalog_changed)
         self.set_mode = set_mode
         self.on_startup: list[Callable[[], None]] = []

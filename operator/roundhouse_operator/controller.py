@@ -419,10 +419,14 @@ class Controller(Probing, StatusWriting, Autoscaling):
         if raw["metadata"].get("deletionTimestamp"):
             return  # being deleted: the garbage collector takes its objects away
         apply_error = None
+        stop = None
+        if error is None and runs_workload(engine):  # a scale-down drains the replicas it stops first
+            stop = await self._stop_replicas(raw, ep.replicas, mode, previous, now)
         if error is None:
             try:
                 # Only a new engine's first status waits: a changed engine's must not say Ready meanwhile.
-                if await self._apply_changed(namespace, self.render(engine, ep.replicas)) and not raw.get("status"):
+                replicas = stop.replicas if stop is not None else ep.replicas
+                if await self._apply_changed(namespace, self.render(engine, replicas)) and not raw.get("status"):
                     self._settling(key)
                 self.apply_failures.pop(key, None)
             except ApplyRefused as refused:
@@ -452,6 +456,7 @@ class Controller(Probing, StatusWriting, Autoscaling):
             adapters=adapter_report,
         )
         status = engine_status(observed, previous, now)
+        status.stopping = stop.stopping if stop is not None else []
         if (scale := self._scales.get(key)) is not None and status.desired_replicas is not None:
             status.scaling, event = scaling_status(scale, status.desired_replicas, ep.note, previous, now)
             if event is not None:

@@ -134,6 +134,12 @@ class Kube:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURALS[kind]}/{name}/status"
         return self._call("PATCH", path, {"status": status}, MERGE)
 
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        """Merge-patch a pod's annotations (None removes one): a scale-down marks the pods it stops."""
+        metrics.API_REQUESTS.labels(verb="patch").inc()
+        self._call("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", {"metadata": {"annotations": annotations}},
+                   MERGE)  # fmt: skip
+
     def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the object, shown by `kubectl describe`."""
         meta = obj["metadata"]

@@ -9,16 +9,24 @@ the autoscaler holds a direction until it has watched that direction's window wh
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from kubernetes.client.exceptions import ApiException
+
 from roundhouse_api import EngineMode, EngineStatus, InferenceEngine, ScalingStatus
 from roundhouse_api.autoscaler import Scale, autoscale, readings
-from roundhouse_api.demand import REPORT_TTL, GatewayReport, readable
+from roundhouse_api.demand import REPORT_TTL, GatewayReport, fold, readable
 
+from . import stopping
+from .kube import Kube
 from .render import runs_workload
-from .store import Store
+from .store import Store, holds_devices
+
+log = logging.getLogger("roundhouse.operator")
 
 
 class History:
@@ -93,6 +101,7 @@ class Autoscaling:
     """The Controller's autoscaling half: the answers it keeps are the Controller's."""
 
     store: Store
+    kube: Kube
     history: History
     _scales: dict[tuple[str, str], Scale]
 
@@ -126,3 +135,27 @@ class Autoscaling:
             scale = self._scales[(namespace, name)] = self.history.decide(namespace, e, was, t)
             if scale.wake_in is not None:
                 self.mark_later(namespace, scale.wake_in + 0.05)
+
+    async def _stop_replicas(self, raw: dict[str, Any], target: int, mode: EngineMode | None,
+                             previous: EngineStatus | None, now: datetime) -> stopping.Step:  # fmt: skip
+        """A scale-down's step this pass (stopping.py): the pods it stops marked (and an event naming them),
+        or unmarked when it is called off; a pass is due at the drain deadline."""
+        namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+        deployment = self.store.get("Deployment", namespace, name)
+        deployed = int(((deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
+        pods = [p for p in self.store.owned("Pod", namespace, name) if holds_devices(p)]
+        reports = fold(mode.metadata.annotations, now.timestamp())[1] if mode is not None else []
+        step = stopping.step(name, target, deployed, pods, previous.stopping if previous else [], reports, now,
+                             stopping.drain_seconds(mode))  # fmt: skip
+        for pod, cost in [*((n, stopping.STOP_FIRST) for n in step.mark), *((n, None) for n in step.unmark)]:
+            try:
+                await asyncio.to_thread(self.kube.annotate_pod, namespace, pod, {stopping.DELETION_COST: cost})
+            except ApiException as err:  # gone meanwhile, or refused: the next pass looks again
+                log.warning("pod not marked", extra={"namespace": namespace, "pod": pod, "status": err.status})
+        if step.wake_in is not None:
+            self.mark_later(namespace, step.wake_in + 0.05)
+        if new := [s.pod for s in step.stopping if s.since == now]:
+            message = (f"{deployed}→{target}: {', '.join(new)} out of routing; stopped once the gateways report its"
+                       f" requests done ({stopping.drain_seconds(mode):g}s at most)")  # fmt: skip
+            await asyncio.to_thread(self.kube.event, raw, "Normal", "StoppingReplicas", message)
+        return step

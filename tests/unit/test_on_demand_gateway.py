@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from roundhouse_api import Family, InferenceEngine, Mode
 from roundhouse_api.demand import REPORT_FORGET, GatewayReport, drained, fold, forgotten, report_key
-from roundhouse_gateway.engines.catalog import Catalog, Engine, ModeState
+from roundhouse_gateway.engines.catalog import Catalog, Engine, ModeState, engine_from_resource
 from roundhouse_gateway.request.waiting import Prelude
 from roundhouse_gateway.routing.demand import Demand
 from roundhouse_gateway.routing.route import Features, route
@@ -336,3 +337,36 @@ def test_a_gateway_reports_again_when_the_operator_takes_a_switch_up() -> None:
     d.request_begin("old")
     d.request_end("old")
     assert d.dirty.is_set()
+
+
+def test_replicas_a_scale_down_stops_are_out_of_routing_and_reported_until_their_last_request_ends() -> None:
+    """status.stopping takes a replica out of the endpoints (and of those starting), and the gateway says
+    how many of its requests still run there: at once when it sees the stop, again when the last ends."""
+    stop = {"pod": "e-2", "address": "10.0.0.2", "since": "2026-12-07T12:00:00Z"}
+    doc = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine", "metadata": {"name": "e"},
+           "spec": {"engine": "vllm", "model": {"source": "org/m", "servedName": "m"}},
+           "status": {"stopping": [stop]}}  # fmt: skip
+    a, b = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
+    engine = engine_from_resource(InferenceEngine.model_validate(doc), [a, b], starting=[b])
+    assert engine.endpoints == ("http://10.0.0.1:8000",) and engine.starting == ()
+    assert engine.stopping == ("http://10.0.0.2:8000",)
+
+    async def go() -> None:
+        outstanding: Counter[str] = Counter({"http://10.0.0.2:8000": 2, "http://10.0.0.1:8000": 5})
+        d = Demand(outstanding=outstanding)
+        d.catalog_changed(Catalog((engine,)))
+        assert d.dirty.is_set() and d.report().stopping == {"e": 2}
+        d.dirty.clear()
+        d.reported_stopping = {"e"}
+        d.catalog_changed(Catalog((engine,)))
+        assert not d.dirty.is_set()  # the same stop: nothing new to say
+        for _ in range(2):
+            d.request_begin("e")
+        outstanding["http://10.0.0.2:8000"] -= 1
+        d.request_end("e")
+        assert not d.dirty.is_set()  # one still runs there
+        outstanding["http://10.0.0.2:8000"] -= 1
+        d.request_end("e")
+        assert d.dirty.is_set() and d.report().stopping == {}
+
+    asyncio.run(go())

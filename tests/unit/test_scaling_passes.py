@@ -117,3 +117,71 @@ def test_history_keeps_each_report_version_for_the_longest_window_and_a_restart_
     before = EngineStatus(scaling=ScalingStatus(wantedReplicas=3, desiredReplicas=2))
     assert current(engine, before, deployed=2) == 3  # the autoscaler's answer, not what the budget gave
     assert current(engine, None, deployed=2) == 2
+
+
+class AnnotatingKube(EventKube):
+    """Pod annotations patched as the API server would: the pod in the store carries them next pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.annotated: list[tuple[str, dict[str, str | None]]] = []
+
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        self.annotated.append((name, annotations))
+        pod = self.store.get("Pod", namespace, name)  # type: ignore[attr-defined]
+        notes = {**(pod["metadata"].get("annotations") or {}), **annotations}
+        pod["metadata"]["annotations"] = {k: v for k, v in notes.items() if v is not None}
+        pod["metadata"]["resourceVersion"] = str(next(self.rv))
+        self.store.put("Pod", pod)  # type: ignore[attr-defined]
+
+
+def engine_pod(name: str, minute: int, ip: str) -> dict[str, Any]:
+    meta = {
+        "name": name,
+        "namespace": NS,
+        "uid": f"p-{name}",
+        "resourceVersion": "1",
+        "labels": {"roundhouse.dev/engine": "a"},
+        "creationTimestamp": f"2026-12-07T11:{minute:02d}:00Z",
+    }
+    ready = [{"type": "Ready", "status": "True"}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "status": {"phase": "Running", "podIP": ip, "conditions": ready}}  # fmt: skip
+
+
+def test_a_scale_down_keeps_the_deployment_until_the_gateways_report_the_stopped_replica_drained() -> None:
+    """2→1: the newest pod is listed on status.stopping (the gateways route there no more) and marked for
+    the ReplicaSet, the Deployment stays at 2 while a gateway has a request on it, and goes to 1 once
+    every gateway has written since with nothing in flight there."""
+    mode = em("llamacpp")
+    mode["spec"]["switchPolicy"]["drainSeconds"] = 30
+    report(mode, "gw-1", a=1)
+    meta = {"name": "a", "namespace": NS, "uid": "d-a", "resourceVersion": "1", "annotations": {}}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {"replicas": 2},
+                  "status": {"readyReplicas": 2}}  # fmt: skip
+    pods = [("Pod", engine_pod("a-old", 1, "10.0.0.1")), ("Pod", engine_pod("a-new", 2, "10.0.0.2"))]
+    c, _ = controller(("EngineMode", mode), ("InferenceEngine", scaled_ie("a")), ("Deployment", deployment), *pods)
+    kube = AnnotatingKube()
+    kube.store = c.store  # type: ignore[attr-defined]
+    c.kube = kube  # type: ignore[assignment]
+    asyncio.run(c.reconcile(NS))
+    assert kube.annotated == [("a-new", {"controller.kubernetes.io/pod-deletion-cost": "-2147483648"})]
+    status = c.store.get("InferenceEngine", NS, "a")["status"]  # type: ignore[index]
+    assert [(s["pod"], s["address"]) for s in status["stopping"]] == [("a-new", "10.0.0.2")]
+    assert status["desiredReplicas"] == 1 and replicas(c, "a") == 2
+    assert ("a", "StoppingReplicas", "2→1: a-new out of routing; stopped once the gateways report its requests"
+            " done (30s at most)") in kube.events  # fmt: skip
+
+    def gateway_says(**stopping: int) -> None:
+        mode = c.store.get("EngineMode", NS, "default")
+        wire = GatewayReport(at=time.time() + 1, inFlight={"a": 1}, stopping=stopping).wire()
+        mode["metadata"]["annotations"][report_key("gw-1")] = wire  # type: ignore[index]
+        mode["metadata"]["resourceVersion"] = str(next(kube.rv))  # type: ignore[index]
+        c.store.put("EngineMode", mode)  # type: ignore[arg-type]
+        asyncio.run(c.reconcile(NS))
+
+    gateway_says(a=1)  # a request still runs on the stopping replica
+    assert replicas(c, "a") == 2
+    gateway_says()
+    assert replicas(c, "a") == 1
+    assert [s["pod"] for s in c.store.get("InferenceEngine", NS, "a")["status"]["stopping"]] == ["a-new"]  # type: ignore[index]

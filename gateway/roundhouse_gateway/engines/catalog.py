@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from roundhouse_api import (
     AutoRules,
@@ -54,6 +55,7 @@ class Engine:
     phase: str | None = None  # as the operator reports it (None standalone)
     message: str | None = None  # why it is in that phase, in words
     starting: tuple[str, ...] = ()  # replicas whose pods start (not ready yet, not terminating): early.py
+    stopping: tuple[str, ...] = ()  # replicas a scale-down stops (status.stopping): never routed to
     shadow_of: str | None = None  # the served name whose requests this engine gets a copy of (routing.shadow)
     shadow_percent: float = 0.0
     shadow_max: int = 4  # copies in flight at most
@@ -144,6 +146,11 @@ def engine_from_resource(
     # Degraded means some replicas are ready: those still serve (the endpoints say which).
     ready = True if status is None or status.phase is None else status.phase in (Phase.READY, Phase.DEGRADED)
     adapters = tuple(adapter_routes(spec).values())
+    # Replicas a scale-down stops are out of routing from the moment the operator lists them.
+    gone = {r.address for r in status.stopping if r.address} if status else set()
+    stopping = tuple(u for u in urls if urlsplit(u).hostname in gone)
+    urls = [u for u in urls if u not in stopping]
+    starting = [u for u in starting or () if urlsplit(u.rstrip("/")).hostname not in gone]
     return Engine(
         name=ie.metadata.name,
         family=spec.engine,
@@ -152,7 +159,8 @@ def engine_from_resource(
         base=spec.model.served_name,
         runtime_adapters=bool(adapters) and family.runtime_adapters(spec),
         endpoints=tuple(urls),
-        starting=tuple(u.rstrip("/") for u in starting or ()),
+        starting=tuple(u.rstrip("/") for u in starting),
+        stopping=stopping,
         upstream_model=upstream,
         ready=ready,
         governed=governed,

@@ -90,8 +90,8 @@ class Forwarder:
                 sent = await self.try_one(send, rid, cand, data, headers, f, f.path, started, reason,
                                           request.strip_usage, capture)  # fmt: skip
             finally:
+                fleet.outstanding[cand.endpoint] -= 1  # first: the demand report counts it (stopping replicas)
                 self.demand.request_end(engine.name)
-                fleet.outstanding[cand.endpoint] -= 1
                 metrics.child(metrics.IN_FLIGHT, engine.name).dec()
                 fleet.slot_freed.set()
             if isinstance(sent, Outcome):

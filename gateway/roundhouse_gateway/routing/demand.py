@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from roundhouse_api.demand import REPORT_INTERVAL, GatewayReport
 from roundhouse_gateway import metrics
@@ -26,9 +26,13 @@ Writer = Callable[[GatewayReport], Awaitable[None]]
 class Demand:
     """Requests waiting for and running on each engine; writes the report through `write`."""
 
-    def __init__(self, write: Writer | None = None, interval: float = REPORT_INTERVAL) -> None:
+    def __init__(self, write: Writer | None = None, interval: float = REPORT_INTERVAL,
+                 outstanding: Mapping[str, int] | None = None) -> None:  # fmt: skip
         self.write = write
         self.interval = interval
+        self.outstanding: Mapping[str, int] = outstanding if outstanding is not None else {}  # per endpoint
+        self.stopping: dict[str, tuple[str, ...]] = {}  # engine -> its replicas a scale-down stops
+        self.reported_stopping: set[str] = set()  # engines with requests on stopping replicas in the last report
         self.waiting: dict[str, list[float]] = {}  # engine -> start times of the requests waiting for it
         self.in_flight: Counter[str] = Counter()
         self.last_request: dict[str, float] = {}
@@ -73,6 +77,12 @@ class Demand:
                 # The last request on an engine the last report called busy (or draining) ended: say so,
                 # or it would look busy (not idle, not drained) until the report expires.
                 self.dirty.set()
+        if engine in self.reported_stopping and not self.on_stopping(engine):
+            self.dirty.set()  # its stopping replicas' last request ended: the scale-down need not wait longer
+
+    def on_stopping(self, engine: str) -> int:
+        """Requests this gateway has in flight on the replicas of `engine` a scale-down stops."""
+        return sum(self.outstanding.get(ep, 0) for ep in self.stopping.get(engine, ()))
 
     def catalog_changed(self, catalog: Catalog) -> None:
         """Acknowledge each engine that started to drain (with what is in flight on it): on demand, or
@@ -86,12 +96,18 @@ class Demand:
         if draining - self.acked or (switch is not None and switch != self.acked_switch):
             self.dirty.set()
         self.acked, self.acked_switch = draining, switch
+        stopping = {e.name: e.stopping for e in catalog.engines if e.stopping}
+        if any(set(eps) - set(self.stopping.get(name, ())) for name, eps in stopping.items()):
+            self.dirty.set()  # replicas newly stopped: say so (with what is in flight there) so the scale-down goes on
+        self.stopping = stopping
 
     # --- reporting -----------------------------------------------------------------------------------
     def report(self) -> GatewayReport:
+        stopping = {e: n for e in self.stopping if (n := self.on_stopping(e))}
         return GatewayReport(at=time.time(), waiting={e: min(t) for e, t in self.waiting.items() if t},
                              queued={e: len(t) for e, t in self.waiting.items() if t},
-                             inFlight=dict(self.in_flight), lastRequest=dict(self.last_request))  # fmt: skip
+                             inFlight=dict(self.in_flight), lastRequest=dict(self.last_request),
+                             stopping=stopping)  # fmt: skip
 
     def busy(self) -> bool:
         return bool(self.waiting or self.in_flight)
@@ -108,7 +124,7 @@ class Demand:
                     continue  # the operator keeps the last request times it was told
             self.dirty.clear()
             report = self.report()
-            self.reported_busy = set(report.in_flight)
+            self.reported_busy, self.reported_stopping = set(report.in_flight), set(report.stopping)
             try:
                 await self.write(report)
                 self.written_at, self.writes = report.at, self.writes + 1
