@@ -499,9 +499,15 @@ def test_autoscaling_follows_a_burst_on_real_llama_server_pods_with_no_failed_re
         during_burst = len(results)
         time.sleep(5)  # both pods serve part of the burst
         assert len(results) > during_burst
+        both = {p["metadata"]["name"] for p in holding_pods(c, "tiny-llama")}
         active[0] = 1  # calm: one client goes on through the scale-down
         wait_until(lambda: deployed() == 1, 90, "tiny-llama back to 1 replica after the burst")
         wait_until(lambda: len(holding_pods(c, "tiny-llama")) == 1, 60, "the extra tiny-llama pod stopped")
+        # The pod deleted is the one the operator took out of the gateway's routing first (its event).
+        gone = both - {p["metadata"]["name"] for p in holding_pods(c, "tiny-llama")}
+        stopping = [e["message"] for e in c.list("events", NS) if e["reason"] == "StoppingReplicas"
+                    and e["involvedObject"]["name"] == "tiny-llama"]  # fmt: skip
+        assert len(gone) == 1 and stopping and stopping[-1].startswith(f"2→1: {gone.pop()} out of routing"), stopping
         down = [e["message"] for e in c.list("events", NS) if e["reason"] == "ScaledDown"
                 and e["involvedObject"]["name"] == "tiny-llama"]  # fmt: skip
         assert down and down[-1].startswith("2→1: "), down

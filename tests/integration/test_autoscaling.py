@@ -32,20 +32,22 @@ class Gateway:
         self.cluster, self.namespace, self.key = cluster, namespace, report_key(name)
         self.in_flight: dict[str, int] = {}
         self.queued: dict[str, int] = {}
+        self.stopping: dict[str, int] = {}  # requests on replicas a scale-down stops (status.stopping)
         self.last: dict[str, float] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def load(self, in_flight: dict[str, int] | None = None, queued: dict[str, int] | None = None) -> None:
+    def load(self, in_flight: dict[str, int] | None = None, queued: dict[str, int] | None = None,
+             stopping: dict[str, int] | None = None) -> None:  # fmt: skip
         now = time.time()
-        self.in_flight, self.queued = dict(in_flight or {}), dict(queued or {})
+        self.in_flight, self.queued, self.stopping = dict(in_flight or {}), dict(queued or {}), dict(stopping or {})
         self.last.update({e: now for e in (*self.in_flight, *self.queued)})
         self.write()
 
     def write(self) -> None:
         now = time.time()
         report = GatewayReport(at=now, waiting={e: now - 1 for e in self.queued}, queued=self.queued,
-                               inFlight=self.in_flight, lastRequest=self.last)  # fmt: skip
+                               inFlight=self.in_flight, lastRequest=self.last, stopping=self.stopping)  # fmt: skip
         self.cluster.kubectl("annotate", "--overwrite", "enginemode", "default", f"{self.key}={report.wire()}",
                              namespace=self.namespace)  # fmt: skip
 
@@ -117,6 +119,44 @@ def test_a_burst_scales_up_within_the_budget_and_back_after_the_window(
 
     wait_until(lambda: phase(c, "alpha", namespace) == "Standby" and not pods_of(c, namespace).get("alpha"), 60,
                "alpha scaled to zero after idleSeconds")  # fmt: skip
+
+
+def test_a_scale_down_stops_routing_to_the_replica_and_deletes_it_only_once_its_requests_are_done(
+    operator: Process, crds: Cluster, namespace: str, gateway: Gateway
+) -> None:
+    """2→1 with a request still running on the replica the operator stops: it is listed on status.stopping
+    (the gateways route there no more) and marked for the ReplicaSet, the Deployment stays at 2 while the
+    gateway reports that request, and goes to 1 once it has ended: the pod deleted is the one listed."""
+    c = crds
+    on_demand(c, namespace, drainSeconds=600)  # no deadline within the test: only the report ends the drain
+    c.apply(elastic("beta", minReplicas=1, scaleDownSeconds=0), namespace)
+    gateway.thread.start()
+    gateway.load(queued={"beta": 1})  # one request waits: beta starts
+    wait_until(lambda: phase(c, "beta", namespace) == "Ready", 60, "beta ready")
+    gateway.load(in_flight={"beta": 8})
+    wait_until(lambda: pods_of(c, namespace).get("beta") == 2 and status(c, "beta", namespace).get("ready") == "2/2",
+               60, "beta at 2 ready replicas")  # fmt: skip
+
+    gateway.load(in_flight={"beta": 1}, stopping={"beta": 1})  # calm, and its last request runs where it stops
+    wait_until(lambda: status(c, "beta", namespace).get("stopping"), 30, "a replica listed as stopping")
+    stopped = status(c, "beta", namespace)["stopping"][0]["pod"]
+    pod = c.get("pod", stopped, namespace)
+    assert pod["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"] == "-2147483648"
+    assert status(c, "beta", namespace)["stopping"][0]["address"] == pod["status"].get("podIP", "")
+    time.sleep(5)  # reports keep saying a request runs there: nothing is deleted
+    assert deployed(c, "beta", namespace) == 2 and stopped in names_of(c, namespace, "beta")
+
+    gateway.load(in_flight={"beta": 1})  # that request has ended
+    wait_until(lambda: deployed(c, "beta", namespace) == 1, 30, "beta down to 1 once the stopped replica is drained")
+    wait_until(lambda: len(names_of(c, namespace, "beta")) == 1, 60, "the stopped pod gone")
+    assert stopped not in names_of(c, namespace, "beta")
+    down = events(c, namespace, "ScaledDown", kind="InferenceEngine")
+    assert down and down[-1]["message"].startswith("2→1: "), down
+    wait_until(lambda: not status(c, "beta", namespace).get("stopping"), 30, "status.stopping empty again")
+
+
+def names_of(c: Cluster, namespace: str, engine: str) -> list[str]:
+    return [p["metadata"]["name"] for p in c.list("pods", namespace, selector=f"roundhouse.dev/engine={engine}")]
 
 
 def test_two_models_contending_for_a_budget_of_two_both_get_served(
