@@ -17,6 +17,7 @@ import os
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -281,7 +282,9 @@ class RedisStore:
 
 async def _exchange(conn: Any, command: tuple[Any, ...]) -> Any:
     """Send one command and read its answer; a round trip, counted (an error answer is one too)."""
-    await conn.send_packed_command(conn.pack_command(*command), check_health=False)
+    # redis-py's asyncio connection packs a command in Python: a quarter of an admission batch's CPU at 8
+    # in flight (bench/state_admission.py). hiredis (its parser, already here) packs it in C.
+    await conn.send_packed_command([hiredis.pack_command(command)], check_health=False)
     try:
         return await conn.read_response()
     finally:
