@@ -1,7 +1,9 @@
 """autoscale(policy, current, readings, now, since) -> the replicas an engine's load asks for. Pure.
 
 The load is what the gateways report on the EngineMode (roundhouse_api.demand): per engine, the
-requests in flight on it (running, or queued inside the engine) plus those a gateway holds for it.
+requests in flight on it (running, or queued inside the engine) plus those a gateway holds for it, or
+what the engine's replicas report holding themselves (their own metrics, scraped by the gateways) plus
+those held, where that is higher: requests sent to the engine around the gateways count too.
 Each gateway's latest report counts until it is REPORT_TTL old, so a dead gateway's last word stops
 counting by itself. The recommendation at a moment is ceil(load / targetRequestsPerReplica) within
 [max(1, minReplicas), maxReplicas] (zero is the on-demand planner's call, after idleSeconds). As in the
@@ -31,6 +33,7 @@ class Reading:
     at: float
     running: int = 0  # in flight on the engine: running or queued inside it
     waiting: int = 0  # held by the gateway until a replica can take it
+    engine: float | None = None  # what the engine's replicas say they hold, as this source last scraped them
 
     @property
     def load(self) -> int:
@@ -48,17 +51,26 @@ class Scale:
 
 def readings(reports: Iterable[tuple[str, GatewayReport]], engine: str) -> list[Reading]:
     """One reading per gateway report (source, report): a report that does not name the engine says 0."""
-    return [Reading(source, r.at, r.in_flight.get(engine, 0),
-                    r.queued.get(engine, 1 if engine in r.waiting else 0)) for source, r in reports]  # fmt: skip
+    return [Reading(source, r.at, r.in_flight.get(engine, 0), r.queued.get(engine, 1 if engine in r.waiting else 0),
+                    r.engine_load.get(engine)) for source, r in reports]  # fmt: skip
 
 
 def load_at(series: Sequence[Reading], t: float) -> int:
-    """The sum of every source's latest reading at `t`, those older than REPORT_TTL left out."""
+    """The load at `t` from every source's latest reading (those older than REPORT_TTL left out): the sum
+    of what the gateways have running and waiting, or, where the engines report their own count and it
+    is higher (requests sent around the gateways), that count plus what the gateways hold waiting."""
     latest: dict[str, Reading] = {}
     for r in series:
         if r.at <= t and (r.source not in latest or r.at > latest[r.source].at):
             latest[r.source] = r
-    return sum(r.load for r in latest.values() if t - r.at <= REPORT_TTL)
+    fresh = [r for r in latest.values() if t - r.at <= REPORT_TTL]
+    through = sum(r.load for r in fresh)
+    held = [r.engine for r in fresh if r.engine is not None]
+    if not held:
+        return through
+    # Every gateway scrapes the same replicas: their readings are one count, not one each. It holds the
+    # gateways' requests on the engine too, so the higher of the two is the load, none counted twice.
+    return max(through, math.ceil(max(held)) + sum(r.waiting for r in fresh))
 
 
 def bounds(policy: Autoscaling) -> tuple[int, int]:

@@ -35,6 +35,9 @@ class GatewayReport(BaseModel):
     queued: dict[str, int] = Field(default_factory=dict, description="Engine -> requests waiting for it (autoscaling).")
     last_request: dict[str, float] = Field(default_factory=dict, alias="lastRequest",
                                            description="Engine -> its latest request.")  # fmt: skip
+    engine_load: dict[str, float] = Field(default_factory=dict, alias="engineLoad", description="Engine -> requests"
+                                          " its replicas say they hold (their own metrics: running and waiting,"
+                                          " from every client), for autoscaled engines.")  # fmt: skip
     stopping: dict[str, int] = Field(default_factory=dict, description="Engine -> requests in flight on its replicas"
                                      " being stopped (status.stopping): the scale-down waits for them.")  # fmt: skip
 

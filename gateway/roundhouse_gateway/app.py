@@ -69,7 +69,8 @@ class Gateway:
         self.fleet = Fleet(catalog)
         self.upstream = Upstream()
         self.prober = Prober(self.fleet, self.upstream, settings.probe_interval, standalone)
-        self.demand = Demand(outstanding=self.fleet.outstanding)  # cluster mode gives it a writer
+        # Cluster mode gives it a writer.
+        self.demand = Demand(outstanding=self.fleet.outstanding, engine_held=self.fleet.engine_held)
         self.fleet.on_update.append(self.demand.catalog_changed)
         self.set_mode = set_mode
         self.on_startup: list[Callable[[], None]] = []

@@ -33,27 +33,30 @@ class Gateway:
         self.in_flight: dict[str, int] = {}
         self.queued: dict[str, int] = {}
         self.stopping: dict[str, int] = {}  # requests on replicas a scale-down stops (status.stopping)
+        self.engine: dict[str, float] = {}  # what the engines' replicas say they hold (their own metrics)
         self.last: dict[str, float] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def load(self, in_flight: dict[str, int] | None = None, queued: dict[str, int] | None = None,
-             stopping: dict[str, int] | None = None) -> None:  # fmt: skip
+             stopping: dict[str, int] | None = None, engine: dict[str, float] | None = None) -> None:  # fmt: skip
         now = time.time()
         self.in_flight, self.queued, self.stopping = dict(in_flight or {}), dict(queued or {}), dict(stopping or {})
+        self.engine = dict(engine or {})
         self.last.update({e: now for e in (*self.in_flight, *self.queued)})
         self.write()
 
     def write(self) -> None:
         now = time.time()
         report = GatewayReport(at=now, waiting={e: now - 1 for e in self.queued}, queued=self.queued,
-                               inFlight=self.in_flight, lastRequest=self.last, stopping=self.stopping)  # fmt: skip
+                               inFlight=self.in_flight, lastRequest=self.last, stopping=self.stopping,
+                               engineLoad=self.engine)  # fmt: skip
         self.cluster.kubectl("annotate", "--overwrite", "enginemode", "default", f"{self.key}={report.wire()}",
                              namespace=self.namespace)  # fmt: skip
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
-            if self.in_flight or self.queued:  # a busy gateway refreshes its report; an idle one does not
+            if self.in_flight or self.queued or any(self.engine.values()):  # busy: refreshed; idle: not
                 self.write()
 
 
@@ -153,6 +156,22 @@ def test_a_scale_down_stops_routing_to_the_replica_and_deletes_it_only_once_its_
     down = events(c, namespace, "ScaledDown", kind="InferenceEngine")
     assert down and down[-1]["message"].startswith("2→1: "), down
     wait_until(lambda: not status(c, "beta", namespace).get("stopping"), 30, "status.stopping empty again")
+
+
+def test_requests_sent_around_the_gateways_scale_the_engine_through_its_own_count(
+    operator: Process, crds: Cluster, namespace: str, gateway: Gateway
+) -> None:
+    """One request through the gateway, 11 more the engine's replica reports holding (sent to it
+    directly): the load is 12 for a target of 4, so 3 replicas."""
+    c = crds
+    on_demand(c, namespace)
+    c.apply(elastic("gamma", minReplicas=1), namespace)
+    gateway.thread.start()
+    gateway.load(queued={"gamma": 1})
+    wait_until(lambda: phase(c, "gamma", namespace) == "Ready", 60, "gamma ready")
+    gateway.load(in_flight={"gamma": 1}, engine={"gamma": 12.0})
+    wait_until(lambda: deployed(c, "gamma", namespace) == 3, 30, "gamma at 3 replicas from the engine's own count")
+    assert status(c, "gamma", namespace)["scaling"]["load"] == 12
 
 
 def names_of(c: Cluster, namespace: str, engine: str) -> list[str]:

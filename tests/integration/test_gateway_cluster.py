@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +161,54 @@ def test_endpointslice_replicas_are_judged_one_by_one(crds: Cluster, unmanaged: 
             s.stop()
         for h in hosts:
             h.delete()
+
+
+def test_an_autoscaled_engines_own_count_reaches_the_report_with_requests_sent_around_the_gateway(
+    crds: Cluster, unmanaged: str, tmp_path: Path
+) -> None:
+    """Requests sent straight to an autoscaled engine's replica, none through the gateway: the gateway reads
+    the replica's own metrics (vllm:num_requests_running) and its report on the EngineMode says so."""
+    from roundhouse_api.demand import REPORT_PREFIX, GatewayReport
+    from tests.support.netns import TestHost
+
+    namespace = unmanaged
+    gateway = processes.cluster_gateway(namespace, crds.kubeconfig, tmp_path, ARTIFACTS, [KEY], [ADMIN]).start()
+    host = TestHost.create(3)
+    sim = processes.enginesim("vllm", "auto", ["m"], ARTIFACTS, host.address, 8000, tuple(host.run([])),
+                              ttft_ms=20000).start()  # fmt: skip
+    held: list[httpx.Response | Exception] = []
+
+    def straight() -> None:
+        try:
+            held.append(httpx.post(sim.url + "/v1/chat/completions", timeout=30,  # type: ignore[attr-defined]
+                                   json={"model": "m", "messages": [{"role": "user", "content": "x"}]}))  # fmt: skip
+        except httpx.HTTPError as err:
+            held.append(err)
+
+    threads = [threading.Thread(target=straight, daemon=True) for _ in range(5)]
+    try:
+        mode = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode", "metadata": {"name": "default"},
+                "spec": {"mode": "vllm"}}  # fmt: skip
+        engine = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "InferenceEngine", "metadata": {"name": "auto"},
+                  "spec": {"engine": "vllm", "model": {"source": "m", "servedName": "m"},
+                           "autoscaling": {"maxReplicas": 4}}}  # fmt: skip
+        slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                  "metadata": {"name": "auto-abc12", "labels": {"kubernetes.io/service-name": "auto"}},
+                  "addressType": "IPv4", "ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
+                  "endpoints": [{"addresses": [host.address], "conditions": {"ready": True}}]}  # fmt: skip
+        crds.apply([mode, engine, slice_], namespace)
+        for t in threads:
+            t.start()
+
+        def reported() -> float:
+            notes = crds.get("em", "default", namespace)["metadata"].get("annotations") or {}
+            reports = [GatewayReport.model_validate_json(v) for k, v in notes.items() if k.startswith(REPORT_PREFIX)]
+            return max((r.engine_load.get("auto", 0.0) for r in reports), default=0.0)
+
+        # The gateway has nothing in flight itself: the engine's count alone makes its report due.
+        wait_until(lambda: reported() >= 5, 30, "the engine's own count of 5 in the gateway's report")
+        assert reported() == 5
+    finally:
+        gateway.stop()
+        sim.stop()
+        host.delete()

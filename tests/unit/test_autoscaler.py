@@ -159,3 +159,28 @@ def test_readings_from_reports_count_a_report_without_the_engine_as_zero() -> No
                ("g2", GatewayReport(at=2, inFlight={"b": 1})),
                ("old", GatewayReport(at=3, waiting={"a": 1.0}))]  # fmt: skip
     assert readings(reports, "a") == [Reading("g1", 1, 3, 2), Reading("g2", 2, 0, 0), Reading("old", 3, 0, 1)]
+
+
+@pytest.mark.parametrize(
+    ("latest", "load"),
+    [
+        ([Reading("a", 100, 3, 2)], 5),  # no engine count: the gateways' own
+        ([Reading("a", 100, 3, 2, engine=3.0)], 5),  # the engine holds just the gateway's: not counted twice
+        ([Reading("a", 100, 3, 2, engine=11.0)], 13),  # 8 more sent around the gateway, plus the 2 held waiting
+        ([Reading("a", 100, 3, 0, engine=9.0), Reading("b", 100, 4, 0, engine=8.0)], 9),  # one count, scraped twice
+        ([Reading("a", 100, 3, 0, engine=1.0), Reading("b", 100, 4, 0)], 7),  # lower than the gateways' sum
+        ([Reading("a", 50, 0, 0, engine=40.0), Reading("b", 100, 1, 0, engine=2.0)], 2),  # a's is stale (REPORT_TTL)
+        ([Reading("a", 100, 0, 0, engine=6.5)], 7),  # a fraction read from the text: rounded up
+    ],
+)
+def test_the_engines_own_count_adds_what_was_sent_around_the_gateways(latest: list[Reading], load: int) -> None:
+    assert load_at(latest, 100) == load
+
+
+def test_requests_sent_straight_to_the_engine_scale_it_up() -> None:
+    """Nothing through the gateway, 14 requests the engine itself reports for the up window: 4 replicas."""
+    series = [Reading("g", t, 0, 0, engine=14.0) for t in range(70, 101, 10)]
+    scale = autoscale(POLICY, 1, series, 100, 0)
+    assert (scale.replicas, scale.direction, scale.load) == (4, "up", 14)
+    report = GatewayReport(at=100, engineLoad={"e": 14.0}, inFlight={"e": 1})
+    assert readings([("g", report)], "e") == [Reading("g", 100, 1, 0, 14.0)]

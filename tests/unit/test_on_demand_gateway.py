@@ -13,6 +13,7 @@ import pytest
 from roundhouse_api import Family, InferenceEngine, Mode
 from roundhouse_api.demand import REPORT_FORGET, GatewayReport, drained, fold, forgotten, report_key
 from roundhouse_gateway.engines.catalog import Catalog, Engine, ModeState, engine_from_resource
+from roundhouse_gateway.engines.fleet import Fleet
 from roundhouse_gateway.request.waiting import Prelude
 from roundhouse_gateway.routing.demand import Demand
 from roundhouse_gateway.routing.route import Features, route
@@ -370,3 +371,26 @@ def test_replicas_a_scale_down_stops_are_out_of_routing_and_reported_until_their
         assert d.dirty.is_set() and d.report().stopping == {}
 
     asyncio.run(go())
+
+
+def test_the_report_carries_what_autoscaled_engines_say_they_hold_and_stays_due_while_they_do() -> None:
+    """Requests sent to an autoscaled engine around the gateway: its replicas' own count goes in the report
+    (fresh readings only), and the report is due every interval while it is above 0, once more after."""
+    fleet = Fleet(Catalog((Engine("auto", Family.VLLM, frozenset({"m"}), ("http://a:1", "http://b:1"), "m",
+                                  autoscaled=True),
+                           Engine("fixed", Family.VLLM, frozenset({"n"}), ("http://c:1",), "n"))))  # fmt: skip
+    fleet.engine_load.record("http://a:1", 5, 0)
+    fleet.engine_load.record("http://b:1", 2, 1)
+    fleet.engine_load.record("http://c:1", 9, 0)  # not autoscaled: not reported
+    assert fleet.engine_held() == {"auto": 7}
+    d = Demand(engine_held=fleet.engine_held)
+    assert d.busy() and d.report().engine_load == {"auto": 7}
+    fleet.engine_load.record("http://a:1", 0, 0)
+    fleet.engine_load.record("http://b:1", 0, 0)
+    d.reported_held = {"auto"}  # the last report said it held some
+    assert d.busy() and d.report().engine_load == {"auto": 0}
+    d.reported_held = set()
+    assert not d.busy()
+    fleet.engine_load.held["http://a:1"] = (3, 0.0)  # a reading from long ago
+    fleet.engine_load.held["http://b:1"] = (3, 0.0)
+    assert fleet.engine_held() == {}

@@ -56,6 +56,7 @@ class Engine:
     message: str | None = None  # why it is in that phase, in words
     starting: tuple[str, ...] = ()  # replicas whose pods start (not ready yet, not terminating): early.py
     stopping: tuple[str, ...] = ()  # replicas a scale-down stops (status.stopping): never routed to
+    autoscaled: bool = False  # spec.autoscaling: the gateway reports what its replicas say they hold
     shadow_of: str | None = None  # the served name whose requests this engine gets a copy of (routing.shadow)
     shadow_percent: float = 0.0
     shadow_max: int = 4  # copies in flight at most
@@ -161,6 +162,7 @@ def engine_from_resource(
         endpoints=tuple(urls),
         starting=tuple(u.rstrip("/") for u in starting),
         stopping=stopping,
+        autoscaled=spec.autoscaling is not None,
         upstream_model=upstream,
         ready=ready,
         governed=governed,

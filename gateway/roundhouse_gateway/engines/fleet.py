@@ -88,6 +88,11 @@ class Fleet:
             return self.outstanding[endpoint] + self.engine_load.others(endpoint)
         return self.outstanding[endpoint]
 
+    def engine_held(self) -> dict[str, float]:
+        """Per autoscaled engine, the requests its replicas last said they hold (fresh readings only)."""
+        load = self.engine_load
+        return {e.name: v for e in self.source.engines if e.autoscaled and (v := load.held_by(e.endpoints)) is not None}
+
     def holds(self, engine: Engine, endpoint: str, model: str) -> bool:
         """Whether the replica at `endpoint` serves `model`: its base names always; an adapter loaded at run
         time once the replica lists it (a replica that lacks it is never chosen for it)."""

@@ -41,6 +41,7 @@ class EngineLoad:
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
         self.readings: dict[str, tuple[float, float]] = {}  # endpoint -> (others' requests, monotonic time)
+        self.held: dict[str, tuple[float, float]] = {}  # endpoint -> (all it holds, monotonic time)
 
     def others(self, endpoint: str) -> float:
         """The requests the endpoint last said it holds beyond this gateway's own (0: unknown or stale)."""
@@ -51,7 +52,15 @@ class EngineLoad:
 
     def record(self, endpoint: str, held: float, own: int) -> None:
         """A reading of `held` requests, taken while this gateway had up to `own` of its own there."""
-        self.readings[endpoint] = (max(0.0, held - own), time.monotonic())
+        now = time.monotonic()
+        self.readings[endpoint] = (max(0.0, held - own), now)
+        self.held[endpoint] = (held, now)
+
+    def held_by(self, endpoints: tuple[str, ...]) -> float | None:
+        """What the replicas at `endpoints` last said they hold in all, fresh readings only (None: none)."""
+        fresh = [h for ep in endpoints if (h := self.held.get(ep)) is not None
+                 and time.monotonic() - h[1] <= STALE_INTERVALS * self.interval]  # fmt: skip
+        return sum(h[0] for h in fresh) if fresh else None
 
     async def scrape(self, upstream: Upstream, engine: Engine, endpoint: str, own: Mapping[str, int]) -> None:
         family = FAMILIES[engine.family]
@@ -77,10 +86,14 @@ class EngineLoad:
         gateway's count of requests outstanding at an endpoint."""
         while True:
             cat = catalog()
-            if cat.mode.rules.engine_load:  # only where there is a choice to make, or a cap to keep
-                await asyncio.gather(*(self.scrape(upstream, e, ep, own) for e in cat.engines for ep in e.endpoints
-                                       if len(e.endpoints) > 1 or e.max_concurrency is not None))  # fmt: skip
+            # Where there is a choice to make or a cap to keep (when the mode's rules use engine load), and
+            # for autoscaled engines, whose load the demand report carries.
+            rules = cat.mode.rules.engine_load
+            wanted = [e for e in cat.engines if e.autoscaled
+                      or (rules and (len(e.endpoints) > 1 or e.max_concurrency is not None))]  # fmt: skip
+            await asyncio.gather(*(self.scrape(upstream, e, ep, own) for e in wanted for ep in e.endpoints))
             current = {p for e in cat.engines for p in e.endpoints}
             for ep in [ep for ep in self.readings if ep not in current]:
                 del self.readings[ep]
+                self.held.pop(ep, None)
             await asyncio.sleep(self.interval)

@@ -27,10 +27,14 @@ class Demand:
     """Requests waiting for and running on each engine; writes the report through `write`."""
 
     def __init__(self, write: Writer | None = None, interval: float = REPORT_INTERVAL,
-                 outstanding: Mapping[str, int] | None = None) -> None:  # fmt: skip
+                 outstanding: Mapping[str, int] | None = None,
+                 engine_held: Callable[[], dict[str, float]] | None = None) -> None:  # fmt: skip
         self.write = write
         self.interval = interval
         self.outstanding: Mapping[str, int] = outstanding if outstanding is not None else {}  # per endpoint
+        # Autoscaled engines: what their replicas say they hold (their metrics), for the operator.
+        self.engine_held = engine_held or dict
+        self.reported_held: set[str] = set()  # engines the last report said hold requests
         self.stopping: dict[str, tuple[str, ...]] = {}  # engine -> its replicas a scale-down stops
         self.reported_stopping: set[str] = set()  # engines with requests on stopping replicas in the last report
         self.waiting: dict[str, list[float]] = {}  # engine -> start times of the requests waiting for it
@@ -107,10 +111,13 @@ class Demand:
         return GatewayReport(at=time.time(), waiting={e: min(t) for e, t in self.waiting.items() if t},
                              queued={e: len(t) for e, t in self.waiting.items() if t},
                              inFlight=dict(self.in_flight), lastRequest=dict(self.last_request),
-                             stopping=stopping)  # fmt: skip
+                             stopping=stopping, engineLoad=self.engine_held())  # fmt: skip
 
     def busy(self) -> bool:
-        return bool(self.waiting or self.in_flight)
+        """Whether the report is due every interval: requests here, or engines holding requests (sent
+        around this gateway too) now or in the last report (so their going idle is said once)."""
+        return bool(self.waiting or self.in_flight or self.reported_held
+                    or any(v > 0 for v in self.engine_held().values()))  # fmt: skip
 
     async def run(self) -> None:
         """Write when something changed, and every interval while busy (last request times, freshness)."""
@@ -125,6 +132,7 @@ class Demand:
             self.dirty.clear()
             report = self.report()
             self.reported_busy, self.reported_stopping = set(report.in_flight), set(report.stopping)
+            self.reported_held = {e for e, v in report.engine_load.items() if v > 0}
             try:
                 await self.write(report)
                 self.written_at, self.writes = report.at, self.writes + 1
