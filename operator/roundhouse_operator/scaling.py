@@ -144,6 +144,8 @@ class Autoscaling:
         deployment = self.store.get("Deployment", namespace, name)
         deployed = int(((deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
         pods = [p for p in self.store.owned("Pod", namespace, name) if holds_devices(p)]
+        if len(pods) <= target and not (previous and previous.stopping):
+            return stopping.Step(target)  # the usual pass: nothing to stop, nothing listed (no reports read)
         reports = fold(mode.metadata.annotations, now.timestamp())[1] if mode is not None else []
         step = stopping.step(name, target, deployed, pods, previous.stopping if previous else [], reports, now,
                              stopping.drain_seconds(mode))  # fmt: skip
