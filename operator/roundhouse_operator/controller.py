@@ -34,6 +34,7 @@ from roundhouse_api import (
     InferenceEngine,
     Mode,
     Phase,
+    StoppingReplica,
     governs,
 )
 from roundhouse_api.autoscaler import Scale
@@ -165,6 +166,7 @@ class Controller(Probing, StatusWriting, Autoscaling):
         # spec.autoscaling: the gateways' reports over time, and each engine's last answer.
         self.history = History()
         self._scales: dict[tuple[str, str], Scale] = {}
+        self._stopping: dict[tuple[str, str], list[StoppingReplica]] = {}
 
     def mark(self, namespace: str, engine: str | None = None) -> None:
         """Reconcile `engine` (None: every engine and mode of `namespace`) on the next pass."""
@@ -529,6 +531,7 @@ class Controller(Probing, StatusWriting, Autoscaling):
         self._statuses.pop((namespace, name), None)
         self._settle.pop((namespace, name), None)
         self._scales.pop((namespace, name), None)
+        self._stopping.pop((namespace, name), None)
         for key in [k for k in self._parsed if k[0] == uid]:
             del self._parsed[key]
         for rkey in [k for k in self._rendered if k[0] == uid]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
-from roundhouse_api import EngineMode, EngineStatus, InferenceEngine, ScalingStatus
+from roundhouse_api import EngineMode, EngineStatus, InferenceEngine, ScalingStatus, StoppingReplica
 from roundhouse_api.autoscaler import Scale, autoscale, readings
 from roundhouse_api.demand import REPORT_TTL, GatewayReport, fold, readable
 
@@ -104,6 +104,7 @@ class Autoscaling:
     kube: Kube
     history: History
     _scales: dict[tuple[str, str], Scale]
+    _stopping: dict[tuple[str, str], list[StoppingReplica]]
 
     if TYPE_CHECKING:
 
@@ -144,11 +145,17 @@ class Autoscaling:
         deployment = self.store.get("Deployment", namespace, name)
         deployed = int(((deployment or {}).get("spec") or {}).get("replicas", 0) or 0)
         pods = [p for p in self.store.owned("Pod", namespace, name) if holds_devices(p)]
-        if len(pods) <= target and not (previous and previous.stopping):
+        # What this process chose last, else what the status says: a pass may start before the last
+        # one's status write and pod marks are back through the watch, and must not choose again.
+        listed = self._stopping.get((namespace, name)) or (previous.stopping if previous else [])
+        if len(pods) <= target and not listed:
             return stopping.Step(target)  # the usual pass: nothing to stop, nothing listed (no reports read)
         reports = fold(mode.metadata.annotations, now.timestamp())[1] if mode is not None else []
-        step = stopping.step(name, target, deployed, pods, previous.stopping if previous else [], reports, now,
-                             stopping.drain_seconds(mode))  # fmt: skip
+        step = stopping.step(name, target, deployed, pods, listed, reports, now, stopping.drain_seconds(mode))
+        if step.stopping:
+            self._stopping[(namespace, name)] = step.stopping
+        else:
+            self._stopping.pop((namespace, name), None)
         for pod, cost in [*((n, stopping.STOP_FIRST) for n in step.mark), *((n, None) for n in step.unmark)]:
             try:
                 await asyncio.to_thread(self.kube.annotate_pod, namespace, pod, {stopping.DELETION_COST: cost})
@@ -156,7 +163,7 @@ class Autoscaling:
                 log.warning("pod not marked", extra={"namespace": namespace, "pod": pod, "status": err.status})
         if step.wake_in is not None:
             self.mark_later(namespace, step.wake_in + 0.05)
-        if new := [s.pod for s in step.stopping if s.since == now]:
+        if new := step.mark:  # pods chosen this pass (a pod marked before is not announced again)
             message = (f"{deployed}→{target}: {', '.join(new)} out of routing; stopped once the gateways report its"
                        f" requests done ({stopping.drain_seconds(mode):g}s at most)")  # fmt: skip
             await asyncio.to_thread(self.kube.event, raw, "Normal", "StoppingReplicas", message)

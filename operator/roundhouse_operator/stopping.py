@@ -58,8 +58,13 @@ def step(
     if deployed <= target:  # gone down already: out of routing until the ReplicaSet has deleted them
         return Step(target, [s for s in previous if s.pod in running])
     need = min(deployed, len(running)) - target
-    kept = [s for s in previous if s.pod in running][:need]
-    dropped = [s.pod for s in previous if s.pod in running and s not in kept]
+    # The pods already marked are the ones stopping even when the status listing them was not written
+    # yet (or lost): the mark is what the ReplicaSet goes by, so the choice never moves to another pod.
+    listed = [s for s in previous if s.pod in running]
+    listed += [StoppingReplica(pod=n, since=now) for n, p in sorted(running.items(), key=lambda np: stop_order(np[1]))
+               if marked(p) and n not in {s.pod for s in listed}]  # fmt: skip
+    kept = listed[:need]
+    dropped = [s.pod for s in listed[need:] if marked(running[s.pod])]
     chosen = {s.pod for s in kept}
     for pod in sorted((p for n, p in running.items() if n not in chosen), key=stop_order)[: need - len(kept)]:
         kept.append(StoppingReplica(pod=pod["metadata"]["name"], since=now))

@@ -507,7 +507,8 @@ def test_autoscaling_follows_a_burst_on_real_llama_server_pods_with_no_failed_re
         gone = both - {p["metadata"]["name"] for p in holding_pods(c, "tiny-llama")}
         stopping = [e["message"] for e in c.list("events", NS) if e["reason"] == "StoppingReplicas"
                     and e["involvedObject"]["name"] == "tiny-llama"]  # fmt: skip
-        assert len(gone) == 1 and stopping and stopping[-1].startswith(f"2→1: {gone.pop()} out of routing"), stopping
+        # (A scale-down called off when the load rose again, then redone, may name another pod first.)
+        assert len(gone) == 1 and f"2→1: {gone.pop()} out of routing" in [m.split(";")[0] for m in stopping], stopping
         down = [e["message"] for e in c.list("events", NS) if e["reason"] == "ScaledDown"
                 and e["involvedObject"]["name"] == "tiny-llama"]  # fmt: skip
         assert down and down[-1].startswith("2→1: "), down

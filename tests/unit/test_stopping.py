@@ -111,3 +111,13 @@ def test_the_drain_is_the_mode_s() -> None:
     assert drain_seconds(None) == 30
     assert drain_seconds(mode({"mode": "onDemand", "onDemand": {"drainSeconds": 5}})) == 5
     assert drain_seconds(mode({"mode": "llamacpp", "switchPolicy": {"drainSeconds": 7}})) == 7
+
+
+def test_a_pod_already_marked_stays_the_one_stopping_when_the_status_listing_it_is_not_there() -> None:
+    """The status write of the pass that chose it may not be back yet: the mark on the pod decides, so the
+    pod the gateways stop routing to is always the one the ReplicaSet will delete."""
+    pods = [pod("a", 1), pod("b", 2), pod("c", 1, marked=True)]
+    s = step("e", 2, 3, pods, [], [], T0, 30)
+    assert [r.pod for r in s.stopping] == ["c"] and s.mark == [] and s.unmark == []
+    fewer = step("e", 2, 3, [pod("a", 1), pod("b", 2, marked=True), pod("c", 3, marked=True)], [], [], T0, 30)
+    assert [r.pod for r in fewer.stopping] == ["c"] and fewer.unmark == ["b"]
