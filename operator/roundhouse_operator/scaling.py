@@ -163,7 +163,8 @@ class Autoscaling:
                 log.warning("pod not marked", extra={"namespace": namespace, "pod": pod, "status": err.status})
         if step.wake_in is not None:
             self.mark_later(namespace, step.wake_in + 0.05)
-        if new := step.mark:  # pods chosen this pass (a pod marked before is not announced again)
+        before = {s.pod for s in listed}
+        if new := [s.pod for s in step.stopping if s.pod not in before]:  # chosen this pass: announced once
             message = (f"{deployed}→{target}: {', '.join(new)} out of routing; stopped once the gateways report its"
                        f" requests done ({stopping.drain_seconds(mode):g}s at most)")  # fmt: skip
             await asyncio.to_thread(self.kube.event, raw, "Normal", "StoppingReplicas", message)
