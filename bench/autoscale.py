@@ -12,22 +12,27 @@ gateway or operator process runs here; `tests/integration/test_autoscaling.py` a
 Fleets:
 - peak: fixed replicas sized for each model's peak (always running);
 - mean: fixed replicas sized for each model's mean load;
-- elastic: mode onDemand with spec.autoscaling, within a GPU budget smaller than the peak fleet.
+- elastic: mode onDemand with spec.autoscaling, within a GPU budget smaller than the peak fleet;
+- react* and foresee*: replicas that know the bursts, for bounds (oracle()): the peak size from the
+  instant a burst starts, or from one engine start before it. With --bound, react*'s cheapest
+  standing sizes that meet the p95 target: what holding capacity, rather than predicting, costs.
 Printed: p50/p95/p99 time to first token and wait, GPU-seconds held, swaps (starts from zero) and
 failed requests (waited past maxWaitSeconds, or cut by a drain deadline). Targets: elastic p95 TTFT
 within 1.5x of the peak fleet's with <= 60% of its GPU-seconds and 0 failed; on an alternating-demand
 trace (two models, a budget for one) at most one swap per minActiveSeconds per engine.
-Usage: .venv/bin/python bench/autoscale.py [--seed 7] [--minutes 30]
+Usage: .venv/bin/python bench/autoscale.py [--seed 7] [--minutes 30] [--bound]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import random
 import statistics
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +48,7 @@ REPORT_EVERY = 10.0
 STOP_SECONDS = 1.0  # a pod's stop, once its requests are done
 MAX_WAIT = 300.0
 EPOCH = 1.7e9  # the decision code reads epoch seconds (0.0 would read as "unset")
+Schedule = Callable[[float], dict[str, int]]  # seconds into the trace -> replicas per model
 
 
 @dataclass(frozen=True)
@@ -89,12 +95,16 @@ class Fleet:
     draining: set[str] = field(default_factory=set)  # engines that take no new requests
 
 
+# The trace's rates: requests/s per model, and its bursts as (start s, seconds, extra requests/s).
+BASE = {"chat-7b": 0.4, "code-14b": 0.15, "small-gguf": 0.3}
+BURSTS = {"chat-7b": [(300, 90, 3.5), (1100, 90, 3.5)], "code-14b": [(650, 120, 2.0), (1450, 90, 2.0)],
+          "small-gguf": [(450, 60, 2.5), (1300, 60, 2.5)]}  # fmt: skip
+
+
 def trace(minutes: float, seed: int) -> list[Request]:
     """Poisson arrivals per model: a base rate with bursts that do not all coincide."""
     rng = random.Random(seed)
-    base = {"chat-7b": 0.4, "code-14b": 0.15, "small-gguf": 0.3}
-    bursts = {"chat-7b": [(300, 90, 3.5), (1100, 90, 3.5)], "code-14b": [(650, 120, 2.0), (1450, 90, 2.0)],
-              "small-gguf": [(450, 60, 2.5), (1300, 60, 2.5)]}  # fmt: skip
+    base, bursts = BASE, BURSTS
     out = []
     end = minutes * 60
     for m in MODELS:
@@ -127,6 +137,55 @@ def fixed_sizes(reqs: list[Request], minutes: float, peak: bool) -> dict[str, in
     return out
 
 
+def oracle(models: dict[str, Model], peak: dict[str, int], lead: bool, standing: dict[str, int] | None = None
+           ) -> Schedule:  # fmt: skip
+    """Replicas that know the trace's bursts: each model at its peak-fleet size from its burst's start
+    (`lead`: from the engine's start time before it, so the replicas are ready when it starts) to its
+    end, and at `standing` replicas otherwise (default: what its base rate needs). Not a policy anyone
+    can run: a bound on what reacting to load (without `lead`) and predicting it (with) can reach."""
+    rest = standing or {n: max(1, math.ceil(BASE[n] * (m.prefill + m.decode) / m.slots)) for n, m in models.items()}
+
+    def sizes(t: float) -> dict[str, int]:
+        out = {}
+        for name, m in models.items():
+            ahead = m.start if lead else 0.0
+            burst = any(s - ahead <= t < s + d for s, d, _ in BURSTS[name])
+            out[name] = peak[name] if burst else rest[name]
+        return out
+
+    return sizes
+
+
+def cheapest_reaction(reqs: list[Request], minutes: float, models: dict[str, Model], peak: dict[str, int],
+                      peak_row: dict[str, float]) -> None:  # fmt: skip
+    """react* with every standing size from 1 to the peak size per model: the fewest GPU-seconds at
+    which reacting at once (to the peak size, the instant a burst starts) meets the p95 target."""
+    best: tuple[float, float, dict[str, int]] | None = None
+    for combo in itertools.product(*(range(1, peak[n] + 1) for n in models)):
+        standing = dict(zip(models, combo, strict=True))
+        fresh = [Request(r.model, r.arrived) for r in reqs]
+        fleet = run(fresh, minutes, models, None, 0, {}, oracle(models, peak, False, standing))
+        ttft = sorted(r.started - r.arrived + models[r.model].prefill for r in fresh if r.started is not None)
+        p95 = ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))]
+        if p95 <= 1.5 * peak_row["p95"] and (best is None or fleet.gpu_seconds < best[1]):
+            best = (p95, fleet.gpu_seconds, standing)
+    if best is None:
+        print("react* meets p95 <= 1.5x the peak fleet's with no standing size up to the peak's")
+        return
+    print(f"react*, cheapest standing sizes that meet p95 <= 1.5x: {best[2]}: p95 {best[0] / peak_row['p95']:.2f}x"
+          f" at {best[1] / peak_row['gpus']:.0%} of the peak fleet's GPU-seconds (target <= 60%)")  # fmt: skip
+
+
+def follow(fleet: Fleet, t: float, models: dict[str, Model], sizes: dict[str, int]) -> None:
+    """Start or stop replicas to reach `sizes` (a stopped replica finishes its requests first)."""
+    for name, want in sizes.items():
+        live = [r for r in fleet.replicas[name] if not r.stopping]
+        for _ in range(want - len(live)):
+            fleet.replicas[name].append(Replica(t + models[name].start))
+        for r in sorted(live, key=lambda r: (len(r.running), -r.ready_at))[: max(0, len(live) - want)]:
+            r.stopping = True
+
+
 def serve(fleet: Fleet, now: float, models: dict[str, Model]) -> None:
     """Finish what is done, then give free slots on ready replicas to the queues (oldest first)."""
     for name, reps in fleet.replicas.items():
@@ -147,11 +206,13 @@ def serve(fleet: Fleet, now: float, models: dict[str, Model]) -> None:
 
 
 def run(reqs: list[Request], minutes: float, models: dict[str, Model], sizes: dict[str, int] | None,
-        budget: int, policy: dict[str, Autoscaling]) -> Fleet:  # fmt: skip
-    """One fleet over the trace: fixed `sizes`, or elastic (sizes None) under the plan and autoscaler."""
-    fleet = Fleet({n: [Replica(0.0) for _ in range((sizes or {}).get(n, 0))] for n in models})
+        budget: int, policy: dict[str, Autoscaling], schedule: Schedule | None = None) -> Fleet:  # fmt: skip
+    """One fleet over the trace: fixed `sizes`, replicas following a `schedule` of sizes over time, or
+    elastic (neither) under the plan and autoscaler."""
+    initial = schedule(0.0) if schedule else sizes or {}
+    fleet = Fleet({n: [Replica(0.0) for _ in range(initial.get(n, 0))] for n in models})
     pending = deque(reqs)
-    elastic = _Elastic(models, budget, policy) if sizes is None else None
+    elastic = _Elastic(models, budget, policy) if sizes is None and schedule is None else None
     t = 0.0
     while t < minutes * 60 or any(fleet.queues.values()) or any(r.running for v in fleet.replicas.values() for r in v):
         while pending and pending[0].arrived <= t:
@@ -159,6 +220,8 @@ def run(reqs: list[Request], minutes: float, models: dict[str, Model], sizes: di
             fleet.queues.setdefault(req.model, deque()).append(req)
         if elastic is not None:
             elastic.step(fleet, t)
+        elif schedule is not None:
+            follow(fleet, t, models, schedule(t))
         serve(fleet, t, models)
         fleet.gpu_seconds += DT * sum(models[n].gpus * len(v) for n, v in fleet.replicas.items())
         t += DT
@@ -255,6 +318,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--minutes", type=float, default=30)
+    p.add_argument(
+        "--bound",
+        action="store_true",
+        help="also search react*'s standing sizes for the cheapest that meets the p95 target (~1 min)",
+    )
     args = p.parse_args()
     models = {m.name: m for m in MODELS}
     reqs = trace(args.minutes, args.seed)
@@ -268,13 +336,24 @@ def main() -> None:
     print(f"{'fleet':<8} {'TTFT p50':>7} {'p95':>7} {'p99':>7}   {'wait p50':>7} {'p95':>7} {'p99':>7}"
           f"   {'GPU-s':>9}  {'swaps':>5}  {'failed':>6}")  # fmt: skip
     rows = {}
-    for label, sizes in (("peak", peak), ("mean", mean), ("elastic", None)):
+    fleets: list[tuple[str, dict[str, int] | None, Schedule | None]] = [
+        ("peak", peak, None), ("mean", mean, None), ("elastic", None, None),
+        ("react*", None, oracle(models, peak, lead=False)), ("foresee*", None, oracle(models, peak, lead=True)),
+    ]  # fmt: skip
+    for label, sizes, schedule in fleets:
         fresh = [Request(r.model, r.arrived) for r in reqs]
-        fleet = run(fresh, args.minutes, models, sizes, budget, policy)
+        fleet = run(fresh, args.minutes, models, sizes, budget, policy, schedule)
         rows[label] = summary(label, fresh, fleet, models)
-    e, k = rows["elastic"], rows["peak"]
-    print(f"elastic/peak: p95 TTFT {e['p95'] / k['p95']:.2f}x (target <= 1.5x), GPU-seconds"
-          f" {e['gpus'] / k['gpus']:.0%} (target <= 60%), failed {e['failed']:.0f} (target 0)")  # fmt: skip
+    k = rows["peak"]
+    for label in ("elastic", "react*", "foresee*"):
+        e = rows[label]
+        print(f"{label}/peak: p95 TTFT {e['p95'] / k['p95']:.2f}x (target <= 1.5x), GPU-seconds"
+              f" {e['gpus'] / k['gpus']:.0%} (target <= 60%), failed {e['failed']:.0f} (target 0)")  # fmt: skip
+    print("* knows the bursts (not a policy): react* scales each model to its peak size the instant its burst"
+          " starts, foresee* one engine start earlier; react* bounds what any policy that follows the load can"
+          " reach on this trace")  # fmt: skip
+    if args.bound:
+        cheapest_reaction(reqs, args.minutes, models, peak, k)
 
     alt_models = {"small-gguf": models["small-gguf"], "alt-gguf": Model("alt-gguf", "llamacpp", 1, 6.0, 4, 0.1, 3.0)}
     alt = alternating(args.minutes / 3)
