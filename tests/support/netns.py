@@ -16,6 +16,8 @@ def _ip(*args: str) -> None:
 
 @dataclass
 class TestHost:
+    __test__ = False  # a helper named like a test class: pytest must not try to collect it
+
     name: str
     address: str  # inside the namespace
     host_side: str  # veth end left in the root namespace
