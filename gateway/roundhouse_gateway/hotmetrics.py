@@ -14,24 +14,35 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+C = TypeVar("C")
 
-class _Family(Collector):
+
+class _Family(Collector, Generic[C]):
     """One metric's children by label values, registered as a collector."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
-        self._children: dict[tuple[str, ...], object] = {}
+        self._children: dict[tuple[str, ...], C] = {}
         registry.register(self)
 
-    def _check(self, values: tuple[str, ...]) -> tuple[str, ...]:
+    def _new(self) -> C:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> C:
+        """The child for these label values, made on first use (values as strings, one per label name)."""
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {len(values)}")
-        return tuple(str(v) for v in values)
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new()
+        return child
 
     def collect(self) -> Iterator[Metric]:
         raise NotImplementedError
@@ -54,20 +65,15 @@ class CounterChild:
         self.value += amount
 
 
-class HotCounter(_Family):
+class HotCounter(_Family[CounterChild]):
     """A labelled counter; `name` without the `_total` suffix, as prometheus_client's Counter takes it."""
 
-    def labels(self, *values: str) -> CounterChild:
-        key = self._check(values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = CounterChild()
-        return child  # type: ignore[return-value]
+    def _new(self) -> CounterChild:
+        return CounterChild()
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for key, child in self._children.items():
-            assert isinstance(child, CounterChild)
             family.add_metric(list(key), child.value, created=child.created)
         yield family
 
@@ -88,18 +94,13 @@ class GaugeChild:
         self.value = float(value)
 
 
-class HotGauge(_Family):
-    def labels(self, *values: str) -> GaugeChild:
-        key = self._check(values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = GaugeChild()
-        return child  # type: ignore[return-value]
+class HotGauge(_Family[GaugeChild]):
+    def _new(self) -> GaugeChild:
+        return GaugeChild()
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for key, child in self._children.items():
-            assert isinstance(child, GaugeChild)
             family.add_metric(list(key), child.value)
         yield family
 
@@ -118,7 +119,7 @@ class HistogramChild:
         self.sum += value
 
 
-class HotHistogram(_Family):
+class HotHistogram(_Family[HistogramChild]):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry,
                  buckets: Sequence[float]) -> None:  # fmt: skip
         bounds = tuple(sorted(float(b) for b in buckets))
@@ -126,17 +127,12 @@ class HotHistogram(_Family):
         self.les = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]  # "+Inf", "1.0"
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramChild:
-        key = self._check(values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = HistogramChild(self.bounds)
-        return child  # type: ignore[return-value]
+    def _new(self) -> HistogramChild:
+        return HistogramChild(self.bounds)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for key, child in self._children.items():
-            assert isinstance(child, HistogramChild)
             total, buckets = 0, []
             for le, count in zip(self.les, child.counts, strict=True):
                 total += count
