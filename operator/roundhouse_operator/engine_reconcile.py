@@ -10,6 +10,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
@@ -92,7 +93,7 @@ class EngineReconciling:
 
     store: Store
     kube: Kube
-    http: Any  # httpx.AsyncClient
+    http: httpx.AsyncClient
     helper_image: str
     probes: dict[tuple[str, str], tuple[bool, str]]
     missing_secrets: dict[tuple[str, str], str]
