@@ -166,7 +166,7 @@ def cheapest_reaction(reqs: list[Request], minutes: float, models: dict[str, Mod
         fresh = [Request(r.model, r.arrived) for r in reqs]
         fleet = run(fresh, minutes, models, None, 0, {}, oracle(models, peak, False, standing))
         ttft = sorted(r.started - r.arrived + models[r.model].prefill for r in fresh if r.started is not None)
-        p95 = ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))]
+        p95 = q(ttft, 0.95)
         if p95 <= 1.5 * peak_row["p95"] and (best is None or fleet.gpu_seconds < best[1]):
             best = (p95, fleet.gpu_seconds, standing)
     if best is None:
@@ -298,13 +298,15 @@ class _Elastic:
                 r.stopping = True
 
 
+def q(xs: list[float], p: float) -> float:
+    """The p-quantile of sorted `xs` (nan when empty)."""
+    return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+
+
 def summary(label: str, reqs: list[Request], fleet: Fleet, models: dict[str, Model]) -> dict[str, float]:
     served = [r for r in reqs if not r.failed and r.started is not None]
     ttft = sorted(r.started - r.arrived + models[r.model].prefill for r in served)  # type: ignore[operator]
     wait = sorted(r.started - r.arrived for r in served)  # type: ignore[operator]
-
-    def q(xs: list[float], p: float) -> float:
-        return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
 
     row = {"p50": q(ttft, 0.5), "p95": q(ttft, 0.95), "p99": q(ttft, 0.99), "w50": q(wait, 0.5), "w95": q(wait, 0.95),
            "w99": q(wait, 0.99), "gpus": fleet.gpu_seconds, "swaps": sum(fleet.swaps.values()),
