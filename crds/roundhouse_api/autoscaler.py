@@ -47,6 +47,7 @@ class Scale:
     reason: str
     direction: str = ""  # "up", "down" or "" (unchanged)
     wake_in: float | None = None  # when the windows move on enough to change the answer without news
+    need: int = 0  # what the load asks for now, before the windows: replicas beyond it are kept only by them
 
 
 def readings(reports: Iterable[tuple[str, GatewayReport]], engine: str) -> list[Reading]:
@@ -99,9 +100,11 @@ def autoscale(policy: Autoscaling, current: int, series: Sequence[Reading], now:
     low, high = bounds(policy)
     target = policy.target_requests_per_replica
     load = load_at(series, now)
+    need = recommend(policy, load)
     if current < low or current > high:
         to = min(high, max(low, current))
-        return Scale(to, load, f"within minReplicas {low} and maxReplicas {high}", "up" if to > current else "down")
+        return Scale(to, load, f"within minReplicas {low} and maxReplicas {high}", "up" if to > current else "down",
+                     need=need)  # fmt: skip
     wake: list[float] = []
     up_w, down_w = policy.scale_up_seconds, policy.scale_down_seconds
     up = _stable(policy, series, now, since, up_w, False, wake)
@@ -111,17 +114,17 @@ def autoscale(policy: Autoscaling, current: int, series: Sequence[Reading], now:
     per = load / max(current, 1)
     if up is not None and up > current:
         return Scale(up, load, f"{per:.3g} requests running and waiting per replica, target {target}"
-                     + (f" (for {up_w}s)" if up_w else ""), "up", wake_in)  # fmt: skip
+                     + (f" (for {up_w}s)" if up_w else ""), "up", wake_in, need)  # fmt: skip
     if down is not None and down < current:
-        return Scale(down, load, f"{per:.3g} requests running and waiting per replica, target {target}"
-                     + (f" (at most {down * target} for {down_w}s)" if down_w else ""), "down", wake_in)  # fmt: skip
-    now_wants = recommend(policy, load)
+        at_most = f" (at most {down * target} for {down_w}s)" if down_w else ""
+        return Scale(down, load, f"{per:.3g} requests running and waiting per replica, target {target}{at_most}",
+                     "down", wake_in, need)  # fmt: skip
     why = f"{per:.3g} requests running and waiting per replica, target {target}"
-    if now_wants > current:
+    if need > current:
         why += f": scales up once it lasts {up_w}s"
-    elif now_wants < current:
+    elif need < current:
         why += f": scales down once it lasts {down_w}s"
-    return Scale(current, load, why, "", wake_in)
+    return Scale(current, load, why, "", wake_in, need)
 
 
 def _stable(policy: Autoscaling, series: Sequence[Reading], now: float, since: float, window: float,

@@ -48,6 +48,9 @@ class DemandView:
     unit: int = 0
     want: int = 0
     load: int = 0
+    # What the load asks for now, before the autoscaler's windows (None: not known). Replicas beyond it
+    # are kept only by the scale-down window, and give way to an engine whose load needs more.
+    need: int | None = None
 
 
 @dataclass(frozen=True)
@@ -304,21 +307,29 @@ def _share(engines: list[DemandView], running: dict[str, DemandView], budget: Bu
         committed += max(holds(e), planned)
     free = budget.gpus - committed
     waiting = any(d.state == "waiting" and "more than the budget" not in d.note for d in out.engines.values())
-    grow = [e for e in scaled if alloc[e.name] < e.want and e.name not in trimmed]
+    grow = [e for e in scaled if alloc[e.name] < _wants(e) and e.name not in trimmed]
+    yielded: dict[str, str] = {}  # engines giving replicas kept only by their window -> to whom
     while grow and not waiting:
         e = max(grow, key=lambda e: (e.load / alloc[e.name], -alloc[e.name], e.name))
         cost = e.unit if (alloc[e.name] + 1) * e.unit > holds(e) else 0
         if cost > free:
             grow.remove(e)
+            missing = (_wants(e) - alloc[e.name]) * e.unit - max(free, 0)
+            for name in _yield(scaled, e, alloc, missing, trimmed):
+                yielded[name] = e.name
+            grow = [g for g in grow if g.name not in yielded]  # what it gave is not to be taken again
             continue
         alloc[e.name] += 1
         free -= cost
-        if alloc[e.name] >= e.want:
+        if alloc[e.name] >= _wants(e):
             grow.remove(e)
     out_notes = {}
     for e in scaled:
         got, want = alloc[e.name], max(e.want, e.spec_replicas)
-        if e.name in trimmed:
+        if e.name in yielded:
+            note = (f"{got} of {want} replicas: the load needs {e.need} now; the rest given back to"
+                    f" {yielded[e.name]}, whose load needs more (GPU budget {budget.gpus})")  # fmt: skip
+        elif e.name in trimmed:
             note = f"{got} of {want} replicas: extra ones given back for the GPU budget"
         elif got < want:
             note = (f"{got} of {want} replicas: waiting for " + ("a model to get its first replica" if waiting
@@ -326,4 +337,30 @@ def _share(engines: list[DemandView], running: dict[str, DemandView], budget: Bu
         else:
             note = f"{got} replica(s), as the load asks"
         out_notes[e.name] = (got, note)
+    for name, to in yielded.items():
+        out.events.append(PlanEvent(name, "ScalingDown", f"{name} gives replicas back to {alloc[name]}: its load"
+                                    f" needs fewer now, and {to}'s needs more within the GPU budget"))  # fmt: skip
     return out_notes
+
+
+def _wants(e: DemandView) -> int:
+    """Replicas an engine grows to: what the autoscaler wants, but none the load does not need now."""
+    return e.want if e.need is None else min(e.want, max(e.need, e.spec_replicas))
+
+
+def _yield(scaled: list[DemandView], to: DemandView, alloc: dict[str, int], gpus: int,
+           trimmed: dict[str, int]) -> list[str]:  # fmt: skip
+    """Take replicas that only the scale-down window keeps (beyond what each engine's load needs now),
+    fewest requests per replica first, until `gpus` are freed for `to` or none is left; who gave."""
+    gave: list[str] = []
+    while gpus > 0:
+        spare = [d for d in scaled if d.name != to.name and d.need is not None and d.name not in trimmed
+                 and alloc[d.name] > max(d.need, d.spec_replicas, 1)]  # fmt: skip
+        if not spare:
+            break
+        d = min(spare, key=lambda d: (d.load / alloc[d.name], -alloc[d.name], d.name))
+        alloc[d.name] -= 1
+        gpus -= d.unit
+        if d.name not in gave:
+            gave.append(d.name)
+    return gave

@@ -69,6 +69,7 @@ def views(mode: EngineMode, seen: list[Seen], demand: dict[str, EngineDemand], r
             name=s.name, gpus=base * gpu_count(spec), spec_replicas=base, deployed=deployed,
             pods=s.pods, ready=deployed > 0 and int(dstatus.get("readyReplicas", 0) or 0) >= base,
             unit=gpu_count(spec) if scale else 0, want=scale.replicas if scale else 0, load=scale.load if scale else 0,
+            need=scale.need if scale else None,
             priority=spec.routing.priority if spec.routing else 0,
             activated_at=epoch(prev.activated_at) if prev else None, draining_since=draining_since,
             demanded_at=d.demanded_at, last_request_at=max(lasts) if lasts else None, in_flight=d.in_flight,

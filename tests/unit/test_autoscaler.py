@@ -184,3 +184,19 @@ def test_requests_sent_straight_to_the_engine_scale_it_up() -> None:
     assert (scale.replicas, scale.direction, scale.load) == (4, "up", 14)
     report = GatewayReport(at=100, engineLoad={"e": 14.0}, inFlight={"e": 1})
     assert readings([("g", report)], "e") == [Reading("g", 100, 1, 0, 14.0)]
+
+
+@pytest.mark.parametrize(
+    ("series", "now", "current", "replicas", "need"),
+    [
+        ([*every("g", 0, 80, 16), *every("g", 90, 100, 2)], 100, 4, 4, 1),  # the down window keeps 4; the load asks 1
+        ([*every("g", 0, 80, 0), *every("g", 90, 100, 14)], 100, 1, 1, 4),  # the up window has not confirmed 4
+        (every("g", 70, 100, 9), 100, 3, 3, 3),  # steady: the same
+        (every("g", 70, 100, 40), 100, 9, 5, 5),  # above maxReplicas: within the bounds
+    ],
+)
+def test_need_is_what_the_load_asks_now_before_the_windows(
+    series: list[Reading], now: float, current: int, replicas: int, need: int
+) -> None:
+    s = autoscale(POLICY, current, series, now, 0)
+    assert (s.replicas, s.need) == (replicas, need)

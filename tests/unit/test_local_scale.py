@@ -27,7 +27,13 @@ def test_samples_when_the_load_changes_and_while_it_lasts() -> None:
 def test_want_scales_up_at_once_and_down_after_the_window() -> None:
     loads, e = Loads(since=0), engine()
     loads.sample("e", 5, 1, 20, horizon=10)
-    assert loads.want(e, 20) == (3, 6)
+    assert want(loads, e, 20) == (3, 6, 3)
     loads.sample("e", 0, 0, 21, horizon=10)
-    assert loads.want(e, 25) == (3, 0)  # the burst is still in the down window
-    assert loads.want(e, 32) == (1, 0)
+    assert want(loads, e, 25) == (3, 0, 1)  # the burst is still in the down window (the load needs 1)
+    assert want(loads, e, 32) == (1, 0, 1)
+
+
+def want(loads: Loads, e: InferenceEngine, now: float) -> tuple[int, int, int]:
+    """(replicas, load, what the load needs now) of the autoscaler's answer."""
+    s = loads.want(e, now)
+    return s.replicas, s.load, s.need

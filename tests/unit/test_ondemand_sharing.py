@@ -65,6 +65,34 @@ CASES: dict[str, tuple[list[DemandView], Budget, dict[str, tuple[int, str]], lis
         {"a": (1, "active"), "b": (0, "waiting")}, []),
     "a budget lowered below the replicas takes extra ones back first": (
         [scaled("a", replicas=4, want=4, load=16)], B2, {"a": (2, "active")}, [("a", "ScalingDown")]),
+    # `need`: what the load asks for now; replicas beyond it are kept only by the scale-down window.
+    "replicas kept only by the scale-down window give way to a queue that needs them": (
+        [scaled("a", replicas=3, want=3, need=1, load=2), scaled("b", want=3, need=3, load=24)], B4,
+        {"a": (1, "active"), "b": (1, "active")}, [("a", "ScalingDown")]),
+    "the fewest requests per replica give first, and only as many as the queue needs": (
+        [scaled("a", replicas=2, want=2, need=1, load=4), scaled("c", replicas=2, want=2, need=1, load=1),
+         scaled("b", want=2, need=2, load=12)], Budget(gpus=5, min_active=60, idle=0, drain=30),
+        {"a": (2, "active"), "c": (1, "active"), "b": (1, "active")}, [("c", "ScalingDown")]),
+    "while their pods stop, nothing more is taken and the window does not grow them back": (
+        [scaled("a", replicas=1, pods=3, want=3, need=1, load=2), scaled("b", want=3, need=3, load=24)], B4,
+        {"a": (1, "active"), "b": (1, "active")}, []),
+    "once the pods are gone, the queue grows into their GPUs": (
+        [scaled("a", replicas=1, want=3, need=1, load=2), scaled("b", want=3, need=3, load=24)], B4,
+        {"a": (1, "active"), "b": (3, "active")}, []),
+    "a window-kept replica stays when no engine needs more": (
+        [scaled("a", replicas=3, want=3, need=1, load=2), scaled("b", want=1, need=1, load=3)], B4,
+        {"a": (3, "active"), "b": (1, "active")}, []),
+    "replicas the load still needs are not taken": (
+        [scaled("a", replicas=3, want=3, need=3, load=20), scaled("b", want=3, need=3, load=30)], B4,
+        {"a": (3, "active"), "b": (1, "active")}, []),
+    "the autoscaler's want is not yet the queue's: nothing is taken for what the window has not confirmed": (
+        [scaled("a", replicas=3, want=3, need=1, load=2), scaled("b", want=1, need=3, load=24)], B4,
+        {"a": (3, "active"), "b": (1, "active")}, []),
+    "a replica the load no longer needs is not started again into free GPUs": (
+        [scaled("a", replicas=1, want=3, need=1, load=2)], B4, {"a": (1, "active")}, []),
+    "never below the engine's first replicas": (
+        [scaled("a", replicas=1, want=1, need=1, load=0), scaled("b", want=4, need=4, load=40)], B4,
+        {"a": (1, "active"), "b": (3, "active")}, []),
 }  # fmt: skip
 
 
@@ -83,3 +111,12 @@ def test_notes_say_what_it_got_of_what_it_wants() -> None:
     p = plan_on_demand([scaled("a", replicas=2, want=2, load=10), standby("b", demanded=T - 1)], B2, T)
     assert p.engines["a"].note == "1 of 2 replicas: extra ones given back for the GPU budget"
     assert "b waits for its first replica" in p.events[0].message
+
+
+def test_a_replica_given_way_says_to_whom_and_why() -> None:
+    p = plan_on_demand([scaled("a", replicas=3, want=3, need=1, load=2), scaled("b", want=3, need=3, load=24)], B4, T)
+    assert p.engines["a"].note == ("1 of 3 replicas: the load needs 1 now; the rest given back to b, whose load"
+                                   " needs more (GPU budget 4)")  # fmt: skip
+    assert p.engines["b"].note == "1 of 3 replicas: waiting for GPUs (budget 4)"
+    assert [e.message for e in p.events] == ["a gives replicas back to 1: its load needs fewer now, and b's needs"
+                                             " more within the GPU budget"]  # fmt: skip

@@ -114,16 +114,17 @@ class LocalEngines:
             waits = self.demand.waiting.get(loc.name) or []
             running = loc.state in ("starting", "ready", "draining")
             in_flight = self.demand.in_flight.get(loc.name, 0)
-            unit, want, load = 0, 0, 0
+            unit, want, load, need = 0, 0, 0, None
             if (policy := loc.ie.spec.autoscaling) is not None:
                 self.loads.sample(loc.name, in_flight, len(waits), now,
                                   max(policy.scale_up_seconds, policy.scale_down_seconds))  # fmt: skip
-                (want, load), unit = self.loads.want(loc.ie, now), gpu_count(loc.ie.spec)
+                scale, unit = self.loads.want(loc.ie, now), gpu_count(loc.ie.spec)
+                want, load, need = scale.replicas, scale.load, scale.need
             live = sum(1 for x in loc.extras if not x.stopping)
             out.append(DemandView(
                 name=loc.name, gpus=gpu_count(loc.ie.spec), spec_replicas=1, deployed=1 + live if running else 0,
                 pods=(1 if loc.alive() else 0) + sum(1 for x in loc.extras if x.alive()),
-                ready=loc.state in ("ready", "draining"), unit=unit, want=want, load=load,
+                ready=loc.state in ("ready", "draining"), unit=unit, want=want, load=load, need=need,
                 priority=loc.ie.spec.routing.priority if loc.ie.spec.routing else 0,
                 # Only while it drains: once its stop is under way the plan must not stop it again.
                 activated_at=loc.activated_at, draining_since=loc.draining_since if loc.state == "draining" else None,

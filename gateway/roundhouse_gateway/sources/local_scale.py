@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from roundhouse_api import InferenceEngine
-from roundhouse_api.autoscaler import Reading, autoscale
+from roundhouse_api.autoscaler import Reading, Scale, autoscale
 from roundhouse_api.demand import REPORT_TTL
 from roundhouse_gateway.sources.localcmd import LOOPBACK, CommandError, local_command, spawn, stop_process
 
@@ -50,7 +50,7 @@ class Loads:
 
     since: float = field(default_factory=time.time)
     series: dict[str, list[Reading]] = field(default_factory=dict)
-    answers: dict[str, tuple[int, int]] = field(default_factory=dict)  # engine -> (replicas, load)
+    answers: dict[str, int] = field(default_factory=dict)  # engine -> the replicas last answered
 
     def sample(self, name: str, running: int, waiting: int, now: float, horizon: float) -> None:
         series = self.series.setdefault(name, [])
@@ -61,17 +61,17 @@ class Loads:
         while len(series) > 1 and series[1].at < oldest:  # the one before the window still says what it began at
             series.pop(0)
 
-    def want(self, ie: InferenceEngine, now: float) -> tuple[int, int]:
-        """(replicas, load) for an engine with spec.autoscaling."""
+    def want(self, ie: InferenceEngine, now: float) -> Scale:
+        """The autoscaler's answer for an engine with spec.autoscaling."""
         policy = ie.spec.autoscaling
         assert policy is not None
         name = ie.metadata.name
-        current = self.answers.get(name, (1, 0))[0]
+        current = self.answers.get(name, 1)
         scale = autoscale(policy, current, self.series.get(name, []), now, self.since)
         if scale.replicas != current:
             log.info("autoscale", extra={"engine": name, "from": current, "to": scale.replicas, "why": scale.reason})
-        self.answers[name] = (scale.replicas, scale.load)
-        return self.answers[name]
+        self.answers[name] = scale.replicas
+        return scale
 
 
 async def start_extra(ie: InferenceEngine, extra: Extra, cache_dir: str, log_path: os.PathLike[str],
