@@ -394,3 +394,42 @@ def test_the_report_carries_what_autoscaled_engines_say_they_hold_and_stays_due_
     fleet.engine_load.held["http://a:1"] = (3, 0.0)  # a reading from long ago
     fleet.engine_load.held["http://b:1"] = (3, 0.0)
     assert fleet.engine_held() == {}
+
+
+def test_a_burst_on_an_autoscaled_engine_is_reported_at_once_each_replica_s_worth() -> None:
+    """Not only every REPORT_INTERVAL: the operator hears of a burst when the gateway's load on an
+    autoscaled engine asks for another replica (targetRequestsPerReplica 4 here), one write per step."""
+
+    async def go() -> list[GatewayReport]:
+        written: list[GatewayReport] = []
+
+        async def write(r: GatewayReport) -> None:
+            written.append(r)
+
+        d = Demand(write, interval=3600)
+        d.catalog_changed(on_demand(eng("auto", ready=True, scale_step=4), eng("fixed", model="n", ready=True)))
+        task = asyncio.create_task(d.run())
+        for _ in range(4):
+            d.request_begin("auto")
+        for _ in range(20):
+            d.request_begin("fixed")  # not autoscaled: its load is said at the interval
+        await asyncio.sleep(0.05)
+        assert written == []  # one replica's worth
+        d.request_begin("auto")
+        await asyncio.sleep(0.05)
+        for _ in range(3):
+            d.request_begin("auto")
+        await asyncio.sleep(0.05)
+        assert [r.in_flight["auto"] for r in written] == [5]  # 8 asks for two replicas too: said already
+        d.request_begin("auto")
+        await asyncio.sleep(0.05)
+        task.cancel()
+        return written
+
+    assert [r.in_flight["auto"] for r in asyncio.run(go())] == [5, 9]
+
+
+def test_the_step_is_the_engines_target_requests_per_replica() -> None:
+    doc = engine_doc(autoscaling={"maxReplicas": 4, "targetRequestsPerReplica": 6})
+    assert engine_from_resource(InferenceEngine.model_validate(doc), []).scale_step == 6
+    assert engine_from_resource(InferenceEngine.model_validate(engine_doc()), []).scale_step == 0

@@ -57,6 +57,9 @@ class Engine:
     starting: tuple[str, ...] = ()  # replicas whose pods start (not ready yet, not terminating): early.py
     stopping: tuple[str, ...] = ()  # replicas a scale-down stops (status.stopping): never routed to
     autoscaled: bool = False  # spec.autoscaling: the gateway reports what its replicas say they hold
+    # spec.autoscaling's targetRequestsPerReplica: the gateway reports at once when its load on the engine
+    # grows past another replica's worth, not only every REPORT_INTERVAL (a burst is seen in seconds).
+    scale_step: int = 0
     shadow_of: str | None = None  # the served name whose requests this engine gets a copy of (routing.shadow)
     shadow_percent: float = 0.0
     shadow_max: int = 4  # copies in flight at most
@@ -163,6 +166,7 @@ def engine_from_resource(
         starting=tuple(u.rstrip("/") for u in starting),
         stopping=stopping,
         autoscaled=spec.autoscaling is not None,
+        scale_step=spec.autoscaling.target_requests_per_replica if spec.autoscaling else 0,
         upstream_model=upstream,
         ready=ready,
         governed=governed,

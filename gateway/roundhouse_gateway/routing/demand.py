@@ -1,8 +1,10 @@
 """Mode onDemand, the gateway's side: what its requests wait for and run on, reported to the operator.
 
 The report (roundhouse_api.demand) is written when what the gateway waits for changes, when it has
-seen an engine start to drain or its last request there ends, and every REPORT_INTERVAL while it
-has requests waiting or in flight: a bounded number of writes, whatever the request rate.
+seen an engine start to drain or its last request there ends, when its load on an autoscaled engine
+grows past another replica's worth (its targetRequestsPerReplica) since the last report, and every
+REPORT_INTERVAL while it has requests waiting or in flight: a bounded number of writes, whatever the
+request rate.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class Demand:
         self.writes = 0
         self.reported_busy: set[str] = set()  # engines with requests in flight in the last report
         self.started_in: dict[str, float] = {}  # engine -> how long its last activation took, as waited here
+        self.steps: dict[str, int] = {}  # autoscaled engine -> its targetRequestsPerReplica
+        # Autoscaled engine -> the requests in flight here that ask for more replicas than the last report did.
+        self.rise_at: dict[str, int] = {}
 
     # --- what the requests do (event loop, no I/O) -------------------------------------------------
     def wait_begin(self, engine: str) -> float:
@@ -72,6 +77,9 @@ class Demand:
     def request_begin(self, engine: str) -> None:
         self.in_flight[engine] += 1
         self.last_request[engine] = time.time()
+        if self.in_flight[engine] >= self.rise_at.get(engine, 1 << 62):
+            del self.rise_at[engine]
+            self.dirty.set()  # a burst: the operator hears of it now, not at the next interval
 
     def request_end(self, engine: str) -> None:
         self.in_flight[engine] -= 1
@@ -100,6 +108,8 @@ class Demand:
         if draining - self.acked or (switch is not None and switch != self.acked_switch):
             self.dirty.set()
         self.acked, self.acked_switch = draining, switch
+        self.steps = {e.name: e.scale_step for e in catalog.engines if e.scale_step > 0}
+        self.rise_at = {e: self.rise_at.get(e, _next_step(0, step)) for e, step in self.steps.items()}
         stopping = {e.name: e.stopping for e in catalog.engines if e.stopping}
         if any(set(eps) - set(self.stopping.get(name, ())) for name, eps in stopping.items()):
             self.dirty.set()  # replicas newly stopped: say so (with what is in flight there) so the scale-down goes on
@@ -133,6 +143,8 @@ class Demand:
             report = self.report()
             self.reported_busy, self.reported_stopping = set(report.in_flight), set(report.stopping)
             self.reported_held = {e for e, v in report.engine_load.items() if v > 0}
+            self.rise_at = {e: _next_step(report.in_flight.get(e, 0) + report.queued.get(e, 0), step)
+                            for e, step in self.steps.items()}  # fmt: skip
             try:
                 await self.write(report)
                 self.written_at, self.writes = report.at, self.writes + 1
@@ -140,6 +152,11 @@ class Demand:
                 log.warning("demand report not written", extra={"error": repr(err)})
                 await asyncio.sleep(1.0)
                 self.dirty.set()
+
+
+def _next_step(load: int, step: int) -> int:
+    """The load past the replicas that `load` asks for (at least one): where another replica is wanted."""
+    return max(1, math.ceil(load / step)) * step + 1
 
 
 class Waiter:
