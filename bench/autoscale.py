@@ -2,24 +2,27 @@
 
 A discrete-event model of the fleet (0.25 s ticks), driven by the real decision code: the autoscaler
 (roundhouse_api.autoscaler) and the on-demand plan sharing the GPU budget (roundhouse_api.ondemand),
-fed what the gateways would report (requests in flight and waiting per engine, every 10 s while busy,
-at once when a request starts waiting for a standby engine). The engines are modelled, not run:
-slots per replica, prefill and decode times, and start times like the real families' (vLLM tens of
-seconds, llama.cpp seconds); a replica's GPUs are held from its start until its pod is gone. No
-gateway or operator process runs here; `tests/integration/test_autoscaling.py` and
-`test_standalone_autoscaling.py` run the real ones.
+fed what the gateways would report (requests in flight and waiting per engine: every 10 s while busy,
+at once when a request starts waiting for a standby engine or the load asks for another replica).
+The engines are modelled, not run (bench/engine_model.py): start times like the real families' (vLLM
+tens of seconds, llama.cpp seconds), llama.cpp replicas with fixed slots, and vLLM replicas either
+batching as vLLM measured itself slow down (the first table) or in fixed slots like llama.cpp (the
+second, the model of earlier runs); a replica's GPUs are held from its start until its pod is gone.
+Requests go to the least loaded ready replica. No gateway or operator process runs here:
+`tests/integration/test_autoscaling.py` and `test_standalone_autoscaling.py` run the real ones.
 
-Fleets:
+Fleets (each starts as the trace's base load leaves it: the trace is a slice of a running service):
 - peak: fixed replicas sized for each model's peak (always running);
 - mean: fixed replicas sized for each model's mean load;
 - elastic: mode onDemand with spec.autoscaling, within a GPU budget smaller than the peak fleet;
 - react* and foresee*: replicas that know the bursts, for bounds (oracle()): the peak size from the
   instant a burst starts, or from one engine start before it. With --bound, react*'s cheapest
   standing sizes that meet the p95 target: what holding capacity, rather than predicting, costs.
-Printed: p50/p95/p99 time to first token and wait, GPU-seconds held, swaps (starts from zero) and
-failed requests (waited past maxWaitSeconds, or cut by a drain deadline). Targets: elastic p95 TTFT
-within 1.5x of the peak fleet's with <= 60% of its GPU-seconds and 0 failed; on an alternating-demand
-trace (two models, a budget for one) at most one swap per minActiveSeconds per engine.
+Printed: p50/p95/p99 time to first token, p95 wait for a place on a replica, p50/p95 to the last
+token, GPU-seconds held, swaps (starts from zero) and failed requests (waited past maxWaitSeconds, or
+cut by a drain deadline). Targets: elastic p95 TTFT within 1.5x of the peak fleet's with <= 60% of
+its GPU-seconds and 0 failed; on an alternating-demand trace (two models, a budget for one) at most
+one swap per minActiveSeconds per engine.
 Usage: .venv/bin/python bench/autoscale.py [--seed 7] [--minutes 30] [--bound]
 """
 
@@ -43,23 +46,15 @@ from roundhouse_api import Autoscaling  # noqa: E402
 from roundhouse_api.autoscaler import Reading, autoscale  # noqa: E402
 from roundhouse_api.ondemand import Budget, DemandView, plan_on_demand  # noqa: E402
 
+sys.path.insert(0, str(REPO))
+from bench.engine_model import Model  # noqa: E402
+
 DT = 0.25
 REPORT_EVERY = 10.0
 STOP_SECONDS = 1.0  # a pod's stop, once its requests are done
 MAX_WAIT = 300.0
 EPOCH = 1.7e9  # the decision code reads epoch seconds (0.0 would read as "unset")
 Schedule = Callable[[float], dict[str, int]]  # seconds into the trace -> replicas per model
-
-
-@dataclass(frozen=True)
-class Model:
-    name: str
-    family: str
-    gpus: int
-    start: float  # scale-up to ready
-    slots: int  # requests one replica serves at once
-    prefill: float
-    decode: float
 
 
 MODELS = [
@@ -74,6 +69,8 @@ class Request:
     model: str
     arrived: float
     started: float | None = None
+    first_at: float | None = None  # its first token
+    left: float = 0.0  # decode still to do, in solo seconds
     done_at: float | None = None
     failed: bool = False
 
@@ -102,18 +99,22 @@ BURSTS = {"chat-7b": [(300, 90, 3.5), (1100, 90, 3.5)], "code-14b": [(650, 120, 
 
 
 def trace(minutes: float, seed: int) -> list[Request]:
-    """Poisson arrivals per model: a base rate with bursts that do not all coincide."""
+    """Poisson arrivals per model at a base rate, with bursts (that do not all coincide) from their first second."""
     rng = random.Random(seed)
     base, bursts = BASE, BURSTS
     out = []
     end = minutes * 60
     for m in MODELS:
+        edges = sorted({e for s, d, _ in bursts[m.name] for e in (s, s + d)} | {end})
         t = 0.0
-        while True:
+        while t < end:
             rate = base[m.name] + sum(r for s, d, r in bursts[m.name] if s <= t < s + d)
-            t += rng.expovariate(rate)
-            if t >= end:
-                break
+            edge = next(e for e in edges if e > t)
+            gap = rng.expovariate(rate)
+            if t + gap >= edge:  # the rate changes first: start afresh there (arrivals are memoryless)
+                t = edge
+                continue
+            t += gap
             out.append(Request(m.name, t))
     return sorted(out, key=lambda r: r.arrived)
 
@@ -165,7 +166,7 @@ def cheapest_reaction(reqs: list[Request], minutes: float, models: dict[str, Mod
         standing = dict(zip(models, combo, strict=True))
         fresh = [Request(r.model, r.arrived) for r in reqs]
         fleet = run(fresh, minutes, models, None, 0, {}, oracle(models, peak, False, standing))
-        ttft = sorted(r.started - r.arrived + models[r.model].prefill for r in fresh if r.started is not None)
+        ttft = sorted(r.first_at - r.arrived for r in fresh if r.first_at is not None)
         p95 = q(ttft, 0.95)
         if p95 <= 1.5 * peak_row["p95"] and (best is None or fleet.gpu_seconds < best[1]):
             best = (p95, fleet.gpu_seconds, standing)
@@ -187,10 +188,17 @@ def follow(fleet: Fleet, t: float, models: dict[str, Model], sizes: dict[str, in
 
 
 def serve(fleet: Fleet, now: float, models: dict[str, Model]) -> None:
-    """Finish what is done, then give free slots on ready replicas to the queues (oldest first)."""
+    """Advance what runs by one tick, then give the queues (oldest first) to the least loaded ready
+    replica with room. A replica's requests all slow with the size of its batch (`Model.tpot_factor`)."""
     for name, reps in fleet.replicas.items():
         m = models[name]
         for rep in reps:
+            slow = m.tpot_factor(len(rep.running))
+            for r in rep.running:
+                if r.done_at is None and r.first_at is not None and r.first_at < now:
+                    r.left -= (now - max(now - DT, r.first_at)) / slow
+                    if r.left <= 1e-9:
+                        r.done_at = now
             rep.running = [r for r in rep.running if r.done_at is None or r.done_at > now]
             if rep.stopping and not rep.running and rep.gone_at is None:
                 rep.gone_at = now + STOP_SECONDS
@@ -198,18 +206,24 @@ def serve(fleet: Fleet, now: float, models: dict[str, Model]) -> None:
         queue = fleet.queues.setdefault(name, deque())
         while queue and now - queue[0].arrived > MAX_WAIT:
             queue.popleft().failed = True
-        for rep in fleet.replicas[name] if name not in fleet.draining else []:
-            while queue and not rep.stopping and rep.ready_at <= now and len(rep.running) < m.slots:
-                req = queue.popleft()
-                req.started, req.done_at = now, now + m.prefill + m.decode
-                rep.running.append(req)
+        ready = [r for r in fleet.replicas[name] if not r.stopping and r.ready_at <= now]
+        while queue and ready and name not in fleet.draining:
+            rep = min(ready, key=lambda r: len(r.running))  # the gateway's least-loaded choice
+            if len(rep.running) >= m.most:
+                break
+            req = queue.popleft()
+            rep.running.append(req)
+            req.started, req.left = now, m.decode
+            req.first_at = now + m.prefill * m.ttft_factor(len(rep.running))
 
 
 def run(reqs: list[Request], minutes: float, models: dict[str, Model], sizes: dict[str, int] | None,
         budget: int, policy: dict[str, Autoscaling], schedule: Schedule | None = None) -> Fleet:  # fmt: skip
     """One fleet over the trace: fixed `sizes`, replicas following a `schedule` of sizes over time, or
     elastic (neither) under the plan and autoscaler."""
-    initial = schedule(0.0) if schedule else sizes or {}
+    # Elastic starts as the base load leaves it (one replica a model), as the fixed fleets start
+    # warm: the trace is a slice of a running service, not its first start.
+    initial = schedule(0.0) if schedule else sizes or {n: 1 for n in models}
     fleet = Fleet({n: [Replica(0.0) for _ in range(initial.get(n, 0))] for n in models})
     pending = deque(reqs)
     elastic = _Elastic(models, budget, policy) if sizes is None and schedule is None else None
@@ -254,11 +268,15 @@ class _Elastic:
             if queue:
                 self.last_request[name] = EPOCH + queue[-1].arrived
             # A gateway holds requests for a standby engine (waiting); for a running one they queue in
-            # the engine (in flight). It writes at once for a new wait, and every 10 s while busy.
+            # the engine (in flight). It writes at once for a new wait, and every 10 s while busy ...
             in_flight, waiting = (running, len(queue)) if standby else (running + len(queue), 0)
             due = now - self.reported.get(name, -1e9) >= REPORT_EVERY and (in_flight or waiting)
             first_wait = waiting and not (self.series[name] and self.series[name][-1].waiting)
-            if due or first_wait or (not in_flight and not waiting and self.series[name]
+            # ... and at once when its load asks for another replica than the last report said.
+            step = self.policy[name].target_requests_per_replica
+            last = self.series[name][-1].load if self.series[name] else 0
+            rise = in_flight + waiting > max(1, math.ceil(last / step)) * step
+            if due or first_wait or rise or (not in_flight and not waiting and self.series[name]
                                      and self.series[name][-1].load):  # fmt: skip
                 self.series[name].append(Reading("gw", now, in_flight, waiting))
                 self.reported[name] = now
@@ -270,7 +288,7 @@ class _Elastic:
                 draining_since=self.draining.get(name),
                 demanded_at=EPOCH + queue[0].arrived if standby and queue else None,
                 last_request_at=self.last_request.get(name), in_flight=running, drained=running == 0,
-                unit=m.gpus, want=s.replicas, load=s.load,
+                unit=m.gpus, want=s.replicas, load=s.load, need=s.need,
             ))  # fmt: skip
         plan = plan_on_demand(views, self.budget, now)
         for e in plan.events:
@@ -304,16 +322,47 @@ def q(xs: list[float], p: float) -> float:
 
 
 def summary(label: str, reqs: list[Request], fleet: Fleet, models: dict[str, Model]) -> dict[str, float]:
-    served = [r for r in reqs if not r.failed and r.started is not None]
-    ttft = sorted(r.started - r.arrived + models[r.model].prefill for r in served)  # type: ignore[operator]
+    served = [r for r in reqs if not r.failed and r.done_at is not None]
+    ttft = sorted(r.first_at - r.arrived for r in served)  # type: ignore[operator]
     wait = sorted(r.started - r.arrived for r in served)  # type: ignore[operator]
+    whole = sorted(r.done_at - r.arrived for r in served)  # type: ignore[operator]
 
-    row = {"p50": q(ttft, 0.5), "p95": q(ttft, 0.95), "p99": q(ttft, 0.99), "w50": q(wait, 0.5), "w95": q(wait, 0.95),
-           "w99": q(wait, 0.99), "gpus": fleet.gpu_seconds, "swaps": sum(fleet.swaps.values()),
-           "failed": sum(1 for r in reqs if r.failed or r.started is None)}  # fmt: skip
-    print(f"{label:<8} {row['p50']:7.2f} {row['p95']:7.2f} {row['p99']:7.2f}   {row['w50']:7.2f} {row['w95']:7.2f}"
-          f" {row['w99']:7.2f}   {row['gpus']:9.0f}  {row['swaps']:5.0f}  {row['failed']:6.0f}")  # fmt: skip
+    row = {"p50": q(ttft, 0.5), "p95": q(ttft, 0.95), "p99": q(ttft, 0.99), "w95": q(wait, 0.95),
+           "d50": q(whole, 0.5), "d95": q(whole, 0.95), "gpus": fleet.gpu_seconds,
+           "swaps": sum(fleet.swaps.values()),
+           "failed": sum(1 for r in reqs if r.failed or r.done_at is None)}  # fmt: skip
+    print(f"{label:<8} {row['p50']:7.2f} {row['p95']:7.2f} {row['p99']:7.2f}   {row['w95']:7.2f}   {row['d50']:7.2f}"
+          f" {row['d95']:7.2f}   {row['gpus']:9.0f}  {row['swaps']:5.0f}  {row['failed']:6.0f}")  # fmt: skip
     return row
+
+
+def compare(reqs: list[Request], minutes: float, models: dict[str, Model], bound: bool) -> None:
+    """The fleets side by side over one trace, on one model of the engines."""
+    peak, mean = fixed_sizes(reqs, minutes, True), fixed_sizes(reqs, minutes, False)
+    peak_gpus = sum(models[n].gpus * k for n, k in peak.items())
+    budget = max(max(m.gpus for m in models.values()), math.ceil(peak_gpus * 0.75))
+    policy = {n: Autoscaling(minReplicas=0, maxReplicas=peak[n] + 1, targetRequestsPerReplica=m.slots,
+                             scaleUpSeconds=0, scaleDownSeconds=90) for n, m in models.items()}  # fmt: skip
+    print(f"peak fleet {peak} ({peak_gpus} GPUs), mean fleet {mean}, elastic budget {budget} GPUs")
+    print(f"{'fleet':<8} {'TTFT p50':>7} {'p95':>7} {'p99':>7}   {'wait p95':>7}   {'done p50':>7} {'p95':>7}"
+          f"   {'GPU-s':>9}  {'swaps':>5}  {'failed':>6}")  # fmt: skip
+    rows = {}
+    fleets: list[tuple[str, dict[str, int] | None, Schedule | None]] = [
+        ("peak", peak, None), ("mean", mean, None), ("elastic", None, None),
+        ("react*", None, oracle(models, peak, lead=False)), ("foresee*", None, oracle(models, peak, lead=True)),
+    ]  # fmt: skip
+    for label, sizes, schedule in fleets:
+        fresh = [Request(r.model, r.arrived) for r in reqs]
+        fleet = run(fresh, minutes, models, sizes, budget, policy, schedule)
+        rows[label] = summary(label, fresh, fleet, models)
+    k = rows["peak"]
+    for label in ("elastic", "react*", "foresee*"):
+        e = rows[label]
+        print(f"{label}/peak: p95 TTFT {e['p95'] / k['p95']:.2f}x (target <= 1.5x), GPU-seconds"
+              f" {e['gpus'] / k['gpus']:.0%} (target <= 60%), failed {e['failed']:.0f} (target 0);"
+              f" p95 to the last token {e['d95'] / k['d95']:.2f}x")  # fmt: skip
+    if bound:
+        cheapest_reaction(reqs, minutes, models, peak, k)
 
 
 def main() -> None:
@@ -326,36 +375,17 @@ def main() -> None:
         help="also search react*'s standing sizes for the cheapest that meets the p95 target (~1 min)",
     )
     args = p.parse_args()
-    models = {m.name: m for m in MODELS}
     reqs = trace(args.minutes, args.seed)
-    peak, mean = fixed_sizes(reqs, args.minutes, True), fixed_sizes(reqs, args.minutes, False)
-    peak_gpus = sum(models[n].gpus * k for n, k in peak.items())
-    budget = max(max(m.gpus for m in MODELS), math.ceil(peak_gpus * 0.75))
-    policy = {m.name: Autoscaling(minReplicas=0, maxReplicas=peak[m.name] + 1, targetRequestsPerReplica=m.slots,
-                                  scaleUpSeconds=0, scaleDownSeconds=90) for m in MODELS}  # fmt: skip
-    print(f"trace: {len(reqs)} requests over {args.minutes:g} min, 3 models (vllm x2, llamacpp); seed {args.seed}")
-    print(f"peak fleet {peak} ({peak_gpus} GPUs), mean fleet {mean}, elastic budget {budget} GPUs")
-    print(f"{'fleet':<8} {'TTFT p50':>7} {'p95':>7} {'p99':>7}   {'wait p50':>7} {'p95':>7} {'p99':>7}"
-          f"   {'GPU-s':>9}  {'swaps':>5}  {'failed':>6}")  # fmt: skip
-    rows = {}
-    fleets: list[tuple[str, dict[str, int] | None, Schedule | None]] = [
-        ("peak", peak, None), ("mean", mean, None), ("elastic", None, None),
-        ("react*", None, oracle(models, peak, lead=False)), ("foresee*", None, oracle(models, peak, lead=True)),
-    ]  # fmt: skip
-    for label, sizes, schedule in fleets:
-        fresh = [Request(r.model, r.arrived) for r in reqs]
-        fleet = run(fresh, args.minutes, models, sizes, budget, policy, schedule)
-        rows[label] = summary(label, fresh, fleet, models)
-    k = rows["peak"]
-    for label in ("elastic", "react*", "foresee*"):
-        e = rows[label]
-        print(f"{label}/peak: p95 TTFT {e['p95'] / k['p95']:.2f}x (target <= 1.5x), GPU-seconds"
-              f" {e['gpus'] / k['gpus']:.0%} (target <= 60%), failed {e['failed']:.0f} (target 0)")  # fmt: skip
+    print(f"trace: {len(reqs)} requests over {args.minutes:g} min, 3 models (vllm x2, llamacpp); seed {args.seed};"
+          " seconds per request: TTFT, waiting for a place on a replica, and to the last token")  # fmt: skip
+    print("\nvLLM replicas batch (up to 64 requests, slowed as vLLM measured itself); llama.cpp ones in 4 slots:")
+    compare(reqs, args.minutes, {m.name: m.batching() for m in MODELS}, args.bound)
+    print("\nevery replica in fixed slots (8 per vLLM replica, 4 per llama.cpp one; the rest queue):")
+    compare(reqs, args.minutes, {m.name: m for m in MODELS}, args.bound)
     print("* knows the bursts (not a policy): react* scales each model to its peak size the instant its burst"
           " starts, foresee* one engine start earlier; react* bounds what any policy that follows the load can"
-          " reach on this trace")  # fmt: skip
-    if args.bound:
-        cheapest_reaction(reqs, args.minutes, models, peak, k)
+          " reach on this trace\n")  # fmt: skip
+    models = {m.name: m for m in MODELS}
 
     alt_models = {"small-gguf": models["small-gguf"], "alt-gguf": Model("alt-gguf", "llamacpp", 1, 6.0, 4, 0.1, 3.0)}
     alt = alternating(args.minutes / 3)
