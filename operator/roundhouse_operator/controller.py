@@ -248,9 +248,14 @@ class Controller(Probing, StatusWriting, Autoscaling, EngineReconciling):
         if wait:
             await asyncio.gather(*(t for t in started if t is not None))
         statuses: dict[str, dict[str, tuple[Family, EngineStatus, bool]]] = {}
-        for name in parsed:
+        for name, (_raw, engine, _err) in parsed.items():
             if cached := self._statuses.get((namespace, name)):
                 statuses.setdefault(cached[0], {})[name] = cached[1:]
+            elif engine is not None and (governing := plans[name][0]) is not None:
+                # Not reconciled yet (just created, or this operator just started): the status it has on
+                # the API server counts, and a new engine's none is not ready, so no mode is Ready first.
+                seen = (engine.spec.engine, engine.status or EngineStatus(), runs_workload(engine))
+                statuses.setdefault(governing.metadata.name, {})[name] = seen
         for mode in modes:
             name = mode.metadata.name
             mode_plan = next((p for (m, p) in plans.values() if m is not None and m.metadata.name == name), ModePlan())

@@ -268,3 +268,37 @@ def test_a_new_engines_first_status_waits_while_it_settles_but_never_holds_back_
         assert kube.status_patched[-1] == "InferenceEngine/b" and len(kube.status_patched) == 3
 
     asyncio.run(scenario())
+
+
+def test_a_mode_is_not_ready_while_an_engine_it_governs_is_still_being_reconciled() -> None:
+    """A hundred engines applied with their mode: a pass that has reconciled only some of them must not
+    call the mode Ready (`kubectl wait` on it would return before the engines exist)."""
+    kube = SlowKube(held={"slow"})
+    store = Store()
+    kube.store = store  # type: ignore[attr-defined]
+    store.put("EngineMode", em("vllm"))
+    for name in ("fast", "slow"):
+        store.put("InferenceEngine", ie(name))
+    c = Controller(store, kube)  # type: ignore[arg-type]
+    c.settle_seconds = 0
+
+    async def scenario() -> None:
+        await c.reconcile(NS, wait=False)  # fast's reconcile goes on; slow's apply hangs
+        for _ in range(100):
+            if "Deployment/fast" in kube.applied:
+                break
+            await asyncio.sleep(0.01)
+        store.put("Pod", pod("fast"))
+        ready = copy.deepcopy(store.get("Deployment", NS, "fast"))
+        assert ready is not None
+        ready["status"] = {"replicas": 1, "readyReplicas": 1}
+        ready["metadata"]["resourceVersion"] = "900"
+        store.put("Deployment", ready)
+        await c.reconcile(NS, {"fast"})  # fast is Ready; slow has no status yet
+        assert store.get("InferenceEngine", NS, "fast")["status"]["phase"] == "Ready"  # type: ignore[index]
+        status = store.get("EngineMode", NS, "default")["status"]  # type: ignore[index]
+        assert status["phase"] == "Switching" and status["message"] == "switching to vllm: waiting for slow", status
+        assert sorted(e["name"] for e in status["engines"]) == ["fast", "slow"]
+        kube.release.set()
+
+    asyncio.run(scenario())
