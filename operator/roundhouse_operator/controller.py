@@ -55,7 +55,7 @@ from .plan import EnginePlan, EngineView, ModePlan, plan, wanted
 from .probes import Probing
 from .render import runs_workload
 from .scaling import Autoscaling, History
-from .status_writes import StatusWriting
+from .status_writes import PROGRESS_EVERY, StatusWriting
 from .store import Store
 from .switch import drain_deadline, drain_over
 
@@ -108,6 +108,9 @@ class Controller(Probing, StatusWriting, Autoscaling, EngineReconciling):
         self._again: set[tuple[str, str]] = set()
         self._settle: dict[tuple[str, str], float] = {}  # engine -> loop time its status may be written
         self.settle_seconds = SETTLE_SECONDS
+        self.progress_every = PROGRESS_EVERY
+        self._mode_written: dict[tuple[str, str], float] = {}
+        self._progress_due: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._gpu_memo: tuple[list[dict[str, Any]] | None, dict[str | None, int | None]] = (None, {})
         self._planning = 0.0  # seconds the last pass spent planning, which paces the next one
         # spec.autoscaling: the gateways' reports over time, and each engine's last answer.

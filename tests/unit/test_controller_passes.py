@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from roundhouse_operator.controller import Controller
+from roundhouse_operator.status_writes import progress_only
 from roundhouse_operator.store import Store, slim
 
 NS = "ns"
@@ -280,7 +281,7 @@ def test_a_mode_is_not_ready_while_an_engine_it_governs_is_still_being_reconcile
     for name in ("fast", "slow"):
         store.put("InferenceEngine", ie(name))
     c = Controller(store, kube)  # type: ignore[arg-type]
-    c.settle_seconds = 0
+    c.settle_seconds = c.progress_every = 0
 
     async def scenario() -> None:
         await c.reconcile(NS, wait=False)  # fast's reconcile goes on; slow's apply hangs
@@ -302,3 +303,49 @@ def test_a_mode_is_not_ready_while_an_engine_it_governs_is_still_being_reconcile
         kube.release.set()
 
     asyncio.run(scenario())
+
+
+def test_a_switchs_progress_is_written_at_most_once_a_period_and_its_end_at_once() -> None:
+    c, kube = controller(("EngineMode", em("ollama")), ("InferenceEngine", ie("v1", "vllm")),
+                         ("InferenceEngine", ie("v2", "vllm")), ("InferenceEngine", ie("o", "ollama")),
+                         ("Pod", pod("v1")), ("Pod", pod("v2")))  # fmt: skip
+    c.progress_every = 0.3
+
+    def mode() -> dict[str, Any]:
+        return c.store.get("EngineMode", NS, "default")["status"]  # type: ignore[index,no-any-return]
+
+    async def scenario() -> None:
+        await c.reconcile(NS)
+        assert mode()["message"] == "switching to ollama: 2 outgoing pod(s) stopping"
+        writes = kube.status_patched.count("EngineMode/default")
+        c.store.remove("Pod", pod("v1"))
+        await c.reconcile(NS, {"v1"})
+        assert kube.status_patched.count("EngineMode/default") == writes  # a count only: held back
+        assert mode()["message"] == "switching to ollama: 2 outgoing pod(s) stopping"
+        await asyncio.sleep(0.35)
+        assert NS in c.dirty  # ... and due once the period is over
+        await c.reconcile(NS, set())
+        assert mode()["message"] == "switching to ollama: 1 outgoing pod(s) stopping"
+        c.store.remove("Pod", pod("v2"))
+        await c.reconcile(NS, {"v2"})  # the outgoing pods are gone: o starts (a count again: held)
+        ready = copy.deepcopy(c.store.get("Deployment", NS, "o"))
+        assert ready is not None and ready["spec"]["replicas"] == 1
+        ready["status"] = {"replicas": 1, "readyReplicas": 1}
+        ready["metadata"]["resourceVersion"] = "900"
+        c.store.put("Deployment", ready)
+        c.store.put("Pod", pod("o"))
+        await c.reconcile(NS, {"o"})
+        assert mode()["phase"] == "Ready" and mode()["activeMode"] == "ollama"  # the end: at once
+
+    asyncio.run(scenario())
+
+
+def test_progress_only_ignores_the_message_and_the_engines_list_nothing_else() -> None:
+    cond: dict[str, Any] = {"type": "Ready", "status": "False", "reason": "Switching", "message": "2 outgoing"}
+    base: dict[str, Any] = {"phase": "Switching", "activeMode": "vllm", "message": "2 outgoing",
+                            "engines": [{"name": "a"}], "conditions": [cond]}  # fmt: skip
+    later = {**base, "message": "1 outgoing", "engines": [], "conditions": [{**cond, "message": "1 outgoing"}]}
+    assert progress_only(base, later)
+    assert not progress_only(base, {**base, "phase": "Ready"})
+    assert not progress_only(base, {**base, "activeMode": "ollama"})
+    assert not progress_only(base, {**base, "conditions": [{**cond, "status": "True"}]})
