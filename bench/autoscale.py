@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "crds"))
 
 from roundhouse_api import Autoscaling  # noqa: E402
-from roundhouse_api.autoscaler import Reading, autoscale  # noqa: E402
+from roundhouse_api.autoscaler import Reading, autoscale, next_step  # noqa: E402
 from roundhouse_api.ondemand import Budget, DemandView, plan_on_demand  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -275,7 +275,7 @@ class _Elastic:
             # ... and at once when its load asks for another replica than the last report said.
             step = self.policy[name].target_requests_per_replica
             last = self.series[name][-1].load if self.series[name] else 0
-            rise = in_flight + waiting > max(1, math.ceil(last / step)) * step
+            rise = in_flight + waiting >= next_step(last, step)
             if due or first_wait or rise or (not in_flight and not waiting and self.series[name]
                                      and self.series[name][-1].load):  # fmt: skip
                 self.series[name].append(Reading("gw", now, in_flight, waiting))

@@ -84,6 +84,12 @@ def recommend(policy: Autoscaling, load: int) -> int:
     return min(high, max(low, math.ceil(load / policy.target_requests_per_replica)))
 
 
+def next_step(load: int, target: int) -> int:
+    """The load at which the autoscaler asks for more replicas than `load` does (at least one replica's
+    worth): a gateway whose load reaches it reports at once rather than at its next interval."""
+    return max(1, math.ceil(load / target)) * target + 1
+
+
 def _moments(series: Sequence[Reading], start: float, now: float) -> list[float]:
     """Where the load may change within [start, now]: the start, each reading and each expiry."""
     points = {start, now}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from roundhouse_api import Autoscaling
-from roundhouse_api.autoscaler import Reading, autoscale, load_at, readings
+from roundhouse_api.autoscaler import Reading, autoscale, load_at, next_step, readings, recommend
 from roundhouse_api.demand import GatewayReport
 
 POLICY = Autoscaling(minReplicas=1, maxReplicas=5, targetRequestsPerReplica=4, scaleUpSeconds=20,
@@ -200,3 +200,13 @@ def test_need_is_what_the_load_asks_now_before_the_windows(
 ) -> None:
     s = autoscale(POLICY, current, series, now, 0)
     assert (s.replicas, s.need) == (replicas, need)
+
+
+STEPS = [(0, 4, 5), (3, 4, 5), (4, 4, 5), (5, 4, 9), (9, 8, 17), (16, 8, 17)]
+
+
+@pytest.mark.parametrize(("load", "target", "at"), STEPS)
+def test_next_step_is_where_the_load_asks_for_another_replica(load: int, target: int, at: int) -> None:
+    assert next_step(load, target) == at
+    policy = Autoscaling(minReplicas=1, maxReplicas=100, targetRequestsPerReplica=target)
+    assert recommend(policy, at) == recommend(policy, max(load, 1)) + 1 == recommend(policy, at - 1) + 1

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 
+from roundhouse_api.autoscaler import next_step
 from roundhouse_api.demand import REPORT_INTERVAL, GatewayReport
 from roundhouse_gateway import metrics
 from roundhouse_gateway.engines.catalog import Catalog
@@ -109,7 +110,7 @@ class Demand:
             self.dirty.set()
         self.acked, self.acked_switch = draining, switch
         self.steps = {e.name: e.scale_step for e in catalog.engines if e.scale_step > 0}
-        self.rise_at = {e: self.rise_at.get(e, _next_step(0, step)) for e, step in self.steps.items()}
+        self.rise_at = {e: self.rise_at.get(e, next_step(0, step)) for e, step in self.steps.items()}
         stopping = {e.name: e.stopping for e in catalog.engines if e.stopping}
         if any(set(eps) - set(self.stopping.get(name, ())) for name, eps in stopping.items()):
             self.dirty.set()  # replicas newly stopped: say so (with what is in flight there) so the scale-down goes on
@@ -143,7 +144,7 @@ class Demand:
             report = self.report()
             self.reported_busy, self.reported_stopping = set(report.in_flight), set(report.stopping)
             self.reported_held = {e for e, v in report.engine_load.items() if v > 0}
-            self.rise_at = {e: _next_step(report.in_flight.get(e, 0) + report.queued.get(e, 0), step)
+            self.rise_at = {e: next_step(report.in_flight.get(e, 0) + report.queued.get(e, 0), step)
                             for e, step in self.steps.items()}  # fmt: skip
             try:
                 await self.write(report)
@@ -152,11 +153,6 @@ class Demand:
                 log.warning("demand report not written", extra={"error": repr(err)})
                 await asyncio.sleep(1.0)
                 self.dirty.set()
-
-
-def _next_step(load: int, step: int) -> int:
-    """The load past the replicas that `load` asks for (at least one): where another replica is wanted."""
-    return max(1, math.ceil(load / step)) * step + 1
 
 
 class Waiter:
