@@ -124,10 +124,10 @@ def alternating(minutes: float) -> list[Request]:
     return [Request("small-gguf" if int(t // 10) % 2 else "alt-gguf", t) for t in range(0, int(minutes * 60), 2)]
 
 
-def fixed_sizes(reqs: list[Request], minutes: float, peak: bool) -> dict[str, int]:
+def fixed_sizes(reqs: list[Request], minutes: float, models: dict[str, Model], peak: bool) -> dict[str, int]:
     """Replicas per model for its peak (the busiest 30 s) or its mean in-flight load."""
     out = {}
-    for m in MODELS:
+    for m in models.values():
         times = [r.arrived for r in reqs if r.model == m.name]
         if peak:
             window = max((sum(1 for t in times if s <= t < s + 30) for s in range(0, int(minutes * 60), 10)), default=0)
@@ -321,7 +321,7 @@ def q(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
 
 
-def summary(label: str, reqs: list[Request], fleet: Fleet, models: dict[str, Model]) -> dict[str, float]:
+def summary(label: str, reqs: list[Request], fleet: Fleet) -> dict[str, float]:
     served = [r for r in reqs if not r.failed and r.done_at is not None]
     ttft = sorted(r.first_at - r.arrived for r in served)  # type: ignore[operator]
     wait = sorted(r.started - r.arrived for r in served)  # type: ignore[operator]
@@ -338,7 +338,7 @@ def summary(label: str, reqs: list[Request], fleet: Fleet, models: dict[str, Mod
 
 def compare(reqs: list[Request], minutes: float, models: dict[str, Model], bound: bool) -> None:
     """The fleets side by side over one trace, on one model of the engines."""
-    peak, mean = fixed_sizes(reqs, minutes, True), fixed_sizes(reqs, minutes, False)
+    peak, mean = fixed_sizes(reqs, minutes, models, True), fixed_sizes(reqs, minutes, models, False)
     peak_gpus = sum(models[n].gpus * k for n, k in peak.items())
     budget = max(max(m.gpus for m in models.values()), math.ceil(peak_gpus * 0.75))
     policy = {n: Autoscaling(minReplicas=0, maxReplicas=peak[n] + 1, targetRequestsPerReplica=m.slots,
@@ -354,7 +354,7 @@ def compare(reqs: list[Request], minutes: float, models: dict[str, Model], bound
     for label, sizes, schedule in fleets:
         fresh = [Request(r.model, r.arrived) for r in reqs]
         fleet = run(fresh, minutes, models, sizes, budget, policy, schedule)
-        rows[label] = summary(label, fresh, fleet, models)
+        rows[label] = summary(label, fresh, fleet)
     k = rows["peak"]
     for label in ("elastic", "react*", "foresee*"):
         e = rows[label]
