@@ -212,6 +212,43 @@ def test_refused_is_a_connect_error_and_a_silent_engine_times_out(run: Any) -> N
     run(main())
 
 
+def test_a_body_that_stalls_times_out_by_its_own_deadline_and_a_moved_one(run: Any) -> None:
+    """The head arrives, then the body stops: TimeoutError after body_timeout, the connection not pooled;
+    within() moves the deadline later (the body then arrives) or lifts it."""
+
+    async def stalls(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(r)
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+            await w.drain()
+            await asyncio.sleep(0.4)
+            w.write(b"cd")
+            await w.drain()
+
+    async def main() -> None:
+        server, url = await serve(stalls)
+        u = Upstream()
+        loop = asyncio.get_running_loop()
+        resp = await u.request("POST", url, "/", b"", [], 1, 1, body_timeout=0.1)
+        began = loop.time()
+        with pytest.raises(TimeoutError):
+            await resp.read()
+        assert loop.time() - began < 0.35
+        resp.release()
+        assert not u._idle.get(origin_of(url))  # a half-read answer is never reused
+        resp = await u.request("POST", url, "/", b"", [], 1, 1, body_timeout=0.1)
+        resp.within(1.0)  # later than the first deadline: the timer set for 0.1 s must not fire
+        assert await resp.read() == b"abcd"
+        resp.release()
+        resp = await u.request("POST", url, "/", b"", [], 1, 0.2)  # the head's deadline ends with the head
+        assert await resp.read() == b"abcd"
+        resp.release()
+        await u.close()
+        server.close()
+
+    run(main())
+
+
 def test_a_reply_that_is_not_http_is_a_read_error(run: Any) -> None:
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await read_request(r)

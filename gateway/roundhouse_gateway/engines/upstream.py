@@ -67,6 +67,11 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.idle_since = 0.0
         self.lost = False
+        # One timer per request, re-armed by moving `deadline` (it fires, then re-schedules itself if the
+        # deadline moved): asyncio.timeout() around each wait cost two objects and a timer each.
+        self.deadline: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -76,7 +81,7 @@ class _Connection(asyncio.Protocol):
         self.until_close = False  # no length, not chunked: the body ends when the connection does
         self.complete = False
         self.received = False
-        self.error: UpstreamError | None = None
+        self.error: UpstreamError | TimeoutError | None = None
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.paused = False
@@ -102,6 +107,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.disarm()
         if self.head is not None and self.head.done() and self.until_close and not self.complete:
             self.complete = True
             self._wake()
@@ -131,14 +137,46 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.disarm()
         self._wake()
+
+    # the request's deadline
+    def arm(self, seconds: float | None) -> None:
+        """Fail what waits on this response with TimeoutError `seconds` from now (None: never)."""
+        if seconds is None or self.complete:
+            self.disarm()
+            return
+        loop = asyncio.get_running_loop()
+        self.deadline = deadline = loop.time() + seconds
+        if self.timer is not None and self.timer_at > deadline:  # earlier than the timer: set it again
+            self.timer.cancel()
+            self.timer = None
+        if self.timer is None:
+            self.timer, self.timer_at = loop.call_at(deadline, self._check_deadline), deadline
+
+    def disarm(self) -> None:
+        self.deadline = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _check_deadline(self) -> None:
+        self.timer = None
+        if self.deadline is None or self.complete:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.deadline:  # moved later since the timer was set
+            self.timer, self.timer_at = loop.call_at(self.deadline, self._check_deadline), self.deadline
+            return
+        self.deadline = None
+        self._fail(TimeoutError())
 
     # used by Response / Upstream
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    def _fail(self, err: UpstreamError) -> None:
+    def _fail(self, err: UpstreamError | TimeoutError) -> None:
         if self.error is None:
             self.error = err
         if self.head is not None and not self.head.done():
@@ -178,6 +216,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.lost = True
+        self.disarm()
         if self.transport is not None:
             self.transport.close()
 
@@ -194,6 +233,10 @@ class Response:
     async def read_chunk(self) -> bytes:
         """Whatever body bytes have arrived (waiting for some); b"" once the body is complete."""
         return await self._conn.next_chunk()
+
+    def within(self, seconds: float | None) -> None:
+        """The rest of the body must arrive within `seconds` from now (None: no limit), else TimeoutError."""
+        self._conn.arm(seconds)
 
     async def read(self) -> bytes:
         parts = []
@@ -217,10 +260,13 @@ class Upstream:
         self._closed = False
 
     async def request(self, method: str, url_base: str, path: str, body: bytes, headers: Iterable[tuple[str, str]],
-                      connect_timeout: float, head_timeout: float) -> Response:  # fmt: skip
+                      connect_timeout: float, head_timeout: float, body_timeout: float | None = None
+                      ) -> Response:  # fmt: skip
         """Send one request to `url_base` + `path`; return once the response's head has arrived.
+        `body_timeout`: the body must then arrive within that many seconds (Response.within changes it).
 
-        Raises ConnectError, ReadError, or TimeoutError (connect or head took too long)."""
+        Raises ConnectError, ReadError, or TimeoutError (connect or head took too long; reading the body
+        took longer than `body_timeout`)."""
         origin = origin_of(url_base)
         lines = [f"{method} {origin.prefix}{path} HTTP/1.1\r\n".encode("latin-1"), b"Host: ", origin.host_header,
                  b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]  # fmt: skip
@@ -234,9 +280,9 @@ class Upstream:
             if conn is None:
                 conn = await self._connect(origin, connect_timeout)
             head = conn.send(request)
+            conn.arm(head_timeout)
             try:
-                async with asyncio.timeout(head_timeout):
-                    await head
+                await head
             except ReadError:
                 conn.close()
                 if reused and not conn.received:
@@ -247,6 +293,7 @@ class Upstream:
             except BaseException:
                 conn.close()
                 raise
+            conn.arm(body_timeout)
             return Response(conn, self)
 
     def _take(self, origin: Origin) -> _Connection | None:

@@ -115,7 +115,9 @@ class Forwarder:
         engine, t, health = cand.engine, cand.engine.timeouts, self.fleet.health
         sent_at = time.perf_counter()
         try:
-            resp = await self.upstream.request("POST", cand.endpoint, path, payload, headers, t.connect, t.first_byte)
+            # The body of an answer that is not a stream gets first_byte too (a stream sets its own below).
+            resp = await self.upstream.request("POST", cand.endpoint, path, payload, headers, t.connect, t.first_byte,
+                                               None if f.stream else t.first_byte)  # fmt: skip
         except (UpstreamError, TimeoutError) as err:
             health.failure(cand.endpoint, type(err).__name__)
             return f"connect:{type(err).__name__}"
@@ -136,12 +138,14 @@ class Forwarder:
                 "X-Roundhouse-Route-Reason": reason,
             }
             if "text/event-stream" in out_headers["Content-Type"]:
+                resp.within(None)
                 return await self.stream(send, resp, out_headers, engine, cand, f, started, rid, reason, strip,
                                          capture)  # fmt: skip
             # Small bodies: read it all first, so a failure mid-body can still fail over.
             try:
-                async with asyncio.timeout(t.first_byte):
-                    data = await resp.read()
+                if f.stream:  # an answer that is not a stream to a request for one: its body in first_byte
+                    resp.within(t.first_byte)
+                data = await resp.read()
             except (UpstreamError, TimeoutError) as err:
                 health.failure(cand.endpoint, type(err).__name__)
                 return f"read:{type(err).__name__}"
