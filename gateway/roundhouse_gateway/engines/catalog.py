@@ -103,6 +103,20 @@ class Catalog:
         return next((e for e in self.engines if e.name == name), None)
 
     @functools.cached_property
+    def serving(self) -> dict[str, tuple[Engine, ...]]:
+        """Per served name, the engines serving it, in catalog order (routed on every request)."""
+        by_name: dict[str, list[Engine]] = {}
+        for e in self.engines:
+            for n in e.served:
+                by_name.setdefault(n, []).append(e)
+        return {n: tuple(es) for n, es in by_name.items()}
+
+    @functools.cached_property
+    def contexts(self) -> dict[str, frozenset[int]]:
+        """Per served name, the context sizes its engines declare."""
+        return {n: frozenset(e.context_length for e in es if e.context_length) for n, es in self.serving.items()}
+
+    @functools.cached_property
     def served(self) -> frozenset[str]:
         """Every name any engine serves (active or not): what a metric's model label may be."""
         return frozenset(n for e in self.engines for n in e.served)

@@ -34,7 +34,10 @@ class Health:
         self.endpoints: dict[str, EndpointHealth] = {}
 
     def _get(self, endpoint: str) -> EndpointHealth:
-        return self.endpoints.setdefault(endpoint, EndpointHealth())
+        h = self.endpoints.get(endpoint)
+        if h is None:  # not setdefault: that builds an EndpointHealth on every call
+            h = self.endpoints[endpoint] = EndpointHealth()
+        return h
 
     def healthy(self, endpoint: str) -> bool:
         """Whether a request may go to `endpoint` now (a half-open circuit admits one trial)."""

@@ -99,6 +99,8 @@ class Prober:
     def wait_for(self, engines: set[str], delta: int) -> None:
         """A request starts (+1) or stops (-1) waiting for `engines`; while any waits, their starting
         replicas are probed every EARLY_PROBE_SECONDS and routed to once one answers."""
+        if not engines:  # every routed request says so: nothing to count
+            return
         for name in engines:
             self.waiting_for[name] += delta
             if self.waiting_for[name] > 0 and name not in self._early:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -65,13 +64,13 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def cancel_on_disconnect(receive: Receive, handler: asyncio.Task[Any], left: asyncio.Event) -> None:
-    """Cancel `handler` when the client disconnects. The server also reports a disconnect once the
-    response is complete; by then `handler` has cancelled this watcher (no await in between)."""
+async def cancel_on_disconnect(receive: Receive, leave: Callable[[], None]) -> None:
+    """Call `leave` (which cancels the request's handler) when the client disconnects. The server also
+    reports a disconnect once the response is complete; by then the handler has cancelled this watcher
+    (no await in between)."""
     while (await receive())["type"] != "http.disconnect":
         pass
-    left.set()
-    handler.cancel()
+    leave()
 
 
 async def respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:

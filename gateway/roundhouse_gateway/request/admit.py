@@ -39,4 +39,6 @@ async def admit(who: Identity, call: Call, request: Request, auth: Auth) -> Requ
             body = {**body, "stream_options": {**options, "include_usage": True}}
             rewritten, strip = True, True
     call.strip_usage = strip
+    if f is request.features and not strip:  # most requests: as read
+        return request
     return dataclasses.replace(request, body=body, features=f, rewritten=rewritten, strip_usage=strip)

@@ -49,10 +49,11 @@ class Completions:
             # disconnect (a second task for the proxying and asyncio.wait cost ~10 us a request).
             handler = asyncio.current_task()
             assert handler is not None
-            left = asyncio.Event()
+            left = False
 
             def leave() -> None:
-                left.set()
+                nonlocal left
+                left = True
                 handler.cancel()
 
             hook: DisconnectHook | None = (scope.get("extensions") or {}).get(ON_DISCONNECT)
@@ -60,11 +61,11 @@ class Completions:
             if hook is not None:
                 hook(leave)
             else:
-                watcher = asyncio.create_task(cancel_on_disconnect(receive, handler, left))
+                watcher = asyncio.create_task(cancel_on_disconnect(receive, leave))
             try:
                 await self.answer(send, rid, request, call, started)
             except asyncio.CancelledError:
-                if not left.is_set():
+                if not left:
                     raise
                 handler.uncancel()
                 call.status = call.status or 499  # the client closed the request

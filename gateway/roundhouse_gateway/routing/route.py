@@ -72,7 +72,7 @@ def route(f: Features, catalog: Catalog, healthy: Healthy, outstanding: Outstand
     """Candidates for one request, best first, with the reason for the choice. `turn` rotates the
     order among equals, so equally loaded endpoints take turns; `holds` says whether a replica serves
     the requested model (an adapter loaded at run time: once it lists it; default: every replica)."""
-    serving = [e for e in catalog.engines if f.model in e.served]
+    serving = list(catalog.serving.get(f.model, ()))
     if f.engines:  # engines the key may not use do not serve it: to that caller, they are not there
         serving = [e for e in serving if any(fnmatch.fnmatchcase(e.name, p) for p in f.engines)]
     if not serving:
@@ -163,6 +163,8 @@ def _split(user: str, candidates: list[Candidate], tiers: list[Tier], reasons: l
     """The user's arm first among the best-ranked engines (those equal to the first before load: cap,
     task, priority, context), the rest kept in order for failover. Only where an arm sets its weight:
     engines that set none are a pool, shared by load."""
+    if len(candidates) < 2:
+        return candidates
     tier = [c.engine for c, rank in zip(candidates, tiers, strict=True) if rank == tiers[0]]
     arms = {e.name: e.weight for e in tier}
     if len(arms) < 2 or not any(e.weighted for e in tier):

@@ -30,8 +30,7 @@ def near_a_limit(f: Features, catalog: Catalog) -> bool:
     need = f.prompt_tokens + f.max_tokens
     if not f.prompt_tokens:
         return False
-    contexts = {e.context_length for e in catalog.engines if f.model in e.served and e.context_length}
-    return any(abs(need - c) <= NEAR * c for c in contexts if c)
+    return any(abs(need - c) <= NEAR * c for c in catalog.contexts.get(f.model, ()))
 
 
 def counter(f: Features, catalog: Catalog, health: Health) -> tuple[Engine, str] | None:
