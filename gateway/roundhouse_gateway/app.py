@@ -129,13 +129,11 @@ class Gateway:
         if scope["type"] != "http":
             return
         rid = header(scope, b"x-request-id") or next_request_id()
-        started = streaming = False
+        start: list[dict[str, Any]] = []  # the response's start message, once sent
 
         async def tracked(message: dict[str, Any]) -> None:
-            nonlocal started, streaming
             if message["type"] == "http.response.start":
-                started = True
-                streaming = any(k == b"content-type" and b"event-stream" in v for k, v in message["headers"])
+                start.append(message)
                 extra = call.headers if (call := CALL.get()) is not None else None
                 if extra:  # a limited key's x-ratelimit-* headers, on every answer it gets
                     message = {**message, "headers": [*message["headers"], *extra]}
@@ -147,16 +145,17 @@ class Gateway:
         assert task is not None
         self.drain.tasks.add(task)
         try:
-            await self.dispatch(scope, receive, tracked, rid)
+            await self.dispatch(scope, receive, tracked, rid, task)
         except asyncio.CancelledError:
             if not self.drain.expired:
                 raise
             task.uncancel()  # the drain deadline: answer in OpenAI's shape rather than drop the connection
             message = "the gateway is shutting down; retry the request"
-            if not started:
+            if not start:
                 await respond(send, 503, error_body(message, "service_unavailable", "shutting_down"),
                               {"X-Request-Id": rid, "Retry-After": "1", "Connection": "close"})  # fmt: skip
             else:
+                streaming = any(k == b"content-type" and b"event-stream" in v for k, v in start[0]["headers"])
                 tail = error_event(message, "service_unavailable", "shutting_down") if streaming else b""
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
         except ClientError as err:
@@ -165,7 +164,7 @@ class Gateway:
         except Exception:
             # A bug of ours, never the client's: logged once with the request id, answered in OpenAI's shape.
             log.exception("unexpected error", extra={"request_id": rid, "path": scope.get("path")})
-            if not started:
+            if not start:
                 body = error_body(f"internal error (request id {rid})", "server_error", "internal_error")
                 await respond(send, 500, body, {"X-Request-Id": rid})
         finally:
@@ -182,12 +181,12 @@ class Gateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def dispatch(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send, rid: str, task: asyncio.Task[Any]) -> None:
         path, method = scope["path"], scope["method"]
         if path in COMPLETION_PATHS:
             if method != "POST":
                 raise ClientError(405, f"{path} accepts POST", "method_not_allowed")
-            await self.completions(scope, receive, send, rid, COMPLETION_PATHS[path], self.auth.client(scope))
+            await self.completions(scope, receive, send, rid, COMPLETION_PATHS[path], self.auth.client(scope), task)
         elif path == "/v1/models" and method == "GET":
             self.auth.client(scope)
             await respond_json(send, 200, models.model_list(self.catalog))

@@ -73,11 +73,24 @@ async def cancel_on_disconnect(receive: Receive, leave: Callable[[], None]) -> N
     leave()
 
 
+_NAMES: dict[str, bytes] = {}  # header names as the wire has them (lower case): a handful, all the gateway's own
+
+
+def wire_name(name: str) -> bytes:
+    """`name` lower-cased and encoded, remembered (the gateway writes the same few names on every answer)."""
+    found = _NAMES.get(name)
+    if found is None:
+        found = name.lower().encode("latin-1")
+        if len(_NAMES) < 256:
+            _NAMES[name] = found
+    return found
+
+
 async def respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
-    hs = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    hs = [(wire_name(k), v.encode()) for k, v in headers.items()]
     if not any(k == b"content-type" for k, _ in hs):
         hs.append((b"content-type", b"application/json"))
-    hs.append((b"content-length", str(len(body)).encode()))
+    hs.append((b"content-length", b"%d" % len(body)))
     await send({"type": "http.response.start", "status": status, "headers": hs})
     await send({"type": "http.response.body", "body": body})
 

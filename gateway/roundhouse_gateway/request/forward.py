@@ -17,7 +17,7 @@ from roundhouse_gateway import metrics
 from roundhouse_gateway.engines.catalog import Engine
 from roundhouse_gateway.engines.fleet import Fleet
 from roundhouse_gateway.engines.upstream import Response, Upstream, UpstreamError
-from roundhouse_gateway.http.wire import ClientError, Send, error_body, respond
+from roundhouse_gateway.http.wire import ClientError, Send, error_body, respond, wire_name
 from roundhouse_gateway.request.account import Outcome
 from roundhouse_gateway.request.engine_errors import engine_text, openai_error
 from roundhouse_gateway.request.read import Request
@@ -184,7 +184,7 @@ class Forwarder:
         elif b'"usage"' in first:
             usage_chunk = first
         await send({"type": "http.response.start", "status": resp.status,
-                    "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})  # fmt: skip
+                    "headers": [(wire_name(k), v.encode()) for k, v in headers.items()]})  # fmt: skip
         await send({"type": "http.response.body", "body": first, "more_body": True})
         kept = [first] if capture else None
         ended_cleanly = stream_ended(f.kind, first, first)

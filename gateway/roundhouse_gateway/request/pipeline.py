@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from roundhouse_gateway.engines.fleet import Fleet
 from roundhouse_gateway.http.server import ON_DISCONNECT
@@ -36,7 +37,10 @@ class Completions:
         self.shadower = shadower
         self.max_body, self.retry_after = max_body, retry_after
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, rid: str, kind: str, who: Identity) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, rid: str, kind: str, who: Identity,
+                       handler: asyncio.Task[Any]) -> None:  # fmt: skip
+        """Answer one request of `kind` for `who`; `handler` is the task answering it (cancelled if the client
+        leaves)."""
         started = time.perf_counter()
         call = Call(key=who.name)
         CALL.set(call)  # app.py reads it for the headers every answer to this request carries
@@ -47,8 +51,6 @@ class Completions:
             # If the client leaves, this task is cancelled, which stops the upstream request too: the
             # server calls back where it can (http/server.py), else a watcher task waits for the
             # disconnect (a second task for the proxying and asyncio.wait cost ~10 us a request).
-            handler = asyncio.current_task()
-            assert handler is not None
             left = False
 
             def leave() -> None:
