@@ -25,6 +25,9 @@ class FakeResponse:
         self.status = 200
         self.chunks, self.fail_after = list(chunks), fail_after
 
+    def within(self, seconds: float | None) -> None:
+        pass  # deadlines are the upstream client's (tests/unit/test_upstream.py)
+
     async def read_chunk(self) -> bytes:
         if self.chunks:
             return self.chunks.pop(0)

@@ -229,10 +229,9 @@ class Response:
         self.status = conn.status
         self.headers = conn.headers  # names in lower case
         self._released = False
-
-    async def read_chunk(self) -> bytes:
-        """Whatever body bytes have arrived (waiting for some); b"" once the body is complete."""
-        return await self._conn.next_chunk()
+        # Whatever body bytes have arrived (waiting for some); b"" once the body is complete. The
+        # connection's own method: a stream calls it per chunk, and a wrapper would be a frame more.
+        self.read_chunk = conn.next_chunk
 
     def within(self, seconds: float | None) -> None:
         """The rest of the body must arrive within `seconds` from now (None: no limit), else TimeoutError."""

@@ -167,8 +167,9 @@ class Forwarder:
                      strip: bool = False, capture: bool = False) -> Outcome | str:  # fmt: skip
         health, idle = self.fleet.health, engine.timeouts.idle
         try:
-            async with asyncio.timeout(engine.timeouts.first_byte):
-                first = await resp.read_chunk()
+            resp.within(engine.timeouts.first_byte)
+            first = await resp.read_chunk()
+            resp.within(None)  # from here, the idle timeout below
         except (UpstreamError, TimeoutError) as err:
             health.failure(cand.endpoint, type(err).__name__)
             return f"read:{type(err).__name__}"

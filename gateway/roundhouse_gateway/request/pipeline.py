@@ -101,8 +101,9 @@ class Completions:
         shadowing = self.shadower.start(request, targets, rid, started) if targets else None
         outcome: Outcome | None = None
         try:
-            outcome = await self.forwarder.forward(prelude.send if prelude else send, rid, request, decision, started,
-                                                   shadowing is not None)  # fmt: skip
+            # The prelude's send only matters once it has started the response (it waited): else a layer per chunk.
+            outcome = await self.forwarder.forward(prelude.send if prelude and prelude.started else send, rid, request,
+                                                   decision, started, shadowing is not None)  # fmt: skip
         finally:
             if shadowing is not None:  # the copies compare with the primary's answer (none if it failed)
                 engine = outcome.engine if outcome is not None else None

@@ -34,6 +34,8 @@ def strip_usage(pending: bytes, chunk: bytes) -> tuple[bytes, bytes, bytes | Non
     """For a stream whose usage the gateway asked for and the client did not: (the complete events to
     send, the partial event to keep for the next chunk, the usage event's JSON if one went by). A
     usage-only event is dropped; usage in an event that also has choices is taken out of it."""
+    if not pending and chunk.endswith(b"\n\n") and b'"usage"' not in chunk:  # most chunks: whole events, no usage
+        return chunk, b"", None
     data = pending + chunk
     cut = data.rfind(b"\n\n")
     if cut < 0:
