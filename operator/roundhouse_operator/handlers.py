@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from roundhouse_api import GROUP, VERSION
+from roundhouse_api import GROUP, VERSION, heap
 
 from . import metrics
 from .controller import Controller
@@ -47,6 +47,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE["controller"] = controller
     namespaces = STATE.get("namespaces") or []
     await asyncio.to_thread(seed, controller, namespaces)
+    heap.settle()  # what start-up and the seed built lives on: out of the collector's walks
     start_watchers(asyncio.get_running_loop())
     election = STATE.get("election")
     if election is None:
