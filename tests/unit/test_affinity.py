@@ -154,6 +154,39 @@ def test_load_is_read_from_each_familys_own_metrics() -> None:
     assert reported("not { prometheus", ("x",)) is None
 
 
+def big_vllm_exposition(histograms: int = 30) -> str:
+    """An exposition the size of a real vLLM's: histogram families, labels with spaces and braces in
+    their values, a name that starts like a load gauge's, a timestamp."""
+    lines = []
+    for h in range(histograms):
+        lines += [f"# HELP vllm:latency_{h}_seconds Histogram {h}.", f"# TYPE vllm:latency_{h}_seconds histogram"]
+        lines += [f'vllm:latency_{h}_seconds_bucket{{le="{b}",model_name="m"}} {b * 3}' for b in range(1, 21)]
+        lines += [f'vllm:latency_{h}_seconds_sum{{model_name="m"}} 12.5']
+        lines += [f'vllm:latency_{h}_seconds_count{{model_name="m"}} 7']
+    lines += [
+        "# TYPE vllm:num_requests_running gauge",
+        'vllm:num_requests_running{engine="0",model_name="a {b} c"} 3.0',
+        'vllm:num_requests_running{engine="1",model_name="m"} 2.0 1733580000000',
+        "# TYPE vllm:num_requests_running_peak gauge",
+        'vllm:num_requests_running_peak{model_name="m"} 50.0',
+        "# TYPE vllm:num_requests_waiting gauge",
+        "vllm:num_requests_waiting 4",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_load_lines_are_read_as_prometheus_client_reads_them() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from roundhouse_api.families import FAMILIES
+
+    text = big_vllm_exposition()
+    names = FAMILIES[Family.VLLM].load_metrics
+    expected = sum(float(s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name in names)
+    assert reported(text, names) == expected == 9.0  # 3 + 2 running, 4 waiting; the peak gauge is not one of them
+    assert reported(text.replace("} 2.0 ", "} two "), names) is None  # a load line that is not a number
+
+
 def test_a_stale_reading_is_ignored() -> None:
     load = EngineLoad(interval=0.05)
     load.record("ep", 7.0, own=0)
