@@ -25,6 +25,7 @@ from roundhouse_gateway.engines.fleet import Fleet
 from roundhouse_gateway.engines.probes import Prober
 from roundhouse_gateway.engines.upstream import Upstream
 from roundhouse_gateway.http.drain import Drain
+from roundhouse_gateway.http.server import ON_START, Headers
 from roundhouse_gateway.http.wire import (
     ClientError,
     Receive,
@@ -129,24 +130,36 @@ class Gateway:
         if scope["type"] != "http":
             return
         rid = header(scope, b"x-request-id") or next_request_id()
-        start: list[dict[str, Any]] = []  # the response's start message, once sent
+        start: list[Headers] = []  # the response's headers, once it has started
 
-        async def tracked(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                start.append(message)
-                extra = call.headers if (call := CALL.get()) is not None else None
-                if extra:  # a limited key's x-ratelimit-* headers, on every answer it gets
-                    message = {**message, "headers": [*message["headers"], *extra]}
-                if self.drain.draining:  # clients reconnect, to a replica that is not going away
-                    message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
-            await send(message)
+        def starting(headers: Headers) -> Headers:
+            start.append(headers)
+            extra = call.headers if (call := CALL.get()) is not None else None
+            if extra:  # a limited key's x-ratelimit-* headers, on every answer it gets
+                headers = [*headers, *extra]
+            if self.drain.draining:  # clients reconnect, to a replica that is not going away
+                headers = [*headers, (b"connection", b"close")]
+            return headers
+
+        hook: Callable[[Callable[[Headers], Headers] | None], None] | None = scope.get("extensions", {}).get(ON_START)
+        if hook is not None:  # our server runs `starting` on the headers
+            hook(starting)
+            answer = send
+        else:  # another server: a wrapper does
+
+            async def answer(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": starting(message.get("headers") or [])}
+                await send(message)
 
         task = asyncio.current_task()
         assert task is not None
         self.drain.tasks.add(task)
         try:
-            await self.dispatch(scope, receive, tracked, rid, task)
+            await self.dispatch(scope, receive, answer, rid, task)
         except asyncio.CancelledError:
+            if hook is not None:  # what follows is answered as it is (as it always was)
+                hook(None)
             if not self.drain.expired:
                 raise
             task.uncancel()  # the drain deadline: answer in OpenAI's shape rather than drop the connection
@@ -155,15 +168,19 @@ class Gateway:
                 await respond(send, 503, error_body(message, "service_unavailable", "shutting_down"),
                               {"X-Request-Id": rid, "Retry-After": "1", "Connection": "close"})  # fmt: skip
             else:
-                streaming = any(k == b"content-type" and b"event-stream" in v for k, v in start[0]["headers"])
+                streaming = any(k == b"content-type" and b"event-stream" in v for k, v in start[0])
                 tail = error_event(message, "service_unavailable", "shutting_down") if streaming else b""
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
         except ClientError as err:
+            if hook is not None:
+                hook(None)
             await respond(send, err.status, error_body(err.message, err.type, err.code, err.param),
                           {"X-Request-Id": rid, **err.headers})  # fmt: skip
         except Exception:
             # A bug of ours, never the client's: logged once with the request id, answered in OpenAI's shape.
             log.exception("unexpected error", extra={"request_id": rid, "path": scope.get("path")})
+            if hook is not None:
+                hook(None)
             if not start:
                 body = error_body(f"internal error (request id {rid})", "server_error", "internal_error")
                 await respond(send, 500, body, {"X-Request-Id": rid})
