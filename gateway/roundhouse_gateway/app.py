@@ -141,7 +141,8 @@ class Gateway:
                 headers = [*headers, (b"connection", b"close")]
             return headers
 
-        hook: Callable[[Callable[[Headers], Headers] | None], None] | None = scope.get("extensions", {}).get(ON_START)
+        extensions = scope.get("extensions") or {}
+        hook: Callable[[Callable[[Headers], Headers] | None], None] | None = extensions.get(ON_START)
         if hook is not None:  # our server runs `starting` on the headers
             hook(starting)
             answer = send
