@@ -139,6 +139,29 @@ def main() -> None:
         added = med(r[0] - d[0] for r, d in zip(rows, stream[("direct", n)], strict=True))
         print(f"| {n} | {name} | {med(r[0] for r in rows):.2f} | {med(r[1] for r in rows):.2f} | {added:+.2f} | "
               f"{med(r[2] for r in rows):.0f} | {f'{med(cpu):.3f}' if cpu else '-'} |")  # fmt: skip
+    paired(fixed, stream, list(contenders))
+
+
+Fixed = dict[tuple[str, int], list[tuple[float, float]]]
+Streams = dict[tuple[str, int], list[tuple[float, float, float, float | None]]]
+
+
+def paired(fixed: Fixed, stream: Streams, names: list[str]) -> None:
+    """Per repetition, each Roundhouse contender against the same repetition's direct (added p99) and
+    nginx (CPU per stream): the machine's load moves both sides of a pair alike."""
+    for name in (n for n in names if n.startswith(("roundhouse", "rh-"))):
+        for rate in (40, 200):
+            if (name, rate) in fixed:
+                added = [r[1] - d[1] for r, d in zip(fixed[(name, rate)], fixed[("direct", rate)], strict=True)]
+                print(f"{name} added p99 at {rate}/s, paired per rep: {', '.join(f'{x:+.2f}' for x in added)} ms"
+                      f" (median {statistics.median(added):+.2f})")  # fmt: skip
+        for n in (64, 256):
+            if (name, n) in stream and ("nginx", n) in stream:
+                ratios = [r[3] / g[3] for r, g in zip(stream[(name, n)], stream[("nginx", n)], strict=True)
+                          if r[3] and g[3]]  # fmt: skip
+                each = ", ".join(f"x{x:.2f}" for x in ratios)
+                print(f"{name} CPU per stream vs nginx's, {n} streams, per rep: {each}"
+                      f" (median x{statistics.median(ratios):.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":
