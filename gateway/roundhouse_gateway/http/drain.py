@@ -14,7 +14,6 @@ from typing import Any
 
 import uvloop
 
-from roundhouse_api import heap
 from roundhouse_gateway.http.server import ASGI, App, HttpServer
 
 log = logging.getLogger("roundhouse.gateway")
@@ -108,7 +107,6 @@ async def _serve(app: App, host: str, port: int, drain: Drain, delay: float, dea
     lifespan = Lifespan(app)
     await lifespan.startup()
     await server.start()
-    heap.settle()  # after start-up: what it built is never walked again
     await stop.wait()
     server.stop_accepting()
     server.shutdown_connections()  # idle ones close now, busy ones after their response
