@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -73,17 +74,10 @@ async def cancel_on_disconnect(receive: Receive, leave: Callable[[], None]) -> N
     leave()
 
 
-_NAMES: dict[str, bytes] = {}  # header names as the wire has them (lower case): a handful, all the gateway's own
-
-
+@functools.lru_cache(maxsize=256)
 def wire_name(name: str) -> bytes:
     """`name` lower-cased and encoded, remembered (the gateway writes the same few names on every answer)."""
-    found = _NAMES.get(name)
-    if found is None:
-        found = name.lower().encode("latin-1")
-        if len(_NAMES) < 256:
-            _NAMES[name] = found
-    return found
+    return name.lower().encode("latin-1")
 
 
 async def respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:

@@ -11,7 +11,6 @@ from roundhouse_gateway import metrics
 from roundhouse_gateway.compare.window import Answer, Comparison
 from roundhouse_gateway.engines.catalog import Catalog, Engine
 from roundhouse_gateway.engines.fleet import EngineStats
-from roundhouse_gateway.hotmetrics import CounterChild
 from roundhouse_gateway.keys.auth import Auth
 from roundhouse_gateway.keys.keys import Identity
 from roundhouse_gateway.keys.usage import Call
@@ -66,17 +65,8 @@ def record(o: Outcome, f: Features, call: Call | None, stats: dict[str, EngineSt
 
 def decided(d: Decision) -> None:
     """Count a routing decision by each of its reasons."""
-    counters = _by_reason.get(d.reason)
-    if counters is None:
-        counters = tuple(metrics.child(metrics.DECISIONS, part.split(":", 1)[0]) for part in d.reason.split(","))
-        if len(_by_reason) >= 1024:  # reasons carry names and times now and then: keep the common ones
-            _by_reason.clear()
-        _by_reason[d.reason] = counters
-    for counter in counters:
-        counter.inc()
-
-
-_by_reason: dict[str, tuple[CounterChild, ...]] = {}  # a reason's counters: most requests share a handful
+    for part in d.reason.split(","):
+        metrics.child(metrics.DECISIONS, part.split(":", 1)[0]).inc()
 
 
 def refused(f: Features, status: int, code: str, call: Call | None, rid: str) -> None:

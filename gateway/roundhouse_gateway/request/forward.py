@@ -137,8 +137,7 @@ class Forwarder:
                 "X-Roundhouse-Engine": engine.name,
                 "X-Roundhouse-Route-Reason": reason,
             }
-            if "text/event-stream" in out_headers["Content-Type"]:
-                resp.within(None)
+            if "text/event-stream" in out_headers["Content-Type"]:  # stream() sets its own deadlines
                 return await self.stream(send, resp, out_headers, engine, cand, f, started, rid, reason, strip,
                                          capture)  # fmt: skip
             # Small bodies: read it all first, so a failure mid-body can still fail over.
