@@ -14,9 +14,9 @@ from typing import Any
 
 import kopf
 
-from roundhouse_api import GROUP, VERSION, heap
+from roundhouse_api import GROUP, VERSION
 
-from . import metrics
+from . import heap, metrics
 from .controller import Controller
 from .kube import Kube, load_config
 from .leader import Elector

@@ -1,4 +1,4 @@
-"""The garbage collector as a long-running controller wants it: what start-up built (modules, clients,
+"""The garbage collector as the operator wants it: what start-up built (modules, clients,
 the store's first listing) moved out of the collector's sight, and young collections less often.
 
 Why: the operator's store grows with the cluster and lives as long as the process, yet CPython's full

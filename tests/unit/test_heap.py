@@ -8,7 +8,7 @@ import sys
 
 SCRIPT = """
 import gc
-from roundhouse_api import heap
+from roundhouse_operator import heap
 kept = [[i] for i in range(1000)]  # start-up's long-lived objects
 heap.settle()
 print(gc.get_freeze_count() >= 1000, gc.get_threshold() == (heap.YOUNG, heap.MIDDLE, heap.OLD),
