@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -60,10 +61,14 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return cpu, int(hwm.group(1)) / 1024 if hwm else 0.0  # type: ignore[union-attr]
 
 
-def api_requests(metrics_url: str) -> float:
+def api_requests_by_verb(metrics_url: str) -> dict[str, float]:
     text = httpx.get(metrics_url).text
-    return sum(float(m.group(1)) for m in re.finditer(r"^roundhouse_operator_api_requests_total\{[^}]*\} (\S+)$",
-                                                       text, re.M))  # fmt: skip
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^roundhouse_operator_api_requests_total\{verb="([^"]*)"\} (\S+)$', text, re.M)}  # fmt: skip
+
+
+def api_requests(metrics_url: str) -> float:
+    return sum(api_requests_by_verb(metrics_url).values())
 
 
 def passes(metrics_url: str) -> tuple[float, float]:
@@ -77,30 +82,40 @@ def passes(metrics_url: str) -> tuple[float, float]:
     return value("count"), value("sum")
 
 
-def wait_all_ready(c: lc.Cluster, ns: str, n: int, timeout: float = 600) -> None:
-    """Until `n` InferenceEngines of `ns` say phase Ready, seen through one list+watch.
+def observed(c: lc.Cluster, ns: str, plural: str, timeout: float, **selector: str) -> Iterator[dict[str, Any]]:
+    """Every `plural` object of `ns` as listed, then each change as watched (one list+watch, resumed
+    where it left off); RuntimeError once `timeout` has passed.
 
-    Polling with `kubectl get` every half second cost about half a core on this two-core machine
-    (a Go process start and 1,000 objects serialised each time), slowing what it measured."""
+    Polling with `kubectl get` instead (every 0.5 s for the engines, every 0.2 s for a switch) cost
+    about half a core on this two-core machine (a Go process start and the objects serialised each
+    time), slowing what it measured; the floors poll no such thing."""
     api = k8s_client.CustomObjectsApi(k8s_config.new_client_from_config(str(c.kubeconfig)))
-    phase: dict[str, str] = {}
-    listing = api.list_namespaced_custom_object(GROUP, VERSION, ns, "inferenceengines")
-    for item in listing["items"]:
-        phase[item["metadata"]["name"]] = (item.get("status") or {}).get("phase", "")
     deadline = time.monotonic() + timeout
+    listing = api.list_namespaced_custom_object(GROUP, VERSION, ns, plural, **selector)
+    yield from listing["items"]
     rv = listing["metadata"]["resourceVersion"]
-    while list(phase.values()).count("Ready") < n:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {list(phase.values()).count('Ready')}/{n} Ready after {timeout} s")
-        w = k8s_watch.Watch()
-        for ev in w.stream(api.list_namespaced_custom_object, GROUP, VERSION, ns, "inferenceengines",
-                           resource_version=rv, timeout_seconds=30):  # fmt: skip
-            obj = ev["object"]
-            rv = obj["metadata"]["resourceVersion"]
-            phase[obj["metadata"]["name"]] = (obj.get("status") or {}).get("phase", "")
-            if list(phase.values()).count("Ready") >= n:
-                w.stop()
-                break
+    while time.monotonic() < deadline:
+        for ev in k8s_watch.Watch().stream(api.list_namespaced_custom_object, GROUP, VERSION, ns, plural,
+                                           **selector, resource_version=rv, timeout_seconds=30):  # fmt: skip
+            rv = ev["object"]["metadata"]["resourceVersion"]
+            yield ev["object"]
+    raise RuntimeError(f"{plural} of {ns}: not within {timeout} s")
+
+
+def wait_all_ready(c: lc.Cluster, ns: str, n: int, timeout: float = 600) -> None:
+    """Until `n` InferenceEngines of `ns` say phase Ready."""
+    phase: dict[str, str] = {}
+    for obj in observed(c, ns, "inferenceengines", timeout):
+        phase[obj["metadata"]["name"]] = (obj.get("status") or {}).get("phase", "")
+        if list(phase.values()).count("Ready") >= n:
+            return
+
+
+def wait_mode(c: lc.Cluster, ns: str, done: Callable[[dict[str, Any]], bool], timeout: float = 600) -> None:
+    """Until the EngineMode `default` of `ns` satisfies `done(status)`."""
+    for obj in observed(c, ns, "enginemodes", timeout, field_selector="metadata.name=default"):
+        if done(obj.get("status") or {}):
+            return
 
 
 def _at(stamp: str | None) -> float | None:
@@ -268,21 +283,23 @@ def run_switch(c: lc.Cluster, n: int = 100) -> dict[str, Any]:
         mode = {"apiVersion": "roundhouse.dev/v1alpha1", "kind": "EngineMode", "metadata": {"name": "default"},
                 "spec": {"mode": "vllm", "switchPolicy": {"drainSeconds": 0}}}  # fmt: skip
         c.apply([mode, *switch_docs(n)], ns)
-        lc.wait_until(lambda: (c.get("em", "default", ns).get("status") or {}).get("phase") == "Ready", 300,
-                      "initial mode Ready", interval=0.5)  # fmt: skip
+        wait_mode(c, ns, lambda st: st.get("phase") == "Ready", 300)
         custom = k8s_client.CustomObjectsApi(k8s_config.new_client_from_config(str(c.kubeconfig)))
+        reqs, cpu = api_requests_by_verb(op.metrics_url), proc_stats(op.proc.pid)[0]  # type: ignore[attr-defined, union-attr]
         # The patch goes through the API client, as the floor's requests do: kubectl's own start-up
         # (about 0.3 s here) is not the operator's time.
         start = time.monotonic()
         custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "enginemodes", "default",
                                               {"spec": {"mode": "ollama"}},
                                               _content_type="application/merge-patch+json")  # fmt: skip
-        lc.wait_until(lambda: (st := c.get("em", "default", ns).get("status") or {}).get("phase") == "Ready"
-                      and st.get("activeMode") == "ollama", 600, "switch complete", interval=0.2)  # fmt: skip
+        wait_mode(c, ns, lambda st: st.get("phase") == "Ready" and st.get("activeMode") == "ollama")
         elapsed = time.monotonic() - start
         st = c.get("em", "default", ns)["status"]
         return {"governed_engines": n, "patch_to_ready_s": round(elapsed, 2),
-                "operator_reported_s": st.get("lastSwitchSeconds")}  # fmt: skip
+                "operator_reported_s": st.get("lastSwitchSeconds"),
+                "api_requests": {verb: int(v - reqs.get(verb, 0)) for verb, v in  # what the switch sent
+                                 api_requests_by_verb(op.metrics_url).items() if v > reqs.get(verb, 0)},  # type: ignore[attr-defined]
+                "operator_cpu_s": round(proc_stats(op.proc.pid)[0] - cpu, 2)}  # type: ignore[union-attr]  # fmt: skip
     finally:
         op.stop()
         gone(c, ns)
