@@ -404,8 +404,13 @@ def test_on_demand_swaps_real_engine_pods_within_the_budget(engines_up: Cluster)
     def watch() -> None:
         while not stop.is_set():
             # Both sides by what holds GPUs: the new engine's own stopped pods, from when it last
-            # went to standby, can still be listed in a terminal phase as the request arrives.
-            seen.append((len(holding_pods(c, old)), len(holding_pods(c, new))))
+            # went to standby, can still be listed in a terminal phase as the request arrives. One
+            # listing for both: two, a kubectl call apart, could see the old pod before it went and
+            # the new one after it came.
+            holding = [(p["metadata"].get("labels") or {}).get("roundhouse.dev/engine")
+                       for p in c.list("pods", NS, selector=f"roundhouse.dev/engine in ({old},{new})")
+                       if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]  # fmt: skip
+            seen.append((holding.count(old), holding.count(new)))
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)
