@@ -284,8 +284,9 @@ def test_mode_switch_stops_llama_server_before_ollama_starts_and_held_requests_a
     for a in askers:
         a.join(200)
     assert held == [(200, "tiny-ollama")] * 3
-    mode = c.get("em", "default", NS)["status"]
-    assert mode["activeMode"] == "ollama" and mode["phase"] == "Ready"
+    # The mode's status is its own write, on the operator's pass after the engine's: a moment later.
+    wait_until(lambda: (m := c.get("em", "default", NS)["status"])["activeMode"] == "ollama" and m["phase"] == "Ready",
+               30, "the EngineMode Ready in ollama")  # fmt: skip
     sidecar = c.kubectl("logs", "deployment/tiny-ollama", "-c", "model-puller", namespace=NS).stdout
     assert '"event": "present"' in sidecar and "pulling" not in sidecar  # on the volume: no registry needed
 
