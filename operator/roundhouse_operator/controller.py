@@ -106,7 +106,8 @@ class Controller(Probing, StatusWriting, Autoscaling, EngineReconciling):
         # time; an engine marked while its task runs is reconciled again once it is done.
         self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._again: set[tuple[str, str]] = set()
-        self._settle: dict[tuple[str, str], float] = {}  # engine -> loop time its status may be written
+        self._settle: dict[tuple[str, str], float] = {}  # engine -> loop time its settling time ends
+        self._held: dict[tuple[str, str], EngineStatus] = {}  # engine -> its status, waiting for that time
         self.settle_seconds = SETTLE_SECONDS
         self.progress_every = PROGRESS_EVERY
         self._mode_written: dict[tuple[str, str], float] = {}
@@ -378,6 +379,7 @@ class Controller(Probing, StatusWriting, Autoscaling, EngineReconciling):
         self._plans.pop((namespace, name), None)
         self._statuses.pop((namespace, name), None)
         self._settle.pop((namespace, name), None)
+        self._held.pop((namespace, name), None)
         self._scales.pop((namespace, name), None)
         self._stopping.pop((namespace, name), None)
         for key in [k for k in self._parsed if k[0] == uid]:

@@ -24,6 +24,7 @@ from .kube import Kube
 from .plan import EnginePlan, ModePlan
 from .render import HASH_ANNOTATION, render, runs_workload
 from .scaling import scaling_status
+from .settling import SETTLING_PHASES, may_wait
 from .status import Observed, engine_status
 from .stopping import Step
 from .store import Store
@@ -32,11 +33,11 @@ log = logging.getLogger("roundhouse.operator")
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 60.0
 SECRET_RECHECK_SECONDS = 3.0
 MAX_PARALLEL_APPLIES = 16
-# A new engine's Deployment is acted on by the controller-manager, the scheduler and the kubelet within
-# seconds; its first Pending or Starting status waits that long, so that a quick engine's first write
-# says Ready (at 1,000 engines, writing every step cost an API request per engine more than the apply).
-SETTLE_SECONDS = 2.0
-SETTLING_PHASES = (Phase.PENDING, Phase.STARTING)  # Ready, Failed and Standby are written at once
+# An applied Deployment is acted on by the controller-manager, the scheduler and the kubelet within
+# seconds; what an engine says meanwhile (settling.py: coming up, counts) waits that long, so that a quick
+# engine's first write says Ready (at 1,000 engines, writing every step cost an API request per engine
+# more than the apply). Under a 100-engine switch the incoming pods take 3-5 s.
+SETTLE_SECONDS = 5.0
 # API server answers that mean the rendered object itself is refused (not a passing failure).
 REFUSED_STATUSES = {400, 403, 422}
 
@@ -105,6 +106,7 @@ class EngineReconciling:
     _plans: dict[tuple[str, str], EnginePlan]
     _statuses: dict[tuple[str, str], tuple[str, Family, EngineStatus, bool]]
     _settle: dict[tuple[str, str], float]
+    _held: dict[tuple[str, str], EngineStatus]
     _gpu_memo: tuple[list[dict[str, Any]] | None, dict[str | None, int | None]]
     _scales: dict[tuple[str, str], Scale]
 
@@ -141,11 +143,14 @@ class EngineReconciling:
         mode, p = mode_plan
         key = (namespace, name)
         self._plans[key] = p.engines[name]
-        previous = self._previous_status(raw)
+        # Decisions (transitions, scaling events, the replicas stopping) read the last status computed,
+        # held or written; the write itself is a patch from what the API server has.
+        previous, written = self._previous_status(raw), self._written_status(raw)
         if engine is None:
             self._statuses.pop(key, None)
             self.count_phase(namespace, name, Phase.FAILED.value)
-            await self._write_invalid(raw, error or "invalid spec", previous, now)
+            self._held.pop(key, None)
+            await self._write_invalid(raw, error or "invalid spec", written, now)
             return
         ep = p.engines[name]
         if raw["metadata"].get("deletionTimestamp"):
@@ -156,9 +161,8 @@ class EngineReconciling:
             stop = await self._stop_replicas(raw, ep.replicas, mode, previous, now)
         if error is None:
             try:
-                # Only a new engine's first status waits: a changed engine's must not say Ready meanwhile.
                 replicas = stop.replicas if stop is not None else ep.replicas
-                if await self._apply_changed(namespace, self.render(engine, replicas)) and not raw.get("status"):
+                if await self._apply_changed(namespace, self.render(engine, replicas)):
                     self._settling(key)
                 self.apply_failures.pop(key, None)
             except ApplyRefused as refused:
@@ -199,18 +203,31 @@ class EngineReconciling:
             self._statuses[key] = (mode.metadata.name, engine.spec.engine, status, runs_workload(engine))
         else:
             self._statuses.pop(key, None)
-        if status.phase in SETTLING_PHASES and self._settle.get(key, 0.0) > asyncio.get_running_loop().time():
-            return  # written once it settles
-        self._settle.pop(key, None)
-        await self._write_engine_status(raw, status, previous)
+        activated = written is not None and written.phase == Phase.STANDBY and status.phase in SETTLING_PHASES
+        if activated and key not in self._settle:
+            self._settling(key)  # held for the outgoing pods, or started without an apply of its own
+        if self._settle.get(key, 0.0) > asyncio.get_running_loop().time() and may_wait(written, status):
+            self._held[key] = status  # written once it settles, unless something that must go comes first
+            return
+        self._held.pop(key, None)
+        await self._write_engine_status(raw, status, written)
 
     def _settling(self, key: tuple[str, str]) -> None:
-        """Hold the engine's status write until what was just applied has settled, then reconcile it."""
+        """Let the engine's status wait (settling.py) until what was just applied has settled."""
         if self.settle_seconds <= 0:
             return
         loop = asyncio.get_running_loop()
         self._settle[key] = loop.time() + self.settle_seconds
-        loop.call_later(self.settle_seconds + 0.01, self.mark, *key)
+        loop.call_later(self.settle_seconds + 0.01, self._settled, key)
+
+    def _settled(self, key: tuple[str, str]) -> None:
+        """The settling time is over: a status still held is written by the engine's next reconcile."""
+        due = self._settle.get(key)
+        if due is None or due > asyncio.get_running_loop().time():
+            return  # forgotten, or settling again (a later timer is due)
+        del self._settle[key]
+        if key in self._held:
+            self.mark(*key)
 
     def _gpu_memory(self, nodes: list[dict[str, Any]], engine: InferenceEngine) -> int | None:
         """gpu_memory_mib, once per node listing and GPU product (the listing is cached by Kube)."""
@@ -235,6 +252,15 @@ class EngineReconciling:
         return self._rendered[key]
 
     def _previous_status(self, raw: dict[str, Any]) -> EngineStatus | None:
+        """The engine's last status as this process decided it: held for the settling time, else written."""
+        meta = raw["metadata"]
+        held = self._held.get((meta.get("namespace", ""), meta["name"]))
+        return held if held is not None else self._written_status(raw)
+
+    def _written_status(self, raw: dict[str, Any]) -> EngineStatus | None:
+        """The status on the API server; None for a new engine's (none written yet)."""
+        if not raw.get("status"):
+            return None
         try:
             return EngineStatus.model_validate(raw.get("status") or {})
         except ValidationError:
