@@ -22,7 +22,7 @@ COUNTS = ("replicas", "readyReplicas", "ready", "message")
 
 def news(written: EngineStatus | None, new: EngineStatus) -> bool:
     """Whether `new` says something that must go at once: a generation acted on, a phase that is not
-    Pending or Starting, the replicas stopped, or a condition (other than Ready) turning False or
+    Pending or Starting, the replicas stopping, or a condition (other than Ready) turning False or
     saying a new reason for being False."""
     if written is not None and (new.observed_generation != written.observed_generation
                                 or new.stopping != written.stopping):  # fmt: skip
