@@ -145,7 +145,8 @@ class EngineReconciling:
         self._plans[key] = p.engines[name]
         # Decisions (transitions, scaling events, the replicas stopping) read the last status computed,
         # held or written; the write itself is a patch from what the API server has.
-        previous, written = self._previous_status(raw), self._written_status(raw)
+        written = self._written_status(raw)
+        previous = self._held.get(key, written)
         if engine is None:
             self._statuses.pop(key, None)
             self.count_phase(namespace, name, Phase.FAILED.value)
@@ -262,7 +263,7 @@ class EngineReconciling:
         if not raw.get("status"):
             return None
         try:
-            return EngineStatus.model_validate(raw.get("status") or {})
+            return EngineStatus.model_validate(raw["status"])
         except ValidationError:
             return None
 

@@ -81,9 +81,14 @@ def engine_pods(c: Cluster, name: str) -> list[dict[str, Any]]:
     return c.list("pods", NS, selector=f"roundhouse.dev/engine={name}")
 
 
+def holds(pod: dict[str, Any]) -> bool:
+    """Whether the pod may still run a container: not yet in a terminal phase."""
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
 def holding_pods(c: Cluster, name: str) -> list[dict[str, Any]]:
-    """The engine's pods that may still run a container: not yet in a terminal phase."""
-    return [p for p in engine_pods(c, name) if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+    """The engine's pods that may still run a container."""
+    return [p for p in engine_pods(c, name) if holds(p)]
 
 
 def processes(pattern: str) -> list[str]:
@@ -410,7 +415,7 @@ def test_on_demand_swaps_real_engine_pods_within_the_budget(engines_up: Cluster)
             # the new one after it came.
             holding = [(p["metadata"].get("labels") or {}).get("roundhouse.dev/engine")
                        for p in c.list("pods", NS, selector=f"roundhouse.dev/engine in ({old},{new})")
-                       if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]  # fmt: skip
+                       if holds(p)]  # fmt: skip
             seen.append((holding.count(old), holding.count(new)))
             time.sleep(0.2)
 
